@@ -1,0 +1,1 @@
+"""Sub-commands of ``torchmf``, one module each (discovered by :mod:`torchmf.cli`)."""

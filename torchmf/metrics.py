@@ -1,0 +1,165 @@
+r"""Distances and scores between particle clouds and fields.
+
+- :func:`w2`: 2-Wasserstein distance between empirical measures (exact by sorting in 1-D,
+  exact assignment for small clouds, debiased Sinkhorn otherwise).
+- :func:`smoothed_density` / :func:`density_l2_error`: Gaussian-smoothed densities on a grid and
+  their :math:`L^2` distance.
+- :func:`moments`, :func:`relative_error`.
+
+Shapes: clouds ``(..., N, d)``; batch dimensions ``...`` give one value each.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ._validation import check_choice, check_points, check_positive, check_tensor
+from .grid import Grid, GridConvolution
+from .kernels import GaussianKernel, PeriodicKernel
+
+__all__ = ["w2", "smoothed_density", "density_l2_error", "moments", "relative_error", "W2_METHODS"]
+
+W2_METHODS = ("auto", "sort", "exact", "sinkhorn")
+_EXACT_LIMIT = 1000
+_TENSORIZED_LIMIT = 5e7
+
+
+def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[float] = None) -> torch.Tensor:
+    r"""2-Wasserstein distance between the uniform empirical measures of ``x`` and ``y``.
+
+    Arguments:
+        x: ``(..., N, d)``.
+        y: ``(..., M, d)`` with the same batch dimensions and ``d``.
+        method: ``"sort"`` (exact, 1-D, any N and M), ``"exact"`` (optimal assignment with
+            scipy, ``N == M``, a few thousand at most), ``"sinkhorn"`` (geomloss debiased Sinkhorn
+            divergence :math:`S_\varepsilon`, reported as :math:`\sqrt{2 S_\varepsilon}` since
+            geomloss uses the cost :math:`|x-y|^2/2`; bias :math:`O(\varepsilon^2)`), or
+            ``"auto"``: sort in 1-D, exact for ``N == M <= 1000``, Sinkhorn otherwise.
+        blur: Sinkhorn's :math:`\varepsilon^{1/2}` length scale (default: 1% of the clouds'
+            largest standard deviation).
+
+    Returns:
+        ``(...)`` tensor of distances on ``x``'s device and dtype.
+    """
+    x = check_points("x", x)
+    y = check_points("y", y, x.shape[-1])
+    if x.shape[:-2] != y.shape[:-2]:
+        raise ValueError(f"y: expected batch dimensions {tuple(x.shape[:-2])} like x, but got {tuple(y.shape[:-2])}")
+    method = check_choice("method", method, W2_METHODS)
+    if method == "auto":
+        if x.shape[-1] == 1:
+            method = "sort"
+        elif x.shape[-2] == y.shape[-2] <= _EXACT_LIMIT:
+            method = "exact"
+        else:
+            method = "sinkhorn"
+    if method == "sort":
+        return _w2_sorted(x, y)
+    if method == "exact":
+        return _w2_exact(x, y)
+    return _w2_sinkhorn(x, y, blur)
+
+
+def _w2_sorted(x, y):
+    if x.shape[-1] != 1:
+        raise ValueError(f"method: 'sort' is exact only in 1-D, but the clouds have d = {x.shape[-1]}")
+    xs, ys = x.squeeze(-1).sort(-1).values, y.squeeze(-1).sort(-1).values
+    n, m = xs.shape[-1], ys.shape[-1]
+    if n == m:
+        return ((xs - ys) ** 2).mean(-1).sqrt()
+    # Quantile functions are step functions with jumps at i/n and j/m: integrate over the merged steps.
+    levels = torch.cat([torch.arange(1, n + 1, dtype=torch.float64) / n, torch.arange(1, m + 1, dtype=torch.float64) / m])
+    levels = torch.unique(levels)
+    widths = torch.diff(levels, prepend=levels.new_zeros(1))
+    middle = levels - widths / 2
+    ix = torch.clamp((middle * n).long(), max=n - 1).to(x.device)
+    iy = torch.clamp((middle * m).long(), max=m - 1).to(x.device)
+    squared = (xs[..., ix] - ys[..., iy]) ** 2
+    return (squared * widths.to(squared)).sum(-1).sqrt()
+
+
+def _w2_exact(x, y):
+    from scipy.optimize import linear_sum_assignment
+
+    if x.shape[-2] != y.shape[-2]:
+        raise ValueError(f"method: 'exact' needs clouds of equal size, but got N={x.shape[-2]} and M={y.shape[-2]}")
+    if x.shape[-2] > 5000:
+        raise ValueError(f"method: 'exact' is limited to N <= 5000 (an N x N cost matrix), but got N={x.shape[-2]}")
+    flat_x = x.reshape(-1, *x.shape[-2:]).detach().cpu().double()
+    flat_y = y.reshape(-1, *y.shape[-2:]).detach().cpu().double()
+    values = []
+    for a, b in zip(flat_x, flat_y):
+        cost = torch.cdist(a, b).pow(2).numpy()
+        rows, cols = linear_sum_assignment(cost)
+        values.append(math.sqrt(float(cost[rows, cols].mean())))
+    return torch.tensor(values, dtype=x.dtype, device=x.device).reshape(x.shape[:-2])
+
+
+def _w2_sinkhorn(x, y, blur):
+    from geomloss import SamplesLoss
+
+    if blur is None:
+        spread = torch.cat([x, y], dim=-2).std(dim=-2).max()
+        blur = 0.01 * float(spread) if float(spread) > 0 else 1e-3
+    blur = check_positive("blur", blur)
+    if x.shape[-2] * y.shape[-2] > _TENSORIZED_LIMIT:
+        raise ValueError(
+            f"x: N x M = {x.shape[-2]} x {y.shape[-2]} is too large for the tensorized Sinkhorn; "
+            "subsample the clouds or use torchmf.transport's online backend"
+        )
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.9, debias=True, backend="tensorized")
+    batch_shape = x.shape[:-2]
+    xb, yb = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
+    value = loss(xb.contiguous(), yb.contiguous())
+    return (2 * value).clamp_min(0).sqrt().reshape(batch_shape)
+
+
+def smoothed_density(x: torch.Tensor, grid: Grid, bandwidth: float, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r""":math:`(K_h * \mu^N)` at the nodes of ``grid``: ``(..., N, d) -> (..., G_1, ..., G_d)``.
+
+    A Gaussian kernel of bandwidth ``h`` (periodized on a periodic grid) convolved with the
+    cloud-in-cell deposit of the particles; integrates to 1 up to mass leaving the box.
+    """
+    x = check_points("x", x)
+    if not isinstance(grid, Grid):
+        raise TypeError(f"grid: expected a torchmf.grid.Grid, but got {type(grid).__name__}")
+    if grid.dim != x.shape[-1]:
+        raise ValueError(f"grid: expected dimension {x.shape[-1]} like x, but got a {grid.dim}-D grid")
+    bandwidth = check_positive("bandwidth", bandwidth)
+    kernel = GaussianKernel(bandwidth, grid.dim)
+    if grid.periodic:
+        kernel = PeriodicKernel(kernel, [b - a for a, b in zip(grid.lower, grid.upper)])
+    masses = grid.deposit(x, weights)
+    return GridConvolution(grid, kernel.value)(masses).squeeze(-1)
+
+
+def density_l2_error(x: torch.Tensor, y: torch.Tensor, grid: Grid, bandwidth: float) -> torch.Tensor:
+    r""":math:`\|K_h * \mu_x - K_h * \mu_y\|_{L^2}` on ``grid`` (trapezoid-free Riemann sum), ``(...)``."""
+    difference = smoothed_density(x, grid, bandwidth) - smoothed_density(y, grid, bandwidth)
+    dims = tuple(range(-grid.dim, 0))
+    return (difference.pow(2).sum(dims) * grid.cell_volume).sqrt()
+
+
+def moments(x: torch.Tensor) -> dict:
+    """Mean ``(..., d)``, covariance ``(..., d, d)`` and variance ``(..., d)`` of clouds ``(..., N, d)``."""
+    x = check_points("x", x)
+    mean = x.mean(-2)
+    centered = x - mean.unsqueeze(-2)
+    covariance = centered.transpose(-1, -2) @ centered / max(1, x.shape[-2] - 1)
+    return {"mean": mean, "covariance": covariance, "variance": covariance.diagonal(dim1=-2, dim2=-1)}
+
+
+def relative_error(estimate, truth, dim=None) -> torch.Tensor:
+    r"""Relative :math:`\ell^2` error :math:`\|e - t\| / \|t\|` (over ``dim``, default all entries)."""
+    estimate = check_tensor("estimate", torch.as_tensor(estimate))
+    truth = check_tensor("truth", torch.as_tensor(truth, dtype=estimate.dtype, device=estimate.device))
+    if estimate.shape != truth.shape:
+        raise ValueError(f"estimate: expected shape {tuple(truth.shape)} like truth, but got {tuple(estimate.shape)}")
+    norm = truth.norm(dim=dim) if dim is not None else truth.norm()
+    error = (estimate - truth).norm(dim=dim) if dim is not None else (estimate - truth).norm()
+    if bool((norm == 0).any()):
+        raise ValueError("truth: relative error is undefined for a zero reference")
+    return error / norm

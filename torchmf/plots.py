@@ -1,0 +1,84 @@
+"""Matplotlib figures used by the CLI, the report and the scripts (Agg backend, atomic PNGs)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ._io import atomic_path  # noqa: E402
+
+__all__ = ["save_figure", "line_plot", "scatter_panels", "density_panels", "plt"]
+
+
+def _numpy(value):
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def save_figure(figure, path) -> Path:
+    """Write ``figure`` as a PNG atomically and close it."""
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as temporary:
+        figure.savefig(temporary, dpi=110, bbox_inches="tight", format="png")
+    plt.close(figure)
+    return path
+
+
+def line_plot(path, x, series: Dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "",
+              logy: bool = False, logx: bool = False, styles: Optional[Dict[str, str]] = None) -> Path:
+    """One panel of labelled curves sharing ``x`` (or each its own ``(x, y)`` pair)."""
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, values in series.items():
+        if isinstance(values, tuple) and len(values) == 2:
+            xs, ys = values
+        else:
+            xs, ys = x, values
+        axis.plot(_numpy(xs), _numpy(ys), (styles or {}).get(label, "-"), label=label)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    if logy:
+        axis.set_yscale("log")
+    if logx:
+        axis.set_xscale("log")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return save_figure(figure, path)
+
+
+def scatter_panels(path, clouds: Dict[str, np.ndarray], title: str = "", limits=None, size: float = 1.0) -> Path:
+    """Side-by-side 2-D scatter plots of particle clouds ``(N, 2)``."""
+    figure, axes = plt.subplots(1, len(clouds), figsize=(3.2 * len(clouds), 3.2), squeeze=False)
+    for axis, (label, cloud) in zip(axes[0], clouds.items()):
+        cloud = _numpy(cloud)
+        axis.scatter(cloud[:, 0], cloud[:, 1], s=size, alpha=0.5, linewidths=0)
+        axis.set_title(label, fontsize=9)
+        axis.set_aspect("equal")
+        if limits is not None:
+            axis.set_xlim(*limits[0])
+            axis.set_ylim(*limits[1])
+    figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def density_panels(path, images: Dict[str, np.ndarray], extent=None, title: str = "", xlabel: str = "",
+                   ylabel: str = "", shared_scale: bool = True) -> Path:
+    """Side-by-side images (densities on grids, space-time plots), one colour scale if shared."""
+    arrays = {k: _numpy(v) for k, v in images.items()}
+    vmax = max(float(a.max()) for a in arrays.values()) if shared_scale else None
+    figure, axes = plt.subplots(1, len(arrays), figsize=(3.4 * len(arrays), 3.2), squeeze=False)
+    for axis, (label, array) in zip(axes[0], arrays.items()):
+        shown = axis.imshow(array.T, origin="lower", extent=extent, aspect="auto", vmin=0 if shared_scale else None,
+                            vmax=vmax, cmap="viridis")
+        axis.set_title(label, fontsize=9)
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+    figure.colorbar(shown, ax=axes[0].tolist(), shrink=0.8)
+    figure.suptitle(title)
+    return save_figure(figure, path)
