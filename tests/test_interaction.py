@@ -1,0 +1,126 @@
+import pytest
+import torch
+
+from torchmf.grid import Grid
+from torchmf.interaction import InteractionForce, interaction_force
+from torchmf.kernels import GaussianKernel, LogPotential, MorsePotential, PeriodicKernel, PowerPotential, QANRPotential
+from torchmf.metrics import relative_error
+from torchmf.systems.qanr import qanr_mean_field_force
+
+
+def cloud(n, d=2, seed=0, dtype=torch.float64):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def brute_force(kernel, x, y):
+    return kernel.gradient(x[:, None] - y[None]).mean(1)
+
+
+@pytest.mark.parametrize("kernel", [GaussianKernel(0.5, 2), MorsePotential(1.0, 1.5, 0.6, 0.4), LogPotential(0.01),
+                                    PowerPotential(3.0)], ids=lambda k: type(k).__name__)
+def test_pairwise_matches_brute_force_and_chunking(kernel):
+    x, y = cloud(300), cloud(250, seed=1)
+    reference = brute_force(kernel, x, y)
+    for chunk in (None, 7, 1000):
+        result = InteractionForce(kernel, "pairwise", chunk_size=chunk)(x, y)
+        assert torch.allclose(result, reference, atol=1e-12, rtol=1e-9)
+
+
+def test_quadratic_potential_closed_form():
+    x = cloud(400, 3)
+    a = 1.7
+    result = InteractionForce(PowerPotential(2, a / 2), "pairwise")(x)
+    assert torch.allclose(result, a * (x - x.mean(0)), atol=1e-12)
+    assert torch.allclose(brute_force(PowerPotential(2, a / 2), x, x), result, atol=1e-12)
+
+
+def test_qanr_sorted_force_is_exact():
+    x = cloud(500, 1)
+    assert torch.allclose(qanr_mean_field_force(x), brute_force(QANRPotential(), x, x), atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", [GaussianKernel(0.5, 2), MorsePotential(1.0, 1.5, 0.6, 0.4)],
+                         ids=lambda k: type(k).__name__)
+def test_grid_agrees_with_pairwise_free_space(kernel):
+    x = cloud(3000, dtype=torch.float32)
+    exact = InteractionForce(kernel, "pairwise")(x)
+    gridded = InteractionForce(kernel, "grid", grid=Grid(-6, 6, 256, dim=2))(x)
+    assert float(relative_error(gridded, exact)) < 1e-2
+    # grid error falls with resolution (second order)
+    coarse = InteractionForce(kernel, "grid", grid=Grid(-6, 6, 64, dim=2))(x)
+    assert float(relative_error(coarse, exact)) > 2 * float(relative_error(gridded, exact))
+
+
+def test_grid_agrees_with_pairwise_periodic():
+    box = 4.0
+    x = torch.rand(2000, 2, generator=torch.Generator().manual_seed(5), dtype=torch.float64) * box
+    kernel = PeriodicKernel(GaussianKernel(0.4, 2), box, images=1)
+    exact = InteractionForce(kernel, "pairwise")(x)
+    gridded = InteractionForce(kernel, "grid", grid=Grid(0, box, 128, periodic=True, dim=2))(x)
+    assert float(relative_error(gridded, exact)) < 1e-2
+
+
+def test_gaussian_force_on_symmetric_pair_closed_form():
+    h = 0.8
+    x = torch.tensor([[0.5, 0.0], [-0.5, 0.0]], dtype=torch.float64)
+    force = interaction_force(x, None, GaussianKernel(h, 2), backend="pairwise")
+    value = GaussianKernel(h, 2).value(torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    # grad K(x1 - x2) / 2, self term zero
+    assert torch.allclose(force[0], torch.tensor([-1.0 / h**2 * float(value) / 2, 0.0], dtype=torch.float64))
+
+
+def test_batch_dimensions_are_independent_experiments():
+    x = cloud(400).reshape(2, 200, 2)
+    kernel = GaussianKernel(0.5, 2)
+    batched = InteractionForce(kernel, "pairwise")(x)
+    assert torch.allclose(batched[1], InteractionForce(kernel, "pairwise")(x[1]))
+    grid = Grid(-6, 6, 128, dim=2)
+    batched_grid = InteractionForce(kernel, "grid", grid=grid)(x)
+    assert torch.allclose(batched_grid[0], InteractionForce(kernel, "grid", grid=grid)(x[0]), atol=1e-12)
+
+
+def test_dtype_follows_input():
+    for dtype in (torch.float32, torch.float64):
+        x = cloud(100, dtype=dtype)
+        for backend in ("pairwise", "grid"):
+            assert InteractionForce(GaussianKernel(0.5, 2), backend)(x).dtype == dtype
+
+
+def test_keops_backend_matches_pairwise():
+    pytest.importorskip("pykeops", reason="pykeops (optional 'keops' extra) is not installed")
+    x = cloud(500, dtype=torch.float32)
+    kernel = GaussianKernel(0.5, 2)
+    assert torch.allclose(InteractionForce(kernel, "keops")(x), InteractionForce(kernel, "pairwise")(x), atol=1e-5)
+
+
+def test_bad_inputs():
+    kernel = GaussianKernel(0.5, 2)
+    with pytest.raises(ValueError, match="backend"):
+        InteractionForce(kernel, "magic")
+    with pytest.raises(TypeError, match="grid"):
+        InteractionForce(kernel, "grid", grid=(0, 1, 10))
+    with pytest.raises(ValueError, match="y"):
+        InteractionForce(kernel)(cloud(10), cloud(10, 3))
+    with pytest.raises(ValueError, match="x"):
+        InteractionForce(kernel)(torch.full((4, 2), float("nan")))
+    with pytest.raises(ValueError, match="weights"):
+        InteractionForce(kernel)(cloud(10), cloud(10), torch.ones(9, dtype=torch.float64))
+    with pytest.raises(ValueError, match="x"):
+        InteractionForce(kernel, "grid", grid=Grid(0, 1, 8))(cloud(10))
+    with pytest.raises(ValueError, match="outside the grid"):
+        InteractionForce(kernel, "grid", grid=Grid(-1, 1, 8, dim=2))(cloud(100) * 5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        InteractionForce(kernel, chunk_size=0)
+    if not _has_keops():
+        with pytest.raises(ValueError, match="pykeops"):
+            InteractionForce(kernel, "keops")(cloud(10))
+    with pytest.raises(ValueError, match="keops"):
+        InteractionForce(QANRPotential(), "keops")(cloud(10))
+
+
+def _has_keops():
+    try:
+        import pykeops  # noqa: F401
+    except ImportError:
+        return False
+    return True
