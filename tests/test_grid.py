@@ -76,29 +76,3 @@ def test_covering_grid_contains_points():
     grid = Grid.covering(x, 32)
     assert grid.shape == (32, 32)
     grid.deposit(x)  # no out-of-box error
-
-
-def test_bad_inputs():
-    with pytest.raises(ValueError, match="upper"):
-        Grid(1.0, 0.0, 10)
-    with pytest.raises(ValueError, match="shape"):
-        Grid(0.0, 1.0, 1)
-    with pytest.raises(TypeError, match="shape"):
-        Grid(0.0, 1.0, 10.5)
-    with pytest.raises(ValueError, match="upper"):
-        Grid([0.0, 0.0, 0.0], [1.0, 1.0], 10)
-    grid = Grid(0.0, 1.0, 10)
-    with pytest.raises(ValueError, match="outside the grid"):
-        grid.deposit(torch.tensor([[1.5]]))
-    with pytest.raises(ValueError, match="positions"):
-        grid.deposit(torch.tensor([[float("nan")]]))
-    with pytest.raises(ValueError, match="positions"):
-        grid.deposit(torch.zeros(4, 2))
-    with pytest.raises(ValueError, match="scheme"):
-        grid.deposit(torch.zeros(4, 1), scheme="tsc")
-    with pytest.raises(ValueError, match="weights"):
-        grid.deposit(torch.zeros(4, 1), weights=torch.ones(3))
-    with pytest.raises(ValueError, match="field"):
-        grid.interpolate(torch.zeros(11), torch.zeros(4, 1))
-    with pytest.raises(TypeError, match="grid"):
-        GridConvolution("grid", lambda x: x)

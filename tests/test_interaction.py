@@ -91,36 +91,3 @@ def test_keops_backend_matches_pairwise():
     x = cloud(500, dtype=torch.float32)
     kernel = GaussianKernel(0.5, 2)
     assert torch.allclose(InteractionForce(kernel, "keops")(x), InteractionForce(kernel, "pairwise")(x), atol=1e-5)
-
-
-def test_bad_inputs():
-    kernel = GaussianKernel(0.5, 2)
-    with pytest.raises(ValueError, match="backend"):
-        InteractionForce(kernel, "magic")
-    with pytest.raises(TypeError, match="grid"):
-        InteractionForce(kernel, "grid", grid=(0, 1, 10))
-    with pytest.raises(ValueError, match="y"):
-        InteractionForce(kernel)(cloud(10), cloud(10, 3))
-    with pytest.raises(ValueError, match="x"):
-        InteractionForce(kernel)(torch.full((4, 2), float("nan")))
-    with pytest.raises(ValueError, match="weights"):
-        InteractionForce(kernel)(cloud(10), cloud(10), torch.ones(9, dtype=torch.float64))
-    with pytest.raises(ValueError, match="x"):
-        InteractionForce(kernel, "grid", grid=Grid(0, 1, 8))(cloud(10))
-    with pytest.raises(ValueError, match="outside the grid"):
-        InteractionForce(kernel, "grid", grid=Grid(-1, 1, 8, dim=2))(cloud(100) * 5)
-    with pytest.raises(ValueError, match="chunk_size"):
-        InteractionForce(kernel, chunk_size=0)
-    if not _has_keops():
-        with pytest.raises(ValueError, match="pykeops"):
-            InteractionForce(kernel, "keops")(cloud(10))
-    with pytest.raises(ValueError, match="keops"):
-        InteractionForce(QANRPotential(), "keops")(cloud(10))
-
-
-def _has_keops():
-    try:
-        import pykeops  # noqa: F401
-    except ImportError:
-        return False
-    return True

@@ -68,22 +68,3 @@ def test_potential_from_spec():
         potential_from_spec("nope")
     with pytest.raises(TypeError, match="potential"):
         potential_from_spec(3)
-
-
-def test_bad_parameters():
-    with pytest.raises(ValueError, match="bandwidth"):
-        GaussianKernel(0.0)
-    with pytest.raises(ValueError, match="bandwidth"):
-        GaussianKernel(float("nan"))
-    with pytest.raises(TypeError, match="dim"):
-        GaussianKernel(1.0, dim=1.5)
-    with pytest.raises(ValueError, match="cutoff"):
-        LogPotential(-1)
-    with pytest.raises(ValueError, match="box"):
-        PeriodicKernel(GaussianKernel(1.0), [1.0, -1.0])
-    with pytest.raises(TypeError, match="kernel"):
-        PeriodicKernel(lambda x: x, 1.0)
-    with pytest.raises(ValueError, match="x"):
-        GaussianKernel(1.0).gradient(torch.tensor([[float("nan"), 0.0]]))
-    with pytest.raises(TypeError, match="x"):
-        GaussianKernel(1.0).value([[0.0]])

@@ -1,6 +1,5 @@
 import math
 
-import pytest
 import torch
 
 from torchmf.grid import Grid
@@ -73,27 +72,3 @@ def test_moments_and_relative_error():
     assert torch.allclose(stats["covariance"][1], torch.cov(x[1].T))
     assert torch.allclose(stats["mean"], x.mean(1))
     assert math.isclose(float(relative_error(torch.tensor([1.1, 0.0]), torch.tensor([1.0, 0.0]))), 0.1, rel_tol=1e-6)
-
-
-def test_bad_inputs():
-    x = torch.randn(10, 2)
-    with pytest.raises(ValueError, match="method"):
-        w2(x, x, method="emd")
-    with pytest.raises(ValueError, match="y"):
-        w2(x, torch.randn(10, 3))
-    with pytest.raises(ValueError, match="x"):
-        w2(torch.full((10, 2), float("nan")), x)
-    with pytest.raises(ValueError, match="method"):
-        w2(x, x, method="sort")
-    with pytest.raises(ValueError, match="method"):
-        w2(x, torch.randn(11, 2), method="exact")
-    with pytest.raises(ValueError, match="blur"):
-        w2(x, x, method="sinkhorn", blur=-1.0)
-    with pytest.raises(ValueError, match="grid"):
-        smoothed_density(x, Grid(0, 1, 8), 0.1)
-    with pytest.raises(ValueError, match="bandwidth"):
-        smoothed_density(x, Grid(-5, 5, 8, dim=2), 0.0)
-    with pytest.raises(ValueError, match="truth"):
-        relative_error(torch.ones(2), torch.zeros(2))
-    with pytest.raises(ValueError, match="estimate"):
-        relative_error(torch.ones(3), torch.ones(2))

@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -58,40 +57,3 @@ def test_hdf5_is_chunked_and_compressed(tmp_path):
 def test_to_changes_dtype():
     data = make().to(torch.float64)
     assert data.positions.dtype == torch.float64 and data.times.dtype == torch.float64
-
-
-@pytest.mark.parametrize("positions, times, message", [
-    (torch.zeros(2, 3), torch.arange(2.0), "positions"),
-    (torch.zeros(1, 3, 4, 2, 1), torch.arange(3.0), "positions"),
-    (torch.full((1, 3, 4, 2), float("nan")), torch.arange(3.0), "positions"),
-    (torch.zeros(1, 3, 4, 2), torch.arange(4.0), "times"),
-    (torch.zeros(1, 3, 4, 2), torch.tensor([0.0, 2.0, 1.0]), "times"),
-    (torch.zeros(1, 3, 4, 2), torch.tensor([0.0, float("inf"), 1.0]), "times"),
-    (torch.zeros(1, 3, 0, 2), torch.arange(3.0), "positions"),
-])
-def test_bad_inputs(positions, times, message):
-    with pytest.raises(ValueError, match=message):
-        Trajectories(positions, times)
-
-
-def test_bad_types_and_files(tmp_path):
-    with pytest.raises(TypeError, match="positions"):
-        Trajectories(np.zeros((1, 2, 3, 1)), np.arange(2.0))
-    with pytest.raises(TypeError, match="positions"):
-        Trajectories(torch.zeros(1, 2, 3, 1, dtype=torch.int64), torch.arange(2.0))
-    with pytest.raises(TypeError, match="meta"):
-        Trajectories(torch.zeros(1, 2, 3, 1), torch.arange(2.0), {"bad": object()})
-    with pytest.raises(ValueError, match="extras"):
-        Trajectories(torch.zeros(1, 2, 3, 1), torch.arange(2.0), extras={"v": torch.zeros(1, 2, 4, 1)})
-    with pytest.raises(ValueError, match="path"):
-        make().save(tmp_path / "data.csv")
-    with pytest.raises(FileNotFoundError, match="path"):
-        Trajectories.load(tmp_path / "missing.h5")
-    foreign = tmp_path / "foreign.h5"
-    foreign.write_bytes(b"not an hdf5 file at all")
-    with pytest.raises(ValueError, match="path"):
-        Trajectories.load(foreign)
-    other = tmp_path / "other.npz"
-    np.savez(other, positions=np.zeros((1, 2, 3, 1)))
-    with pytest.raises(ValueError, match="not a torchmf"):
-        Trajectories.load(other)

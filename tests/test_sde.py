@@ -84,29 +84,3 @@ def test_divergence_is_reported_not_propagated():
     sde = McKeanVlasovSDE(1, external_force=lambda x: x**3, diffusion=0.0)
     with pytest.raises(ValueError, match="dt"):
         simulate(sde, torch.full((1, 10, 1), 10.0), [0.0, 5.0], dt=0.5, progress=False)
-
-
-def test_bad_inputs():
-    with pytest.raises(ValueError, match="noise type"):
-        McKeanVlasovSDE(1, noise_type="general")
-    with pytest.raises(ValueError, match="diffusion"):
-        McKeanVlasovSDE(2, diffusion=[1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="diffusion"):
-        McKeanVlasovSDE(1, diffusion=-1.0)
-    with pytest.raises(TypeError, match="external_force"):
-        McKeanVlasovSDE(1, external_force=3.0)
-    with pytest.raises(TypeError, match="learned_drift"):
-        McKeanVlasovSDE(1, learned_drift=lambda x: x)
-    with pytest.raises(ValueError, match="upper"):
-        ReflectingBox(1.0, 0.0)
-    sde = McKeanVlasovSDE(1, diffusion=1.0, n_experiments=3)
-    with pytest.raises(ValueError, match="y"):
-        sde.f(0.0, torch.zeros(10, 1))
-    with pytest.raises(ValueError, match="times"):
-        simulate(sde, torch.zeros(1, 5, 1), [0.0, 0.0, 1.0], dt=0.1)
-    with pytest.raises(ValueError, match="dt"):
-        simulate(sde, torch.zeros(1, 5, 1), [0.0, 1.0], dt=0.0)
-    with pytest.raises(ValueError, match="x0"):
-        simulate(sde, torch.full((1, 5, 1), float("nan")), [0.0, 1.0], dt=0.1)
-    with pytest.raises(TypeError, match="boundary"):
-        simulate(sde, torch.zeros(1, 5, 1), [0.0, 1.0], dt=0.1, boundary="reflect")

@@ -59,28 +59,3 @@ def test_keller_segel_initial_law_is_uniform_on_disk():
     radius = x.norm(dim=-1)
     assert float(radius.max()) <= 2.0
     assert abs(float((radius < 1).double().mean()) - 0.25) < 0.015  # area fraction of the inner disk
-
-
-def test_bad_inputs():
-    with pytest.raises(ValueError, match="name"):
-        systems.get("no_such_system")
-    with pytest.raises(TypeError, match="params"):
-        systems.get("ou_linear", nonsense=1)
-    with pytest.raises(ValueError, match="a"):
-        systems.get("ou_linear", a=-1.0)
-    with pytest.raises(ValueError, match="diffusion"):
-        systems.get("qanr_1d", diffusion="sometimes")
-    with pytest.raises(ValueError, match="start"):
-        systems.get("box_diffusion", start=[20.0, 5.0])
-    system = systems.get("ou_linear")
-    with pytest.raises(ValueError, match="n_particles"):
-        system.simulate(n_particles=0)
-    with pytest.raises(TypeError, match="n_experiments"):
-        system.simulate(n_experiments=1.5)
-    with pytest.raises(ValueError, match="times"):
-        system.simulate(times=[1.0, 0.5])
-    with pytest.raises(ValueError, match="dt"):
-        system.simulate(dt=-0.1)
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="device"):
-            system.simulate(device="cuda")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 from typing import Optional
 
-import numpy as np
 import torch
 
 from ._validation import check_choice, check_points, check_positive, check_tensor

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validation import as_float_tensor, check_choice, check_int, check_points, check_positive, check_tensor
+from ._validation import as_float_tensor, check_int, check_points, check_positive, check_tensor
 from .interaction import InteractionForce
 from .particles import Trajectories
 

@@ -96,7 +96,6 @@ class ParticleSystem:
         positions = self.positions(state)
         record = positions.new_empty((positions.shape[0], times.numel()) + tuple(positions.shape[1:]))
         extra_records: Dict[str, torch.Tensor] = {}
-        at = [0.0]
 
         def store(index, current):
             current_positions = self.positions(current)

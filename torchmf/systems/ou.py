@@ -10,7 +10,6 @@ The interaction strength ``a`` is the parameter the nudging benchmarks misspecif
 """
 from __future__ import annotations
 
-import math
 
 import torch
 
