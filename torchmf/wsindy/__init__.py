@@ -1,0 +1,152 @@
+r"""WSINDy for interacting particle systems (Messenger & Bortz; Algorithm 4.1).
+
+From particle data ``(M, L, N, d)`` to the mean-field equation
+
+.. math:: \partial_t u = \nabla\cdot(u\,\nabla K * u) + \nabla\cdot(u\,\nabla V) + \tfrac12\sum_{ij}\partial_{ij}(\sigma\sigma^T u)
+
+by weak-form sparse regression:
+
+1. histogram :math:`U_t` on a grid C (:mod:`.histogram`, one O(N) scatter),
+2. separable test functions on query points (:mod:`.test_functions`),
+3. the linear system :math:`Gw = b` with FFT convolutions on :math:`C - C` (:mod:`.system`),
+4. MSTLS with the threshold loss (4.6) (:mod:`.mstls`),
+
+returning a :class:`WSINDyModel` (:mod:`.model`). Libraries: :mod:`.library`; scores: :mod:`.scores`.
+
+Example::
+
+    from torchmf import systems, wsindy
+    data = systems.get("qanr_1d").simulate(n_particles=4000, seed=0)
+    model = wsindy.identify(data, library="qanr_1d", test_functions="qanr_1d")
+    print(model.equation())
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Optional, Union
+
+import torch
+
+from .._validation import check_int, check_positive
+from ..grid import Grid
+from .histogram import add_measurement_noise, as_positions, default_grid, histogram
+from .library import PRESETS, Library, load_library
+from .model import WSINDyModel
+from .mstls import RankDeficientError, check_columns, default_thresholds, mstls
+from .scores import TrueModel, relative_errors, tpr
+from .system import build_system
+from .test_functions import AxisTestFunctions, TestFunctions, changepoint_support
+
+__all__ = ["identify", "WSINDyModel", "Library", "load_library", "PRESETS", "TEST_FUNCTION_PRESETS",
+           "RankDeficientError", "TrueModel", "tpr", "relative_errors", "add_measurement_noise", "histogram",
+           "default_grid", "make_test_functions"]
+
+#: Table 5 of the paper: support half-widths, degrees and strides of each example.
+TEST_FUNCTION_PRESETS = {
+    "local_2d": {"m_x": 31, "m_t": 16, "p_x": 5, "p_t": 3, "s_x": 10, "s_t": 5},
+    "qanr_1d": {"m_x": 29, "m_t": 8, "p_x": 5, "p_t": 3, "s_x": 5, "s_t": 1},
+    "keller_segel_2d": {"m_x": 25, "m_t": 8, "p_x": 5, "p_t": 3, "s_x": 8, "s_t": 1},
+}
+_TEST_FUNCTION_KEYS = {"m_x", "m_t", "p_x", "p_t", "s_x", "s_t", "tau"}
+
+
+def make_test_functions(density: torch.Tensor, grid: Grid, dt: float, spec=None) -> TestFunctions:
+    """Test functions for a histogram ``(L, *G)``.
+
+    ``spec``: None (automatic), a preset name of :data:`TEST_FUNCTION_PRESETS`, or a dict with any of
+    ``m_x, m_t`` (support half-widths in points; default: changepoint rule), ``p_x`` (5), ``p_t`` (3),
+    ``s_x, s_t`` (strides; default ``max(1, round(m_x / 5))`` and ``max(1, round(m_t / 8))``), ``tau`` (2).
+    """
+    if spec is None:
+        spec = {}
+    elif isinstance(spec, str):
+        if spec not in TEST_FUNCTION_PRESETS:
+            raise ValueError(f"test_functions: expected a preset in {sorted(TEST_FUNCTION_PRESETS)} or a dict, "
+                             f"but got {spec!r}")
+        spec = TEST_FUNCTION_PRESETS[spec]
+    if not isinstance(spec, dict):
+        raise TypeError(f"test_functions: expected None, a preset name or a dict, but got {type(spec).__name__}")
+    unknown = set(spec) - _TEST_FUNCTION_KEYS
+    if unknown:
+        raise ValueError(f"test_functions: unknown keys {sorted(unknown)}; expected {sorted(_TEST_FUNCTION_KEYS)}")
+    p_x, p_t = spec.get("p_x", 5), spec.get("p_t", 3)
+    tau = check_positive("tau", spec.get("tau", 2.0))
+    length = density.shape[0]
+    if length < 7:
+        raise ValueError(f"times: too few time points ({length}) for a test-function support of at least 7 points")
+    m_t = spec.get("m_t")
+    if m_t is None:
+        m_t = changepoint_support(density, 0, p_t, tau, min_points=3, max_points=max(3, (length - 1) // 4))
+    m_x = spec.get("m_x")
+    if m_x is None:
+        m_x = [changepoint_support(density, 1 + axis, p_x, tau) for axis in range(grid.dim)]
+    elif not isinstance(m_x, (list, tuple)):
+        m_x = [m_x] * grid.dim
+    m_x = [check_int("m_x", m, minimum=1) for m in m_x]
+    s_x = spec.get("s_x", max(1, round(max(m_x) / 5)))
+    s_t = spec.get("s_t", max(1, round(m_t / 8)))
+    spatial = [AxisTestFunctions(g, h, m, p_x, s_x, name=f"x{axis + 1}")
+               for axis, (g, h, m) in enumerate(zip(grid.shape, grid.spacing, m_x))]
+    return TestFunctions(spatial, AxisTestFunctions(length, dt, check_int("m_t", m_t, 1), p_t, s_t, name="time"))
+
+
+def identify(trajectories, library: Union[str, dict, Library, None] = "default", *, times=None,
+             grid: Optional[Grid] = None, grid_shape=None, test_functions=None, thresholds=None,
+             convolution: str = "fft", dtype: torch.dtype = torch.float64, max_condition: float = 1e12) -> WSINDyModel:
+    """Identify :math:`(K, V, \\sigma)` from particle data by WSINDy (Algorithm 4.1).
+
+    Arguments:
+        trajectories: :class:`~torchmf.particles.Trajectories` or positions ``(M, L, N, d)`` (then ``times``).
+        library: preset name (:data:`~torchmf.wsindy.library.PRESETS`), spec dict, YAML path or :class:`Library`.
+        times: ``(L,)`` uniformly spaced recording times (taken from ``trajectories`` when it is one).
+        grid: the computational grid C (free space; must contain every particle). Default: mean +- 3
+            standard deviations, 256 points in 1-D, 128 per axis otherwise (``grid_shape`` overrides).
+        test_functions: None (changepoint rule), a preset of :data:`TEST_FUNCTION_PRESETS`, or a dict.
+        thresholds: candidate sparsity thresholds (default ``logspace(-4, 0, 100)``).
+        convolution: ``"fft"`` or ``"svd"`` (2-D low-rank split), see :mod:`.system`.
+        dtype: precision of the regression (default float64; the histogram is built in the data's dtype).
+        max_condition: largest accepted condition number of the column-normalised G.
+
+    Returns:
+        :class:`WSINDyModel`. Raises ``ValueError`` on bad data (NaN, particles outside ``grid``,
+        non-uniform or too few times), degenerate libraries, and :class:`RankDeficientError` (a
+        ``ValueError`` carrying ``condition_number``) when G is rank deficient.
+    """
+    started = time.perf_counter()
+    positions = as_positions(trajectories)
+    if times is None:
+        if not hasattr(trajectories, "times"):
+            raise ValueError("times: pass the recording times (L,) when trajectories is a tensor")
+        times = trajectories.times
+    times = torch.as_tensor(times, dtype=torch.float64).reshape(-1).cpu()
+    if times.numel() != positions.shape[1]:
+        raise ValueError(f"times: expected {positions.shape[1]} entries (L), but got {times.numel()}")
+    if times.numel() < 2:
+        raise ValueError(f"times: too few time points ({times.numel()}) for the test-function support")
+    steps = times.diff()
+    dt = float(steps.mean())
+    if dt <= 0 or float((steps - dt).abs().max()) > 1e-6 * max(dt, 1e-12) + 1e-9:
+        raise ValueError("times: expected uniformly spaced, increasing recording times (the time quadrature "
+                         "and test functions live on a regular time grid)")
+    dim = positions.shape[-1]
+    library = load_library(library, dim)
+    if grid is None:
+        grid = default_grid(positions, grid_shape)
+    density = histogram(positions, grid)
+    after_histogram = time.perf_counter()
+    density = density.to(dtype)
+    tests = make_test_functions(density, grid, dt, test_functions)
+    matrix, rhs = build_system(density, grid, library, tests, convolution=convolution)
+    after_system = time.perf_counter()
+    if not bool(torch.isfinite(matrix).all()) or not bool(torch.isfinite(rhs).all()):
+        raise ValueError("library: G or b has NaN/inf entries (a library term overflows on the grid's domain)")
+    kappa = check_columns(matrix, library.names, max_condition)
+    result = mstls(matrix, rhs, thresholds)
+    finished = time.perf_counter()
+    info = {"condition_number": kappa, "threshold": result["threshold"], "residual": result["residual"],
+            "size_G": list(matrix.shape), "test_functions": tests.describe(), "grid": repr(grid),
+            "seconds": {"histogram": after_histogram - started, "system": after_system - after_histogram,
+                        "regression": finished - after_system, "total": finished - started},
+            "least_squares": result["least_squares"].tolist()}
+    return WSINDyModel(library, result["coefficients"].cpu(), grid, info)
