@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import distributed
 from ._validation import check_choice, check_int, check_points, check_tensor
 from .grid import Grid, GridConvolution
 from .kernels import PowerPotential, RadialKernel, potential_from_spec
@@ -52,10 +53,15 @@ class InteractionForce(nn.Module):
             ``(chunk, Ns)`` matrix near 1M elements, which runs fastest on CPU caches).
         check: validate inputs on every call (one host synchronisation for the NaN check; set
             False inside integrators that have validated their state).
+        sharded: the sources are this process's share of an ensemble split over
+            ``torch.distributed`` ranks (see :mod:`torchmf.distributed`): the grid backend
+            all-reduces the deposited grid (needs a fixed ``grid``), the quadratic potential its
+            first moment, the pairwise backend gathers the sources. Outside a process group of
+            several ranks it changes nothing.
     """
 
     def __init__(self, potential, backend: str = "pairwise", grid: Optional[Grid] = None,
-                 grid_shape=None, chunk_size: Optional[int] = None, check: bool = True):
+                 grid_shape=None, chunk_size: Optional[int] = None, check: bool = True, sharded: bool = False):
         super().__init__()
         self.potential: RadialKernel = potential_from_spec(potential)
         self.backend = check_choice("backend", backend, BACKENDS)
@@ -66,6 +72,8 @@ class InteractionForce(nn.Module):
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, minimum=1)
         self.check = check
         self._convolution = GridConvolution(grid, self.potential._gradient_unchecked) if grid is not None else None
+        self.sharded = bool(sharded)
+        self._ranks_agree = False
 
     def extra_repr(self) -> str:
         return f"potential={self.potential!r}, backend={self.backend!r}, grid={self.grid!r}"
@@ -86,6 +94,8 @@ class InteractionForce(nn.Module):
                     raise ValueError(f"weights: expected shape {tuple(y.shape[:-1])}, but got {tuple(weights.shape)}")
             if self.grid is not None and self.grid.dim != x.shape[-1]:
                 raise ValueError(f"x: expected dimension {self.grid.dim} to match the grid, but got {x.shape[-1]}")
+        if self.sharded and distributed.is_sharded():
+            return self._sharded(x, y, weights)
         backend = self.backend
         if backend == "auto":
             small = x.shape[-2] * y.shape[-2] <= _AUTO_PAIRWISE_LIMIT
@@ -129,6 +139,28 @@ class InteractionForce(nn.Module):
         scale = torch.where(positive, self.potential.profile_derivative(safe) / safe, torch.zeros_like(distance))
         scale = scale * weights.unsqueeze(-2)
         return queries * scale.sum(-1, keepdim=True) - scale @ sources
+
+    def _sharded(self, x, y, weights):
+        """Same result as one process holding every rank's sources (see torchmf.distributed)."""
+        if not self._ranks_agree:
+            distributed.check_same("grid", (self.backend, repr(self.potential), repr(self.grid)))
+            self._ranks_agree = True
+        if weights is None:
+            total = distributed.global_count(y.shape[-2], y.device)
+            weights = y.new_full(y.shape[:-1], 1.0 / total)
+        if isinstance(self.potential, PowerPotential) and self.potential.exponent == 2 and self.backend != "grid":
+            moments = torch.cat([(weights.unsqueeze(-1) * y).sum(-2), weights.sum(-1, keepdim=True)], dim=-1)
+            distributed.all_reduce_sum(moments)
+            mean, mass = moments[..., :-1].unsqueeze(-2), moments[..., -1:].unsqueeze(-2)
+            return 2 * self.potential.coefficient * (x * mass - mean)
+        if self.backend == "grid":
+            if self._convolution is None:
+                raise ValueError("grid: a sharded grid force needs a fixed grid shared by all ranks, but got grid=None")
+            masses = distributed.all_reduce_sum(self._convolution.grid.deposit(y, weights, check=self.check))
+            return self._convolution.grid.interpolate(self._convolution(masses), x, check=self.check)
+        if self.backend == "keops":
+            raise ValueError("backend: 'keops' cannot be sharded; use 'grid' (or 'pairwise') with sharded=True")
+        return self._pairwise(x, distributed.gather_sources(y), distributed.gather_sources(weights, dim=-1))
 
     def _quadratic(self, x, y, weights):
         # grad(c|x|^2) is linear, so the sum collapses to the weighted mean of the sources: O(N), exact.

@@ -2,6 +2,7 @@
 
 Examples:
     torchmf simulate ou_linear -o runs/ou.h5 --particles 2000 --t-end 2 --seed 0
+    torchrun --standalone --nproc-per-node 2 -m torchmf simulate ou_linear -o runs/ou.h5  # sharded
     torchmf simulate datasets/qanr_1d.yaml -o runs/qanr.h5
     torchmf simulate double_well -o dw.npz --param a=0.5 --param sigma=0.7
 """
@@ -82,10 +83,57 @@ def simulate_recipe(recipe: dict, device="cpu", progress: bool = True):
                            seed=recipe.get("seed", 0), device=device, dtype=dtype, progress=progress)
 
 
+def simulate_sharded(recipe: dict, device="cpu", progress: bool = True):
+    """Run a recipe with the particles split over the ranks of a torchrun job.
+
+    Every rank simulates its share of the N particles of each experiment; the mean-field
+    coupling is reduced over ranks (torchmf.distributed), so the forces do not depend on the
+    number of processes. Rank r draws its noise from seed + r. Rank 0 receives the whole
+    ensemble and returns it; the other ranks return None.
+    """
+    import torch
+
+    from .. import distributed, systems
+
+    rank, size = distributed.rank_and_size()
+    distributed.check_same("recipe", sorted((k, repr(v)) for k, v in recipe.items()))
+    system = systems.get(recipe["system"], **recipe.get("params", {}))
+    sde = getattr(system, "sde", None)
+    if sde is None:
+        raise ValueError(f"system: {recipe['system']!r} has its own force evaluation and cannot be sharded; "
+                         "run it in one process")
+    if sde.interaction is not None:
+        sde.interaction.sharded = True
+    n_total = recipe.get("particles") or system.default_particles
+    local = distributed.shard_slice(n_total)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[recipe.get("dtype", "float32")]
+    part = system.simulate(n_particles=local.stop - local.start, n_experiments=recipe.get("experiments", 1),
+                           t_end=recipe.get("t_end"), dt=recipe.get("dt"), record_dt=recipe.get("record_dt"),
+                           seed=recipe.get("seed", 0) + rank, device=device, dtype=dtype,
+                           progress=progress and rank == 0)
+    positions = distributed.gather_to_root(part.positions, dim=2)
+    extras = {name: distributed.gather_to_root(value, dim=2) for name, value in part.extras.items()}
+    if rank != 0:
+        return None
+    meta = dict(part.meta, seed=recipe.get("seed", 0), processes=size,
+                note="particles sharded over processes; rank r used seed + r")
+    return type(part)(positions, part.times, meta, extras)
+
+
 def run(args) -> int:
+    from .. import distributed
+
     recipe = recipe_from_args(args)
     output = Path(args.output) if args.output else Path("runs") / f"{recipe['system']}.h5"
-    trajectories = simulate_recipe(recipe, device=args.device, progress=not args.no_progress)
-    trajectories.save(output)
-    print(f"wrote {output}: {trajectories}")
+    rank, size = distributed.setup(args.device)
+    try:
+        if size > 1:
+            trajectories = simulate_sharded(recipe, device=args.device, progress=not args.no_progress)
+        else:
+            trajectories = simulate_recipe(recipe, device=args.device, progress=not args.no_progress)
+        if rank == 0:
+            trajectories.save(output)
+            print(f"wrote {output}: {trajectories}")
+    finally:
+        distributed.teardown()
     return 0
