@@ -26,7 +26,20 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["setup", "teardown", "is_sharded", "rank_and_size", "shard_slice", "all_reduce_sum", "global_count",
-           "gather_sources", "gather_to_root", "check_same"]
+           "gather_sources", "gather_to_root", "check_same", "traffic", "reset_traffic"]
+
+# payload bytes this process handed to collectives (for the scaling benchmark and docs/scaling.md)
+_TRAFFIC = {"all_reduce_bytes": 0, "all_reduce_calls": 0, "all_gather_bytes": 0}
+
+
+def traffic() -> dict:
+    """Payload bytes and calls this process has passed to collectives since :func:`reset_traffic`."""
+    return dict(_TRAFFIC)
+
+
+def reset_traffic() -> None:
+    for key in _TRAFFIC:
+        _TRAFFIC[key] = 0
 
 
 def is_sharded() -> bool:
@@ -79,6 +92,8 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum ``tensor`` over ranks in place (no-op when not sharded); returns it."""
     if is_sharded():
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        _TRAFFIC["all_reduce_bytes"] += tensor.numel() * tensor.element_size()
+        _TRAFFIC["all_reduce_calls"] += 1
     return tensor
 
 
@@ -105,6 +120,7 @@ def gather_sources(y: torch.Tensor, dim: int = -2) -> torch.Tensor:
     padded.narrow(dim, 0, y.shape[dim]).copy_(y)
     pieces = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(pieces, padded)
+    _TRAFFIC["all_gather_bytes"] += padded.numel() * padded.element_size()
     return torch.cat([piece.narrow(dim, 0, count) for piece, count in zip(pieces, counts)], dim=dim)
 
 
