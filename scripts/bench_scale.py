@@ -136,18 +136,24 @@ def gpu_grid_force_check(report: Report, n: int) -> None:
     grid = Grid(0, 1, 1024, periodic=True, dim=2)
     kernel = PeriodicKernel(GaussianKernel(0.01, 2), 1.0)
     x = torch.rand(n, 2, device="cuda", generator=torch.Generator(device="cuda").manual_seed(0))
-    force = InteractionForce(kernel, "grid", grid=grid, check=False)
-    force(x)
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        force(x)
+    results, timings = {}, {}
+    for method in ("atomic", "sorted"):
+        force = InteractionForce(kernel, "grid", grid=grid, check=False, deposit_method=method)
+        results[method] = force(x)
         torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    milliseconds = 1000 * statistics.median(times)
-    report.metrics["gpu_grid_force"] = {"n": n, "milliseconds": milliseconds, "device": torch.cuda.get_device_name()}
-    report.check(f"GPU grid force 2-D 1024^2, N={n:.0e} (ms)", round(milliseconds, 2), "<= 10", milliseconds <= 10)
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            force(x)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        timings[method] = 1000 * statistics.median(times)
+    best = min(timings, key=timings.get)
+    difference = float((results["sorted"] - results["atomic"]).norm() / results["atomic"].norm())
+    report.metrics["gpu_grid_force"] = {"n": n, "milliseconds": timings, "device": torch.cuda.get_device_name()}
+    report.check(f"GPU grid force 2-D 1024^2, N={n:.0e} (ms, best deposit: {best})", round(timings[best], 2), "<= 10",
+                 timings[best] <= 10)
+    report.check("GPU grid force vs naive deposit, relative L2", difference, "<= 1e-5", difference <= 1e-5)
 
 
 def _keops_importable() -> bool:
@@ -186,7 +192,7 @@ def main(argv=None) -> int:
     if torch.cuda.is_available():
         sinkhorn_check(report, 100_000, "cuda", 1.0, "CUDA N=1e5")
         gpu_grid_force_check(report, 10_000_000 if args.quick else 100_000_000)
-        for name, target in gpu_lines[3:]:
+        for name, target in gpu_lines[4:]:
             report.check(name, None, target, None, skipped="measured by its method's benchmark script on this device")
     else:
         for name, target in gpu_lines:

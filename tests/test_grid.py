@@ -76,3 +76,16 @@ def test_covering_grid_contains_points():
     grid = Grid.covering(x, 32)
     assert grid.shape == (32, 32)
     grid.deposit(x)  # no out-of-box error
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+@pytest.mark.parametrize("scheme", ["cic", "ngp"])
+@pytest.mark.parametrize("dim", [1, 2, 3])
+def test_sorted_deposit_equals_atomic_deposit(periodic, scheme, dim):
+    grid = Grid(0, 1, [9, 7, 5][:dim], periodic=periodic)
+    x = torch.rand(3, 2000, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(dim))
+    if periodic:
+        x = 3 * x - 1
+    weights = torch.rand(3, 2000, dtype=torch.float64)
+    atomic = grid.deposit(x, weights, scheme=scheme, method="atomic")
+    assert torch.allclose(grid.deposit(x, weights, scheme=scheme, method="sorted"), atomic, atol=1e-14)

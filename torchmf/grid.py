@@ -145,7 +145,7 @@ class Grid:
             yield (index * strides).sum(-1), weight
 
     def deposit(self, positions: torch.Tensor, weights: Optional[torch.Tensor] = None,
-                scheme: str = "cic", check: bool = True) -> torch.Tensor:
+                scheme: str = "cic", check: bool = True, method: str = "auto") -> torch.Tensor:
         """Deposit particle masses on the nodes.
 
         Arguments:
@@ -153,12 +153,19 @@ class Grid:
             weights: particle masses ``(..., N)``; default ``1/N`` each, so each batch entry sums to 1.
             scheme: ``"cic"`` (cloud-in-cell, linear) or ``"ngp"`` (nearest grid point, a histogram).
             check: validate inputs and bounds (one host synchronisation; off in hot loops).
+            method: ``"atomic"`` (one ``index_add_`` of all corner contributions), ``"sorted"``
+                (sort particles by cell, sum each cell's contributions, then add one value per
+                occupied cell and corner: far fewer colliding atomic adds on GPUs, slower on
+                CPUs), or ``"auto"`` (``"atomic"``; the sorted path is opt-in until it is
+                measured faster on a GPU).
 
         Returns:
             masses ``(..., G_1, ..., G_d)``; divide by :attr:`cell_volume` for a density.
         """
         if scheme not in ("cic", "ngp"):
             raise ValueError(f"scheme: expected 'cic' or 'ngp', but got {scheme!r}")
+        if method not in ("auto", "atomic", "sorted"):
+            raise ValueError(f"method: expected 'auto', 'atomic' or 'sorted', but got {method!r}")
         if check:
             positions = check_points("positions", positions, self.dim)
         batch_shape, n = positions.shape[:-2], positions.shape[-2]
@@ -175,12 +182,44 @@ class Grid:
         base, fraction = self.locate(flat_positions, check=check)
         batch_offset = (torch.arange(batch, device=positions.device) * self.size).unsqueeze(-1)
         out = positions.new_zeros(batch * self.size)
+        if method == "sorted":
+            return self._deposit_sorted(base, fraction, weights, batch_offset, out, scheme).reshape(*batch_shape, *self.shape)
         indices, values = [], []
         for flat_index, corner_weight in self._corners(base, fraction, linear=scheme == "cic"):
             indices.append((flat_index + batch_offset).reshape(-1))
             values.append((weights if corner_weight is None else weights * corner_weight).reshape(-1))
         out.index_add_(0, torch.cat(indices), torch.cat(values))
         return out.reshape(*batch_shape, *self.shape)
+
+    def _deposit_sorted(self, base, fraction, weights, batch_offset, out, scheme):
+        # Group particles by their cell so that each (cell, corner) pair receives one add.
+        if scheme == "ngp":  # one node per particle: group by that node directly
+            (node, _), = self._corners(base, fraction, linear=False)
+            node = (node + batch_offset).reshape(-1)
+            order = torch.argsort(node)
+            nodes, counts = torch.unique_consecutive(node[order], return_counts=True)
+            return out.index_add_(0, nodes, torch.segment_reduce(weights.reshape(-1)[order], "sum", lengths=counts))
+        shape = base.new_tensor(self.shape)
+        strides = base.new_tensor([math.prod(self.shape[i + 1:]) for i in range(self.dim)])
+        cell = ((base * strides).sum(-1) + batch_offset).reshape(-1)
+        order = torch.argsort(cell)
+        sorted_cell = cell[order]
+        cells, counts = torch.unique_consecutive(sorted_cell, return_counts=True)
+        first = torch.cumsum(counts, 0) - counts  # index of each cell's first particle in sorted order
+        flat_fraction = fraction.reshape(-1, self.dim)[order]
+        flat_weights = weights.reshape(-1)[order]
+        cell_base = base.reshape(-1, self.dim)[order][first]
+        cell_batch = sorted_cell[first] // self.size
+        for flat_index, corner_weight in self._corners(cell_base.new_zeros(flat_fraction.shape), flat_fraction,
+                                                       linear=True):
+            # flat_index above is the corner offset from the particle's own cell (base 0)
+            contribution = flat_weights * corner_weight
+            per_cell = torch.segment_reduce(contribution, "sum", lengths=counts)
+            offset = flat_index[first]
+            node = cell_base + torch.stack([(offset // s) % g for s, g in zip(strides.tolist(), self.shape)], -1)
+            node = torch.remainder(node, shape) if self.periodic else node
+            out.index_add_(0, (node * strides).sum(-1) + cell_batch * self.size, per_cell)
+        return out
 
     def interpolate(self, field: torch.Tensor, positions: torch.Tensor, check: bool = True) -> torch.Tensor:
         """Cloud-in-cell interpolation of a node field to particle positions.

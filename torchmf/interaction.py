@@ -58,10 +58,13 @@ class InteractionForce(nn.Module):
             all-reduces the deposited grid (needs a fixed ``grid``), the quadratic potential its
             first moment, the pairwise backend gathers the sources. Outside a process group of
             several ranks it changes nothing.
+        deposit_method: :meth:`~torchmf.grid.Grid.deposit`'s ``method`` (``"auto"``,
+            ``"atomic"`` or ``"sorted"``) for the grid backend.
     """
 
     def __init__(self, potential, backend: str = "pairwise", grid: Optional[Grid] = None,
-                 grid_shape=None, chunk_size: Optional[int] = None, check: bool = True, sharded: bool = False):
+                 grid_shape=None, chunk_size: Optional[int] = None, check: bool = True, sharded: bool = False,
+                 deposit_method: str = "auto"):
         super().__init__()
         self.potential: RadialKernel = potential_from_spec(potential)
         self.backend = check_choice("backend", backend, BACKENDS)
@@ -73,6 +76,7 @@ class InteractionForce(nn.Module):
         self.check = check
         self._convolution = GridConvolution(grid, self.potential._gradient_unchecked) if grid is not None else None
         self.sharded = bool(sharded)
+        self.deposit_method = check_choice("deposit_method", deposit_method, ("auto", "atomic", "sorted"))
         self._ranks_agree = False
 
     def extra_repr(self) -> str:
@@ -156,7 +160,8 @@ class InteractionForce(nn.Module):
         if self.backend == "grid":
             if self._convolution is None:
                 raise ValueError("grid: a sharded grid force needs a fixed grid shared by all ranks, but got grid=None")
-            masses = distributed.all_reduce_sum(self._convolution.grid.deposit(y, weights, check=self.check))
+            masses = distributed.all_reduce_sum(self._convolution.grid.deposit(y, weights, check=self.check,
+                                                                               method=self.deposit_method))
             return self._convolution.grid.interpolate(self._convolution(masses), x, check=self.check)
         if self.backend == "keops":
             raise ValueError("backend: 'keops' cannot be sharded; use 'grid' (or 'pairwise') with sharded=True")
@@ -173,7 +178,7 @@ class InteractionForce(nn.Module):
         if convolution is None:
             grid = Grid.covering(torch.cat([x, y], dim=-2), self.grid_shape or _default_shape(x.shape[-1]))
             convolution = GridConvolution(grid, self.potential._gradient_unchecked)
-        masses = convolution.grid.deposit(y, weights, check=self.check)
+        masses = convolution.grid.deposit(y, weights, check=self.check, method=self.deposit_method)
         field = convolution(masses)  # (..., *shape, d)
         return convolution.grid.interpolate(field, x, check=self.check)
 
