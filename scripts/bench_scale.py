@@ -8,7 +8,6 @@ On a machine without CUDA it runs the CPU and multi-process checks and lists eac
 from __future__ import annotations
 
 import json
-import math
 import resource
 import statistics
 import sys
