@@ -28,12 +28,20 @@ def qanr_mean_field_force(x: torch.Tensor) -> torch.Tensor:
     x = check_points("x", x, 1)
     values = x.squeeze(-1)
     n = values.shape[-1]
-    order = values.argsort(dim=-1)
-    sorted_values = values.gather(-1, order)
-    # ties (equal positions) contribute sign(0) = 0: count strictly smaller / larger values
-    below = torch.searchsorted(sorted_values, values, right=False)
-    above = n - torch.searchsorted(sorted_values, values, right=True)
-    force = values - values.mean(-1, keepdim=True) - (below - above).to(values.dtype) / n
+    sorted_values, order = values.sort(dim=-1)
+    # Ties (equal positions) contribute sign(0) = 0: for each sorted entry count the values strictly
+    # below (first index of its tie group) and strictly above (n - 1 - last index of its group).
+    # Group bounds come from running maxima/minima over "new value starts here" flags: O(N), no search.
+    index = torch.arange(n, device=values.device).expand_as(sorted_values)
+    starts = torch.ones_like(sorted_values, dtype=torch.bool)
+    starts[..., 1:] = sorted_values[..., 1:] != sorted_values[..., :-1]
+    below = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
+    ends = torch.ones_like(starts)
+    ends[..., :-1] = starts[..., 1:]
+    last = torch.where(ends, index, torch.full_like(index, n - 1)).flip(-1).cummin(dim=-1).values.flip(-1)
+    above = n - 1 - last
+    sorted_force = sorted_values - values.mean(-1, keepdim=True) - (below - above).to(values.dtype) / n
+    force = torch.empty_like(sorted_force).scatter_(-1, order, sorted_force)
     return force.unsqueeze(-1)
 
 

@@ -126,7 +126,7 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
         raise ValueError(f"times: too few time points ({times.numel()}) for the test-function support")
     steps = times.diff()
     dt = float(steps.mean())
-    if dt <= 0 or float((steps - dt).abs().max()) > 1e-6 * max(dt, 1e-12) + 1e-9:
+    if dt <= 0 or float((steps - dt).abs().max()) > 1e-3 * dt:
         raise ValueError("times: expected uniformly spaced, increasing recording times (the time quadrature "
                          "and test functions live on a regular time grid)")
     dim = positions.shape[-1]

@@ -79,6 +79,17 @@ class Monomial:
             parts.append(p * Monomial(lowered).value(x))
         return torch.stack(parts, dim=-1)
 
+    def factors(self, axes: List[torch.Tensor], derivative: Optional[int] = None) -> List[torch.Tensor]:
+        """1-D factors on grid axes ``axes`` (``d`` tensors ``(G_i,)``) whose product is the value
+        (or the ``derivative``-th partial derivative): the functions are separable."""
+        out = []
+        for i, (x, p) in enumerate(zip(axes, self.powers)):
+            if i == derivative:
+                out.append(p * x ** (p - 1) if p else torch.zeros_like(x))
+            else:
+                out.append(x ** p)
+        return out
+
     def label(self) -> str:
         if self.dim == 1:
             return f"x^{self.powers[0]}"
@@ -117,6 +128,11 @@ class CosineProduct:
                     part = part * c
             parts.append(part)
         return torch.stack(parts, dim=-1)
+
+    def factors(self, axes: List[torch.Tensor], derivative: Optional[int] = None) -> List[torch.Tensor]:
+        """Separable 1-D factors of the value (or of its ``derivative``-th partial derivative)."""
+        return [(-k * torch.sin(k * x)) if i == derivative else torch.cos(k * x)
+                for i, (x, k) in enumerate(zip(axes, self.frequencies))]
 
     def label(self) -> str:
         return "*".join(f"cos({_number(k)}x{i + 1})" for i, k in enumerate(self.frequencies))
@@ -246,6 +262,13 @@ class LocalTerm:
         axis = 0 if self.axis is None else self.axis
         return f"dV/dx{axis + 1}:{self.basis.label()}"
 
+    def pieces(self):
+        """Weak-form pieces of the column: ``(sign, derivative of the basis or None, test-function space orders)``."""
+        dim = self.basis.dim
+        if self.axis is None:
+            return [(1.0, i, _unit(dim, i, 1)) for i in range(dim)]
+        return [(1.0, None, _unit(dim, self.axis, 1))]
+
     def gradient(self, x: torch.Tensor) -> torch.Tensor:
         """Contribution to :math:`\\nabla V(x)`, ``(..., d) -> (..., d)``."""
         if self.axis is None:
@@ -281,6 +304,10 @@ class DiffusionTerm:
         if self.axis is None:
             return f"D:{self.basis.label()}"
         return f"D{self.axis + 1}{self.axis + 1}:{self.basis.label()}"
+
+    def pieces(self):
+        """Weak-form pieces: ``-<d_ii psi, U f>`` for each axis concerned."""
+        return [(-1.0, None, _unit(self.basis.dim, i, 2)) for i in self.axes]
 
     def diagonal(self, x: torch.Tensor) -> torch.Tensor:
         """Contribution to the diagonal of :math:`D = \\tfrac12\\sigma\\sigma^T`, ``(..., d) -> (..., d)``."""
@@ -452,6 +479,12 @@ def load_library(library, dim: int) -> Library:
             return Library.from_spec(spec, dim, name=path.stem)
         raise ValueError(f"library: expected a preset in {sorted(PRESETS)} or a .yaml/.json file, but got {text!r}")
     raise TypeError(f"library: expected a Library, preset name, dict or file path, but got {type(library).__name__}")
+
+
+def _unit(dim: int, axis: int, order: int) -> tuple:
+    orders = [0] * dim
+    orders[axis] = order
+    return tuple(orders)
 
 
 def _number(value: float) -> str:

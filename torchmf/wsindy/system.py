@@ -43,48 +43,126 @@ def build_system(density: torch.Tensor, grid: Grid, library: Library, test_funct
     if convolution not in CONVOLUTIONS:
         raise ValueError(f"convolution: expected one of {list(CONVOLUTIONS)}, but got {convolution!r}")
     dim = grid.dim
-    nodes = grid.nodes(device=density.device, dtype=density.dtype)  # (*G, d)
-    contracted = {order: test_functions.integrate_time(density, order) for order in (0, 1)}  # (n_t, *G)
-    unit = [0] * dim
-
-    def orders(axis: int, order: int) -> List[int]:
-        result = list(unit)
-        result[axis] = order
-        return result
-
     columns: Dict[int, torch.Tensor] = {}
     interaction = library.of_kind("interaction")
     if interaction:
-        for index, fields in zip(interaction, interaction_fields(density, grid, [library.terms[i] for i in interaction],
-                                                                 convolution, svd_tolerance)):
+        terms = [library.terms[i] for i in interaction]
+        for index, product in zip(interaction, interaction_fields(density, grid, terms, convolution, svd_tolerance)):
             column = 0
             for axis in range(dim):
-                column = column + test_functions.integrate(density * fields[..., axis], 0, orders(axis, 1))
+                orders = [0] * dim
+                orders[axis] = 1
+                column = column + test_functions.integrate(product[..., axis], 0, orders)
             columns[index] = column
-    for index in library.of_kind("local"):
-        term = library.terms[index]
-        gradient = term.gradient(nodes)  # (*G, d)
-        column = 0
-        axes = range(dim) if term.axis is None else [term.axis]
-        for axis in axes:
-            column = column + test_functions.integrate_space(contracted[0] * gradient[..., axis], orders(axis, 1))
-        columns[index] = column
-    for index in library.of_kind("diffusion"):
-        term = library.terms[index]
-        values = term.basis.value(nodes)
-        weighted = contracted[0] * values
-        column = 0
-        for axis in term.axes:
-            column = column - test_functions.integrate_space(weighted, orders(axis, 2))
-        columns[index] = column
+    columns.update(_local_columns(density, grid, library, test_functions))
     matrix = torch.stack([columns[i] for i in range(len(library))], dim=1)
-    rhs = test_functions.integrate_space(contracted[1], unit)
+    rhs = test_functions.integrate(density, 1, [0] * dim)
     return matrix, rhs
+
+
+def _local_columns(density, grid, library, test_functions) -> Dict[int, torch.Tensor]:
+    """Columns of local and diffusion terms. Their basis functions are separable, so every piece
+    :math:`\\langle \\partial^\\beta\\psi_k, U f\\rangle` is a contraction of the time-contracted
+    histogram with 1-D matrices (test-function rows times the function's 1-D factors), batched over
+    all pieces with the same derivative pattern ``beta``."""
+    indices = library.of_kind("local") + library.of_kind("diffusion")
+    if not indices:
+        return {}
+    axes = grid.axes(device=density.device, dtype=density.dtype)
+    contracted = test_functions.integrate_time(density, 0)  # (n_t, *G)
+    groups: Dict[tuple, list] = {}
+    for index in indices:
+        for sign, derivative, orders in library.terms[index].pieces():
+            groups.setdefault(orders, []).append((index, sign, library.terms[index].basis.factors(axes, derivative)))
+    columns: Dict[int, torch.Tensor] = {}
+    for orders, pieces in groups.items():
+        matrices = []
+        for axis, (factor, order) in enumerate(zip(test_functions.spatial, orders)):
+            base = factor.matrix(order, density.device, density.dtype)  # (n_i, G_i)
+            matrices.append(torch.stack([piece[2][axis] for piece in pieces]).unsqueeze(1) * base)  # (P, n_i, G_i)
+        values = _batched_contraction(contracted, matrices)  # (P, n)
+        for (index, sign, _), value in zip(pieces, values):
+            columns[index] = columns[index] + sign * value if index in columns else sign * value
+    return columns
+
+
+def _batched_contraction(field: torch.Tensor, matrices) -> torch.Tensor:
+    """``field (T, G_1..G_d)``, ``matrices[i] (P, n_i, G_i)`` -> ``(P, T * n_1 * ... * n_d)``."""
+    dim = len(matrices)
+    letters = "abcdefgh"[:dim]
+    grid_letters = "ijklmnop"[:dim]
+    # last axis: one matrix product for all pieces at once (the largest contraction)
+    last = matrices[-1]
+    pieces, count, size = last.shape
+    result = field.reshape(-1, size) @ last.reshape(pieces * count, size).T  # (T*G_1..G_{d-1}, P*n_d)
+    result = result.reshape(*field.shape[:-1], pieces, count)  # (T, G_1..G_{d-1}, P, n_d)
+    current = "t" + grid_letters[:-1] + "p" + letters[-1]
+    for axis in range(dim - 2, -1, -1):
+        target = current.replace(grid_letters[axis], letters[axis])
+        result = torch.einsum(f"{current},p{letters[axis]}{grid_letters[axis]}->{target}", result, matrices[axis])
+        current = target
+    order = "p" + "t" + letters
+    result = torch.einsum(f"{current}->{order}", result)
+    return result.reshape(pieces, -1)
+
+
+def _fast_size(n: int) -> int:
+    """Smallest 5-smooth integer >= n (fast FFT lengths)."""
+    while True:
+        m = n
+        for prime in (2, 3, 5):
+            while m % prime == 0:
+                m //= prime
+        if m == 1:
+            return n
+        n += 1
+
+
+def _support_box(density: torch.Tensor, grid: Grid):
+    """Index ranges ``[lo, lo + size)`` per axis covering every nonzero of ``density`` (any time), with
+    ``size`` FFT-friendly; the box may extend past the grid (zero padded)."""
+    occupied = density.abs().sum(0) > 0
+    ranges = []
+    for axis in range(grid.dim):
+        other = tuple(a for a in range(grid.dim) if a != axis)
+        line = occupied.any(dim=other) if other else occupied
+        nonzero = torch.nonzero(line).reshape(-1)
+        if nonzero.numel() == 0:
+            lo, hi = 0, 1
+        else:
+            lo, hi = int(nonzero[0]), int(nonzero[-1]) + 1
+        size = _fast_size(max(hi - lo, 2))
+        ranges.append((lo, size))
+    return ranges
 
 
 def interaction_fields(density: torch.Tensor, grid: Grid, terms, convolution: str = "fft",
                        svd_tolerance: float = 1e-10):
-    r"""Yield :math:`(\nabla K_j * U_t)(C)` ``(L, *G, d)`` for each interaction term, by FFT on the C - C grid."""
+    r"""Yield :math:`U_t\,(\nabla K_j * U_t)` on C, ``(L, *G, d)``, for each interaction term.
+
+    The convolution runs on the box that holds the data (``U`` is zero elsewhere, and so is the
+    product), zero-padded to twice its size for a linear convolution on the C - C offsets.
+    """
+    ranges = _support_box(density, grid)
+    spacing = grid.spacing
+    box = Grid([grid.lower[i] + lo * spacing[i] for i, (lo, _) in enumerate(ranges)],
+               [grid.lower[i] + (lo + size - 1) * spacing[i] for i, (lo, size) in enumerate(ranges)],
+               [size for _, size in ranges])
+    cropped = density.new_zeros((density.shape[0],) + tuple(size for _, size in ranges))
+    source, target = [slice(None)], [slice(None)]
+    for (lo, size), g in zip(ranges, grid.shape):
+        stop = min(lo + size, g)
+        source.append(slice(lo, stop))
+        target.append(slice(0, stop - lo))
+    cropped[tuple(target)] = density[tuple(source)]
+    for fields in _box_fields(cropped, box, terms, convolution, svd_tolerance):
+        product = cropped.unsqueeze(-1) * fields
+        full = density.new_zeros(density.shape + (grid.dim,))
+        full[tuple(source)] = product[tuple(target)]
+        yield full
+
+
+def _box_fields(density, grid, terms, convolution, svd_tolerance):
     dims = tuple(range(-grid.dim, 0))
     masses = density * grid.cell_volume
     fft_shape = grid.fft_shape()

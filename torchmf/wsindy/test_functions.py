@@ -126,8 +126,19 @@ class TestFunctions:
         Returns:
             ``(n,)``.
         """
-        result = self.integrate_time(field, time_order)
-        return self.integrate_space(result, space_orders)
+        # the spatial strides thin the grid most, so contract the spatial axes first
+        result = self.contract_space(field, space_orders)  # (L, n_1, ..., n_d)
+        matrix = self.time.matrix(time_order, field.device, field.dtype)
+        return torch.tensordot(matrix, result, dims=([1], [0])).reshape(-1)
+
+    def contract_space(self, field: torch.Tensor, space_orders: Sequence[int]) -> torch.Tensor:
+        """Contract the spatial axes of ``(T, *G)`` with the test functions: ``-> (T, n_1, ..., n_d)``."""
+        # last axis first: it is contiguous (a plain matrix product) and shrinks the array the most
+        result = field
+        for axis in range(len(self.spatial) - 1, -1, -1):
+            matrix = self.spatial[axis].matrix(space_orders[axis], field.device, field.dtype)
+            result = torch.movedim(torch.tensordot(result, matrix, dims=([1 + axis], [1])), -1, 1 + axis)
+        return result
 
     def integrate_time(self, field: torch.Tensor, time_order: int) -> torch.Tensor:
         """Contract the time axis: ``(L, *G) -> (n_t, *G)``."""
