@@ -1,0 +1,367 @@
+r"""Flow-parameterized averaged dynamics: learn the slow SDE of a fast-slow system from one slow path.
+
+Model (see :mod:`torchmf.systems.fastslow`):
+:math:`dX = f_\theta(X, Y)dt + \sigma dW`, :math:`dY = \varepsilon^{-1} g(X, Y)dt + \varepsilon^{-1/2}\tau dB`.
+Only a path of ``X`` is observed. Averaging gives :math:`dX = F(X)dt + \sigma dW` with
+
+.. math:: F(x) = E_{y \sim q_\phi(\cdot\mid x)}[f_\theta(x, y)] \approx \tfrac1S \textstyle\sum_s f_\theta(x, y_s),
+
+:math:`q_\phi(y \mid x)` a conditional normalizing flow standing for the fast invariant law
+:math:`\rho_x`, sampled with reparameterization. Training minimizes the Euler-Maruyama negative
+log-likelihood of the observed transitions plus ``penalty_weight`` times the stationarity residual
+:math:`\sum_j E_{x}\big(E_{q_\phi(\cdot|x)}[\mathcal L_x \psi_j]\big)^2`, with
+:math:`\mathcal L_x \psi = g(x,\cdot)\cdot\nabla\psi + \tfrac{\tau^2}2 \Delta\psi` (autograd through
+:mod:`torch.func`) over a fixed family of test functions :math:`\psi_j`.
+
+Both squared terms are estimated without Monte-Carlo bias: the ``S`` samples are split into two
+independent halves and the square :math:`r^2` is replaced by :math:`r^{(1)} r^{(2)}` (a plain
+square would reward :math:`q_\phi` for shrinking the spread of :math:`f_\theta(x, Y)`).
+
+Classes: :class:`FlowAveragedDrift` (``density="flow"`` or ``"gaussian"``, the Gaussian
+closure), :class:`NeuralDrift` (black-box baseline), :class:`ReducedSDE` and
+:func:`simulate_reduced` (torchsde). The variational posterior is :mod:`torchmf.variational`.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+import torchsde
+from torch import nn
+from torch.func import jacrev, jvp, vmap
+
+from ._validation import check_choice, check_int, check_positive, check_tensor
+from .flows import ConditionalGaussian, conditional_spline_flow
+from .particles import Trajectories
+
+__all__ = ["FlowAveragedDrift", "NeuralDrift", "TestFunctions", "ReducedSDE", "simulate_reduced", "path_transitions",
+           "em_negative_log_likelihood", "fast_system", "drift_error", "build_pretrained"]
+
+DENSITIES = ("flow", "gaussian")
+
+
+def fast_system(system, params: Optional[dict] = None):
+    """A :class:`~torchmf.systems.fastslow.FastSlowSystem` from a registered name (or the object itself)."""
+    from . import systems
+    from .systems.fastslow import FastSlowSystem
+
+    if isinstance(system, FastSlowSystem):
+        return system
+    built = systems.get(system, **dict(params or {}))
+    if not isinstance(built, FastSlowSystem):
+        raise ValueError(f"system: expected a fast-slow system (fastslow_*, lorenz96_two_scale), but got {system!r}")
+    return built
+
+
+# -- data -----------------------------------------------------------------------------------------------
+def path_transitions(positions: torch.Tensor, times: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Transitions of one observed slow path.
+
+    Arguments:
+        positions: ``(L, d)`` observed slow states (a ``(M, L, 1, d)`` Trajectories tensor: take one experiment).
+        times: ``(L,)`` strictly increasing observation times.
+
+    Returns:
+        ``x (L-1, d)`` start states, ``dx (L-1, d)`` increments, ``dt (L-1,)`` time steps.
+    """
+    positions = check_tensor("positions", positions, ndim=2)
+    times = check_tensor("times", torch.as_tensor(times, dtype=positions.dtype, device=positions.device), ndim=1)
+    if times.numel() != positions.shape[0] or times.numel() < 2:
+        raise ValueError(f"times: expected {positions.shape[0]} >= 2 entries like positions, but got {times.numel()}")
+    steps = times.diff()
+    if not bool((steps > 0).all()):
+        raise ValueError(f"times: expected strictly increasing times, but {int((steps <= 0).sum())} steps are <= 0")
+    return positions[:-1], positions.diff(dim=0), steps
+
+
+def em_negative_log_likelihood(dx, dt, drift_a, drift_b, sigma) -> torch.Tensor:
+    r"""Euler-Maruyama negative log-likelihood of transitions, ``(..., B)``.
+
+    :math:`\tfrac12\sum_i\big[(dx - F^{(1)} dt)(dx - F^{(2)} dt)/(\sigma^2 dt) + \log(2\pi\sigma^2 dt)\big]_i`
+    with two independent drift estimates ``drift_a``, ``drift_b`` ``(..., B, d)`` (equal for an
+    exact drift); ``dx (B, d)``, ``dt (B,)``, ``sigma (..., 1, d)`` or ``(d,)``.
+    """
+    step = dt.unsqueeze(-1)
+    variance = sigma**2 * step
+    residual = (dx - drift_a * step) * (dx - drift_b * step)
+    return 0.5 * (residual / variance + torch.log(2 * math.pi * variance)).sum(-1)
+
+
+# -- test functions and the stationarity residual ------------------------------------------------------
+class TestFunctions(nn.Module):
+    r"""Test functions :math:`\psi_j(y)`: each coordinate :math:`y_i` and :math:`y_i^2`, and
+    ``n_fourier`` random Fourier features :math:`\sin(w_j\cdot y + b_j)`, :math:`w_j \sim N(0, I/\ell^2)`
+    (``length`` :math:`\ell`, fixed by ``seed``). ``y (..., k) -> (..., 2k + n_fourier)``."""
+
+    def __init__(self, features: int, n_fourier: int = 16, length: float = 1.0, seed: int = 0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(seed)
+        self.register_buffer("frequencies", torch.randn(n_fourier, features, generator=generator) / length)
+        self.register_buffer("phases", 2 * math.pi * torch.rand(n_fourier, generator=generator))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        fourier = torch.sin(y @ self.frequencies.T.to(y) + self.phases.to(y))
+        return torch.cat((y, y**2, fourier), dim=-1)
+
+
+def generator_applied(system, test_functions: TestFunctions, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    r""":math:`\mathcal L_x\psi_j(y) = g(x, y)\cdot\nabla\psi_j(y) + \tfrac{\tau^2}2\Delta\psi_j(y)` for
+    ``x (B, d)``, ``y (B, S, k)`` -> ``(B, S, J)``; derivatives by autograd (differentiable in ``y``)."""
+    batch, count, features = y.shape
+    flat = y.reshape(-1, features)
+    psi_jacobian = jacrev(test_functions)  # (k,) -> (J, k)
+    gradient = vmap(psi_jacobian)(flat)
+    laplacian = 0.0
+    for axis in range(features):
+        direction = torch.zeros(features, dtype=y.dtype, device=y.device)
+        direction[axis] = 1.0
+        _, hessian_row = vmap(lambda point: jvp(psi_jacobian, (point,), (direction,)))(flat)
+        laplacian = laplacian + hessian_row[..., axis]
+    drift = system.fast_drift(x.unsqueeze(1), y).reshape(-1, features)
+    applied = (gradient * drift.unsqueeze(1)).sum(-1) + 0.5 * system.tau**2 * laplacian
+    return applied.reshape(batch, count, -1)
+
+
+# -- the averaged drift ---------------------------------------------------------------------------------
+class _AveragedModel(nn.Module):
+    """Shared pieces: slow noise ``sigma (d,)`` as ``exp(log_sigma)``, the data range, the EM loss."""
+
+    def _init_common(self, dim: int, sigma_init: float):
+        self.dim = dim
+        self.log_sigma = nn.Parameter(torch.full((dim,), math.log(check_positive("sigma_init", sigma_init))))
+        # observed-path statistics (5%, 95% quantiles, min, max): scoring range and penalty points
+        self.register_buffer("data_range", torch.tensor([[-1.0, 1.0, -1.0, 1.0]] * dim).T.contiguous())
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """Slow diffusion ``(d,)``."""
+        return self.log_sigma.exp()
+
+    def set_data_range(self, x: torch.Tensor) -> None:
+        """Record the 5-95% quantiles and the extremes of observed states ``x (n, d)``."""
+        x = check_tensor("x", x, ndim=2)
+        quantiles = torch.quantile(x.double(), torch.tensor([0.05, 0.95], dtype=torch.float64, device=x.device), dim=0)
+        stats = torch.cat((quantiles, x.double().min(0, keepdim=True).values, x.double().max(0, keepdim=True).values))
+        self.data_range.copy_(stats.to(self.data_range))
+
+    def quantile_grid(self, n_points: int = 200) -> torch.Tensor:
+        """``(n_points, d)`` evenly spaced points between the stored 5% and 95% quantiles."""
+        weights = torch.linspace(0, 1, n_points, device=self.data_range.device, dtype=self.data_range.dtype)
+        return self.data_range[0] + weights.unsqueeze(-1) * (self.data_range[1] - self.data_range[0])
+
+    def path_nll(self, x: torch.Tensor, dx: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """Mean EM negative log-likelihood per transition of ``x, dx (B, d)``, ``dt (B,)`` (scalar)."""
+        drift_a, drift_b = self.drift_pair(x)
+        return em_negative_log_likelihood(dx, dt, drift_a, drift_b, self.sigma).mean()
+
+    def stationarity_penalty(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(())
+
+
+class FlowAveragedDrift(_AveragedModel):
+    r"""Averaged drift :math:`F(x) = E_{q_\phi(y|x)} f_\theta(x, y)` of a fast-slow model.
+
+    Arguments:
+        system: registered fast-slow system name (its ``slow_drift`` form, ``fast_drift`` g and
+            ``tau`` are the model structure; its true parameters are not used for fitting).
+        system_params: the system's constructor parameters (``tau``, ``tilt``...).
+        density: ``"flow"`` (conditional spline flow) or ``"gaussian"`` (Gaussian closure).
+        hidden, layers, bins, tail_bound, scale: size of :math:`q_\phi` (see :mod:`torchmf.flows`).
+        n_samples: Monte-Carlo samples of ``y`` per ``x`` for :math:`F` (even, split in two halves).
+        theta_init: initial :math:`\theta` ``(P,)`` (default ones); ``sigma_init``: initial slow noise.
+        n_fourier, test_length, seed: the test-function family of the stationarity penalty.
+
+    Shapes: ``drift(x)``: ``x (..., d) -> (..., d)``; ``sample_fast(x, n)``: ``(B, d) -> (B, n, k)``.
+    """
+
+    def __init__(self, system: str = "fastslow_cubic", system_params: Optional[dict] = None, density: str = "flow",
+                 hidden: int = 32, layers: int = 1, bins: int = 8, tail_bound: float = 4.0, scale: float = 1.5,
+                 n_samples: int = 32, theta_init: Optional[Sequence[float]] = None, sigma_init: float = 1.0,
+                 n_fourier: int = 16, test_length: float = 1.0, seed: int = 0):
+        super().__init__()
+        self.system = fast_system(system, system_params)
+        self.density_kind = check_choice("density", density, DENSITIES)
+        self.n_samples = check_int("n_samples", n_samples, minimum=2)
+        self.config = dict(system=self.system.registered_name, system_params=dict(system_params or {}),
+                           density=density, hidden=hidden, layers=layers, bins=bins, tail_bound=tail_bound, scale=scale,
+                           n_samples=n_samples, theta_init=theta_init, sigma_init=sigma_init, n_fourier=n_fourier,
+                           test_length=test_length, seed=seed)
+        dim, features = self.system.dim, self.system.fast_dim
+        with torch.random.fork_rng():  # network initialization is part of the model's seed
+            torch.manual_seed(seed)
+            if density == "flow":
+                self.density = conditional_spline_flow(features, dim, hidden, layers, bins, tail_bound, scale)
+            else:
+                self.density = ConditionalGaussian(features, dim, hidden, scale=1.0)
+        count = len(self.system.parameter_names)
+        theta = torch.ones(count) if theta_init is None else torch.as_tensor(theta_init, dtype=torch.float32)
+        if theta.shape != (count,):
+            raise ValueError(f"theta_init: expected {count} values {self.system.parameter_names}, but got {theta.tolist()}")
+        self.theta = nn.Parameter(theta.clone())
+        self._init_common(dim, sigma_init)
+        self.test_functions = TestFunctions(features, n_fourier, test_length, seed)
+
+    @property
+    def parameter_names(self):
+        return list(self.system.parameter_names)
+
+    def sample_fast(self, x: torch.Tensor, n_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``n_samples`` draws of :math:`q_\\phi(\\cdot|x)` for ``x (B, d)``: ``(B, n_samples, k)`` (reparameterized)."""
+        x = check_tensor("x", x, ndim=2, last_dim=self.dim)
+        noise = torch.randn((x.shape[0], n_samples, self.system.fast_dim), generator=generator, device=x.device,
+                            dtype=x.dtype)
+        return self.density.sample_from_noise(noise, x)
+
+    def drift_samples(self, x: torch.Tensor, y: torch.Tensor, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """:math:`f_\\theta(x, y_s)` for ``x (B, d)``, ``y (B, S, k)``: ``(B, S, d)``, or ``(T, B, S, d)``
+        for ``theta (T, P)`` (posterior samples)."""
+        theta = self.theta if theta is None else theta
+        if theta.ndim == 2:
+            theta = theta[:, None, None, :]
+        return self.system.slow_drift(x.unsqueeze(-2), y, theta.to(x))
+
+    def drift_pair(self, x: torch.Tensor, theta: Optional[torch.Tensor] = None):
+        """Two independent Monte-Carlo estimates of :math:`F(x)`, each ``(B, d)`` (or ``(T, B, d)``)."""
+        values = self.drift_samples(x, self.sample_fast(x, self.n_samples), theta)
+        first, second = values.chunk(2, dim=-2)
+        return first.mean(-2), second.mean(-2)
+
+    def drift(self, x: torch.Tensor, n_samples: Optional[int] = None, generator: Optional[torch.Generator] = None,
+              theta: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Monte-Carlo :math:`F(x)`: ``x (..., d) -> (..., d)`` with ``n_samples`` (default ``4 * n_samples``)."""
+        x = check_tensor("x", x, min_ndim=1, last_dim=self.dim)
+        flat = x.reshape(-1, self.dim)
+        values = self.drift_samples(flat, self.sample_fast(flat, n_samples or 4 * self.n_samples, generator), theta)
+        return values.mean(-2).reshape(x.shape)
+
+    forward = drift
+
+    def stationarity_residual(self, x: torch.Tensor, n_samples: Optional[int] = None):
+        """Two independent estimates of :math:`E_{q(\\cdot|x)}[\\mathcal L_x\\psi_j]` for ``x (B, d)``: each ``(B, J)``."""
+        y = self.sample_fast(x, n_samples or self.n_samples)
+        applied = generator_applied(self.system, self.test_functions, x, y)
+        first, second = applied.chunk(2, dim=1)
+        return first.mean(1), second.mean(1)
+
+    def stationarity_penalty(self, x: torch.Tensor, n_samples: Optional[int] = None) -> torch.Tensor:
+        """Mean over ``x (B, d)`` of :math:`\\sum_j (E_q \\mathcal L_x\\psi_j)^2` (unbiased two-halves estimate)."""
+        first, second = self.stationarity_residual(x, n_samples)
+        return (first * second).sum(-1).mean()
+
+    def penalty_points(self, n_points: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``(n_points, d)`` uniform points over the observed range widened by 10% (where the penalty is enforced)."""
+        low, high = self.data_range[2], self.data_range[3]
+        margin = 0.1 * (high - low)
+        uniform = torch.rand((n_points, self.dim), generator=generator, device=low.device, dtype=low.dtype)
+        return low - margin + uniform * (high - low + 2 * margin)
+
+
+class NeuralDrift(_AveragedModel):
+    """Black-box baseline: an MLP ``F(x)`` and a constant ``sigma``, fitted by EM likelihood only.
+
+    Shapes: ``drift(x)``: ``x (..., d) -> (..., d)``.
+    """
+
+    def __init__(self, dim: int = 1, hidden: int = 64, sigma_init: float = 1.0, seed: int = 0):
+        super().__init__()
+        self.config = dict(dim=dim, hidden=hidden, sigma_init=sigma_init, seed=seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.net = nn.Sequential(nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+                                     nn.Linear(hidden, dim))
+        self._init_common(check_int("dim", dim, minimum=1), sigma_init)
+
+    def drift(self, x: torch.Tensor, **unused) -> torch.Tensor:
+        return self.net(check_tensor("x", x, min_ndim=1, last_dim=self.dim))
+
+    forward = drift
+
+    def drift_pair(self, x, theta=None):
+        value = self.drift(x)
+        return value, value
+
+
+# -- scoring ---------------------------------------------------------------------------------------------
+def drift_error(model, system=None, n_points: int = 200, n_samples: int = 4096, seed: int = 0) -> float:
+    """Relative L2 error of ``model.drift`` against the true averaged drift on the model's 5-95% quantile grid."""
+    from .metrics import relative_error
+
+    system = fast_system(system if system is not None else model.system)
+    with torch.no_grad():
+        grid = model.quantile_grid(n_points)
+        generator = torch.Generator(device=grid.device).manual_seed(seed)
+        kwargs = {"n_samples": n_samples, "generator": generator} if hasattr(model, "sample_fast") else {}
+        estimate = model.drift(grid, **kwargs)
+        truth = system.averaged_drift(grid.double()).to(estimate)
+    return float(relative_error(estimate.double(), truth.double()))
+
+
+# -- the learned reduced SDE -----------------------------------------------------------------------------
+class ReducedSDE(nn.Module):
+    """The learned slow SDE :math:`dX = F(X)dt + \\sigma dW` for ``torchsde.sdeint`` (batch ``(M, d)``).
+
+    The Monte-Carlo drift uses one fixed set of ``n_samples`` base-noise draws (common random
+    numbers), so :math:`F` is a deterministic function along the simulation.
+    """
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, model: nn.Module, n_samples: int = 256, seed: int = 0):
+        super().__init__()
+        self.model = model
+        self.n_samples = check_int("n_samples", n_samples, minimum=1)
+        self.seed = seed
+
+    def f(self, t, y):
+        if hasattr(self.model, "sample_fast"):
+            generator = torch.Generator(device=y.device).manual_seed(self.seed)
+            return self.model.drift(y, n_samples=self.n_samples, generator=generator)
+        return self.model.drift(y)
+
+    def g(self, t, y):
+        return self.model.sigma.to(y).expand_as(y)
+
+
+def simulate_reduced(model: nn.Module, x0: torch.Tensor, times, dt: float = 1e-2, seed: int = 0,
+                     n_samples: int = 256) -> Trajectories:
+    """Simulate the learned reduced SDE with torchsde (Euler-Maruyama).
+
+    Arguments:
+        model: a :class:`FlowAveragedDrift`, :class:`NeuralDrift` or a variational model (``drift``, ``sigma``).
+        x0: initial slow states ``(M, d)`` (``M`` independent paths).
+        times: increasing output times ``(L,)``.
+        dt: integration step; seed: Brownian motion seed; n_samples: Monte-Carlo size of ``F``.
+
+    Returns:
+        :class:`~torchmf.particles.Trajectories` ``(M, L, 1, d)``.
+    """
+    x0 = check_tensor("x0", x0, ndim=2)
+    times = check_tensor("times", torch.as_tensor(times, dtype=x0.dtype, device=x0.device), ndim=1)
+    if times.numel() < 2 or not bool((times.diff() > 0).all()):
+        raise ValueError("times: expected at least two strictly increasing times")
+    dt = check_positive("dt", dt)
+    sde = ReducedSDE(model, n_samples, seed)
+    brownian = torchsde.BrownianInterval(t0=float(times[0]), t1=float(times[-1]), size=tuple(x0.shape), dtype=x0.dtype,
+                                         device=x0.device, entropy=seed)
+    with torch.no_grad():
+        path = torchsde.sdeint(sde, x0, times, bm=brownian, method="euler", dt=dt)  # (L, M, d)
+    meta = {"model": type(model).__name__, "seed": seed, "dt": dt}
+    return Trajectories(path.permute(1, 0, 2).unsqueeze(2), times, meta)
+
+
+# -- pretrained -------------------------------------------------------------------------------------------
+def build_pretrained(payload: Dict, manifest: Dict) -> nn.Module:
+    """Builder for :mod:`torchmf.pretrained`: rebuild the model class named in the payload and load its weights."""
+    from .variational import VariationalAveragedDrift
+
+    classes = {"FlowAveragedDrift": FlowAveragedDrift, "NeuralDrift": NeuralDrift,
+               "VariationalAveragedDrift": VariationalAveragedDrift}
+    kind = payload.get("class") if isinstance(payload, dict) else None
+    if kind not in classes or "state_dict" not in payload or "config" not in payload:
+        raise ValueError(f"payload: expected an averaged-dynamics checkpoint with class in {sorted(classes)}, "
+                         f"but got {kind!r}")
+    model = classes[kind](**payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model

@@ -1,0 +1,125 @@
+"""``SlowPathDataModule``: one observed slow path, split in time into train/validation windows.
+
+The path comes from a dataset recipe (``datasets/*.yaml``, simulated on first use and cached in
+``datasets/cache/NAME-<recipe hash>.h5``, written atomically) or from an existing
+Trajectories file (``path``). Experiment ``experiment`` of the file is used; its first
+``1 - validation_fraction`` of the transitions train, the rest validate (and test).
+Batches are ``(x (B, d), dx (B, d), dt (B,))``.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, TensorDataset
+
+from torchmf.averaging import path_transitions
+from torchmf.particles import Trajectories
+
+__all__ = ["SlowPathDataModule", "resolve_file", "cached_recipe_path"]
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+def resolve_file(name: str, argument: str) -> Path:
+    """``name`` relative to the working directory, else to the repository root; a missing file is a ValueError-like error."""
+    path = Path(name)
+    for candidate in (path, REPOSITORY / path):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{argument}: file {name!r} does not exist")
+
+
+def cached_recipe_path(recipe: Path, cache_dir: Path) -> Path:
+    """Cache file of a recipe: its name plus the hash of its text (an edited recipe is re-simulated)."""
+    digest = hashlib.sha256(recipe.read_bytes()).hexdigest()[:12]
+    return cache_dir / f"{recipe.stem}-{digest}.h5"
+
+
+def load_or_simulate(recipe: str, cache_dir: str = "datasets/cache", progress: bool = True) -> Trajectories:
+    """The Trajectories of a recipe, simulated and cached atomically on first use."""
+    from torchmf.commands.simulate import load_recipe, simulate_recipe
+
+    recipe_path = resolve_file(recipe, "recipe")
+    cache = Path(cache_dir)
+    if not cache.is_absolute() and not cache.parent.exists():
+        cache = REPOSITORY / cache
+    target = cached_recipe_path(recipe_path, cache)
+    if not target.is_file():
+        simulate_recipe(load_recipe(recipe_path), progress=progress).save(target)  # atomic
+    return Trajectories.load(target)
+
+
+class SlowPathDataModule(LightningDataModule):
+    """Arguments:
+        recipe: dataset recipe YAML (ignored when ``path`` is given).
+        path: an existing Trajectories file (``.h5``/``.npz``) instead of a recipe.
+        experiment: which experiment ``m`` of the file is the observed path.
+        validation_fraction: trailing fraction of the path held out in time.
+        batch_size: transitions per batch.
+        cache_dir: where simulated recipes are cached.
+    """
+
+    def __init__(self, recipe: str = "datasets/fastslow_cubic.yaml", path: Optional[str] = None, experiment: int = 0,
+                 validation_fraction: float = 0.2, batch_size: int = 512, cache_dir: str = "datasets/cache",
+                 num_workers: int = 0, progress: bool = True):
+        super().__init__()
+        if path is not None:
+            self.source = resolve_file(path, "path")
+        else:
+            self.source = resolve_file(recipe, "recipe")
+        if not 0 < validation_fraction < 1:
+            raise ValueError(f"validation_fraction: expected a number in (0, 1), but got {validation_fraction}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive integer, but got {batch_size}")
+        self.use_recipe = path is None
+        self.experiment = experiment
+        self.validation_fraction = validation_fraction
+        self.batch_size = batch_size
+        self.cache_dir = cache_dir
+        self.num_workers = num_workers
+        self.progress = progress
+        self.train_states: Optional[torch.Tensor] = None
+        self.n_train_transitions: Optional[int] = None
+
+    def _trajectories(self) -> Trajectories:
+        if self.use_recipe:
+            return load_or_simulate(str(self.source), self.cache_dir, self.progress)
+        return Trajectories.load(self.source)
+
+    def prepare_data(self):
+        if self.use_recipe:  # rank 0 simulates and caches; the others read the cache in setup
+            self._trajectories()
+
+    def setup(self, stage: Optional[str] = None):
+        data = self._trajectories()
+        if data.n_particles != 1:
+            raise ValueError(f"path: expected one slow path per experiment (N = 1), but got N = {data.n_particles}")
+        if not 0 <= self.experiment < data.n_experiments:
+            raise ValueError(f"experiment: expected 0 <= experiment < {data.n_experiments}, but got {self.experiment}")
+        positions = data.positions[self.experiment, :, 0].float()
+        x, dx, dt = path_transitions(positions, data.times.double())
+        dt = dt.float()
+        split = int(round((1 - self.validation_fraction) * x.shape[0]))
+        if split < 1 or split >= x.shape[0]:
+            raise ValueError(f"validation_fraction: leaves an empty window of {x.shape[0]} transitions")
+        self.train_set = TensorDataset(x[:split], dx[:split], dt[:split])
+        self.validation_set = TensorDataset(x[split:], dx[split:], dt[split:])
+        self.train_states = x[:split]
+        self.n_train_transitions = split
+
+    def train_dataloader(self):
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          drop_last=len(self.train_set) > self.batch_size)
+
+    def val_dataloader(self):
+        return DataLoader(self.validation_set, batch_size=4 * self.batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self):
+        return self.val_dataloader()
+
+    def predict_dataloader(self):
+        return self.val_dataloader()
