@@ -1,0 +1,530 @@
+r"""Optimal transport maps between equal-size uniform point clouds.
+
+:func:`transport_map` returns :math:`T(x_i)` for every source particle, where :math:`T` pushes the
+uniform measure on ``x`` to the uniform measure on ``y`` (cost :math:`|x - y|^2`). The backend is
+chosen by the single ``method`` argument:
+
+========================  ====================================================================
+``"sort"``                exact in 1-D (monotone rearrangement), any N
+``"exact"``               optimal assignment (scipy ``linear_sum_assignment``), N up to ~5000
+``"sinkhorn-geomloss"``   geomloss tensorized Sinkhorn potentials, barycentric projection
+``"sinkhorn-keops"``      geomloss with the KeOps ``"multiscale"`` (d <= 3) or ``"online"``
+                          backend; only when ``pykeops`` can be imported (imported lazily)
+``"sinkhorn-dense"``      torch log-domain Sinkhorn, dense cost evaluated in row blocks (never
+                          more than ``2**22`` entries at once); supports warm starts
+``"sinkhorn-multiscale"`` torch coarse-to-fine Sinkhorn: grid clusters solved densely, then a
+                          sparse (truncated) kernel around the predicted targets; d <= 3
+``"sinkhorn"``            the best Sinkhorn backend available for the size and dimension
+``"auto"``                ``sort`` in 1-D, ``exact`` for N <= 1000, ``sinkhorn`` otherwise
+========================  ====================================================================
+
+Sinkhorn maps are barycentric projections of the entropic plan,
+:math:`T_\varepsilon(x_i) = \sum_j \pi_{ij} y_j / a_i`, with :math:`\varepsilon = \text{blur}^2`
+for the cost :math:`|x-y|^2/2` (geomloss' convention). The entropic plan blurs: :math:`T_\varepsilon`
+is pulled towards local means. With ``debias=True`` the self-transport of ``x`` is subtracted,
+:math:`T(x) = x + T^{x\to y}_\varepsilon(x) - T^{x\to x}_\varepsilon(x)`; this is the displacement
+:math:`-\nabla_x S_\varepsilon / a` of the debiased Sinkhorn divergence
+:math:`S_\varepsilon = OT_\varepsilon(a,b) - \tfrac12 OT_\varepsilon(a,a) - \tfrac12 OT_\varepsilon(b,b)`
+and removes the first-order blur bias. (In a difference of two maps from the same source, such as
+the centred differences of :mod:`torchmf.lot`, the correction cancels exactly.)
+
+:class:`TransportSolver` keeps the dual potentials of its last solve and starts the next one
+from them (warm start): consecutive snapshots of a particle system carry the same particle labels,
+so the potentials of particle ``j`` at one snapshot are a good guess at the next, and the
+epsilon-annealing can be skipped.
+
+Shapes: ``x`` ``(..., N, d)``, ``y`` ``(..., N, d)`` with equal batch dimensions; the map has
+``x``'s shape, device and dtype.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from typing import Optional
+
+import torch
+
+from ._validation import check_choice, check_points, check_positive
+
+__all__ = ["transport_map", "TransportSolver", "METHODS", "default_blur"]
+
+METHODS = ("auto", "sort", "exact", "sinkhorn", "sinkhorn-geomloss", "sinkhorn-keops", "sinkhorn-dense",
+           "sinkhorn-multiscale")
+_EXACT_LIMIT = 1000          # "auto" uses the assignment up to this size (same rule as metrics.w2)
+_EXACT_MAX = 5000            # an N x N float64 cost matrix and a cubic solver beyond this is impractical
+_GEOMLOSS_LIMIT = 2.5e7      # N * M entries the geomloss tensorized backend may hold at once
+_BLOCK_ENTRIES = 2 ** 22     # entries of one block of the dense torch backend
+_DENSE_LIMIT = 600          # the multiscale recursion solves densely below this many points
+_TRUNCATE = 6.0             # sparse kernel keeps pairs with pi_ij / (a_i b_j) >= exp(-_TRUNCATE)
+_CLUSTER_SIZE = 6.0          # particles per coarse grid cell in the multiscale backend
+_MARGIN = 0.25               # error of the coarse targets, in cells, allowed for in the fine kernel
+
+
+def transport_map(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[float] = None,
+                  scaling: float = 0.7, debias: bool = True) -> torch.Tensor:
+    r"""Optimal transport map from the uniform measure on ``x`` to the uniform measure on ``y``.
+
+    Arguments:
+        x: source particles ``(..., N, d)``.
+        y: target particles ``(..., N, d)`` (same batch dimensions, N and d).
+        method: see the module table (``"auto"``, ``"sort"``, ``"exact"``, ``"sinkhorn"``,
+            ``"sinkhorn-geomloss"``, ``"sinkhorn-keops"``, ``"sinkhorn-dense"``,
+            ``"sinkhorn-multiscale"``).
+        blur: Sinkhorn length scale :math:`\sqrt\varepsilon` (default :func:`default_blur`).
+        scaling: epsilon-annealing ratio per level in (0, 1) (blur shrinks by this factor).
+        debias: subtract the self-transport of ``x`` (Sinkhorn methods only).
+
+    Returns:
+        ``(..., N, d)``: :math:`T(x_i)`, on ``x``'s device and dtype.
+    """
+    return TransportSolver(method, blur=blur, scaling=scaling, debias=debias)(x, y, warm_start=False)
+
+
+def default_blur(x: torch.Tensor, y: torch.Tensor) -> float:
+    """5% of the largest per-axis standard deviation of the two clouds (``(N, d)`` each)."""
+    spread = float(torch.cat([x, y], dim=-2).std(dim=-2).max())
+    return 0.05 * spread if spread > 0 else 1e-3
+
+
+class TransportSolver:
+    """Reusable transport-map solver with warm starts (see :func:`transport_map` for arguments).
+
+    ``solver(x, y)`` returns the map ``(..., N, d)``. For the torch Sinkhorn backends the dual
+    potentials of the last unbatched solve are kept; the next call with the same ``N`` starts from
+    them (``warm_start=True``, the default), skipping the annealing. ``reset()`` forgets them.
+    ``last_iterations`` counts the Sinkhorn iterations of the last solve (diagnostics).
+    """
+
+    def __init__(self, method: str = "auto", blur: Optional[float] = None, scaling: float = 0.7,
+                 debias: bool = True, tolerance: float = 0.05, max_iterations: int = 20):
+        self.method = check_choice("method", method, METHODS)
+        self.blur = None if blur is None else check_positive("blur", blur)
+        self.scaling = check_positive("scaling", scaling)
+        if not self.scaling < 1:
+            raise ValueError(f"scaling: expected a number in (0, 1), but got {scaling}")
+        if not isinstance(debias, bool):
+            raise TypeError(f"debias: expected a bool, but got {type(debias).__name__}")
+        self.debias = debias
+        self.tolerance = check_positive("tolerance", tolerance)
+        self.max_iterations = int(max_iterations)
+        self.last_iterations = 0
+        self._potentials = None
+        self._self_cache = None
+
+    def reset(self) -> None:
+        self._potentials = None
+        self._self_cache = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, warm_start: bool = True) -> torch.Tensor:
+        x, y = _check_clouds(x, y)
+        method = resolve_method(self.method, x.shape[-2], x.shape[-1])
+        batch = x.shape[:-2]
+        flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
+        if flat_x.shape[0] > 1:
+            self._potentials = None  # warm starts are for one sequence of unbatched clouds
+        maps = [self._one(a, b, method, warm_start and flat_x.shape[0] == 1) for a, b in zip(flat_x, flat_y)]
+        return torch.stack(maps).reshape(*batch, *x.shape[-2:])
+
+    # -- one pair of clouds (N, d) ----------------------------------------------------------------
+    def _one(self, x, y, method, warm):
+        if method == "sort":
+            return _sorted_map(x, y)
+        if method == "exact":
+            return _assignment_map(x, y)
+        blur = self.blur if self.blur is not None else default_blur(x, y)
+        if method in ("sinkhorn-geomloss", "sinkhorn-keops"):
+            mapped = _geomloss_map(x, y, blur, self.scaling, "tensorized" if method == "sinkhorn-geomloss" else "keops")
+            return mapped if not self.debias else mapped - self._self_map(x, blur, method) + x
+        eps = blur ** 2
+        work_x, work_y, shift = _centred(x, y)
+        previous = self._warm_start(x, y, shift, method) if warm else None
+        solve = _dense_solve if method == "sinkhorn-dense" else _multiscale_solve
+        kernel, f, g, iterations = solve(work_x, work_y, eps, self.scaling, self.tolerance, self.max_iterations,
+                                         previous)
+        self.last_iterations = iterations
+        mapped = kernel.barycentre(eps, _uniform_log(work_y) + g / eps, work_y) + shift
+        self._potentials = (method, f, g, mapped, y)
+        if self.debias:
+            mapped = mapped - self._self_map(x, blur, method) + x
+        return mapped
+
+    def _warm_start(self, x, y, shift, method):
+        """Potentials (and, for the sparse kernel, targets and their uncertainty) of the last solve."""
+        if self._potentials is None or self._potentials[0] != method or self._potentials[1].shape[0] != x.shape[0]:
+            return None
+        _, f, g, mapped, old_y = self._potentials
+        if method == "sinkhorn-dense":
+            return f, g
+        # the targets moved with their particles: widen the kernel by (a few times) their typical move
+        moved = (y - old_y).pow(2).sum(1)
+        margin = 3.0 * float(moved.mean().sqrt())
+        return f, g, mapped - shift, margin
+
+    def _self_map(self, x, blur, method):
+        """Entropic self-transport of ``x`` (cached while ``x`` is unchanged: LOT reuses one source)."""
+        cache = self._self_cache
+        if cache is not None and cache[0] is x and cache[1] == (blur, method):
+            return cache[2]
+        if method in ("sinkhorn-geomloss", "sinkhorn-keops"):
+            mapped = _geomloss_map(x, x, blur, self.scaling, "tensorized" if method == "sinkhorn-geomloss" else "keops")
+        else:
+            # the self-transport plan sits on the diagonal: start there, no annealing needed
+            work, _, shift = _centred(x, x)
+            zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            if method == "sinkhorn-dense":
+                kernel, _, g, _ = _dense_solve(work, work, blur ** 2, self.scaling, self.tolerance,
+                                               self.max_iterations, (zero, zero))
+            else:
+                kernel, _, g, _ = _multiscale_solve(work, work, blur ** 2, self.scaling, self.tolerance,
+                                                    self.max_iterations, (zero, zero, work, 0.0))
+            mapped = kernel.barycentre(blur ** 2, _uniform_log(work) + g / blur ** 2, work) + shift
+        self._self_cache = (x, (blur, method), mapped)
+        return mapped
+
+
+def resolve_method(method: str, n: int, dim: int) -> str:
+    """The concrete backend that ``method`` means for ``n`` particles in dimension ``dim``."""
+    if method == "auto":
+        if dim == 1:
+            return "sort"
+        method = "exact" if n <= _EXACT_LIMIT else "sinkhorn"
+    if method == "sinkhorn":
+        if keops_available() and n * n > _GEOMLOSS_LIMIT:
+            return "sinkhorn-keops"
+        if n * n <= _GEOMLOSS_LIMIT:
+            return "sinkhorn-geomloss"
+        return "sinkhorn-multiscale" if dim <= 3 else "sinkhorn-dense"
+    if method == "sort" and dim != 1:
+        raise ValueError(f"method: 'sort' is exact only in 1-D, but the clouds have d = {dim}")
+    if method == "exact" and n > _EXACT_MAX:
+        raise ValueError(f"method: 'exact' is limited to N <= {_EXACT_MAX}, but got N = {n}; use 'sinkhorn'")
+    if method == "sinkhorn-keops" and not keops_available():
+        raise ValueError("method: 'sinkhorn-keops' needs pykeops, which is not installed; use 'sinkhorn'")
+    if method == "sinkhorn-multiscale" and dim > 3:
+        raise ValueError(f"method: 'sinkhorn-multiscale' clusters on a grid and needs d <= 3, but got d = {dim}")
+    return method
+
+
+def keops_available() -> bool:
+    return importlib.util.find_spec("pykeops") is not None
+
+
+# -- checks -------------------------------------------------------------------------------------------
+def _check_clouds(x, y):
+    x = check_points("x", x)
+    y = check_points("y", y)
+    if y.shape[-1] != x.shape[-1]:
+        raise ValueError(f"y: expected dimension d = {x.shape[-1]} like x, but got shape {tuple(y.shape)}")
+    if y.shape[-2] != x.shape[-2]:
+        raise ValueError(f"y: expected N = {x.shape[-2]} particles like x (uniform clouds of equal size), "
+                         f"but got shape {tuple(y.shape)}")
+    if y.shape[:-2] != x.shape[:-2]:
+        raise ValueError(f"y: expected batch dimensions {tuple(x.shape[:-2])} like x, but got {tuple(y.shape[:-2])}")
+    if y.device != x.device or y.dtype != x.dtype:
+        raise ValueError(f"y: expected device {x.device} and dtype {x.dtype} like x, but got {y.device}, {y.dtype}")
+    return x, y
+
+
+# -- exact backends -------------------------------------------------------------------------------------
+def _sorted_map(x, y):
+    order_x = x[:, 0].argsort()
+    mapped = torch.empty_like(y)
+    mapped[order_x] = y[y[:, 0].argsort()]
+    return mapped
+
+
+def _assignment_map(x, y):
+    from scipy.optimize import linear_sum_assignment
+
+    cost = torch.cdist(x.detach().double(), y.detach().double()).pow(2).cpu().numpy()
+    rows, columns = linear_sum_assignment(cost)
+    index = torch.as_tensor(columns[rows.argsort()], device=x.device)
+    return y[index]
+
+
+# -- geomloss backends ----------------------------------------------------------------------------------
+def _geomloss_map(x, y, blur, scaling, backend):
+    from geomloss import SamplesLoss
+
+    if backend == "keops":
+        backend = "multiscale" if x.shape[-1] <= 3 else "online"
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=False, potentials=True, backend=backend)
+    work_x, work_y, shift = _centred(x, y)
+    with torch.no_grad():
+        _, g = loss(work_x.contiguous(), work_y.contiguous())
+    eps = blur ** 2
+    return _DenseKernel(work_x, work_y).barycentre(eps, _uniform_log(work_y) + g.reshape(-1) / eps, work_y) + shift
+
+
+# -- torch log-domain Sinkhorn -------------------------------------------------------------------------
+def _centred(x, y):
+    """Shift both clouds by a common point (the cost is invariant; rounding of |x|^2 is not)."""
+    shift = 0.5 * (x.mean(0) + y.mean(0))
+    return x - shift, y - shift, shift
+
+
+def _uniform_log(points):
+    return torch.full((points.shape[0],), -math.log(points.shape[0]), dtype=points.dtype, device=points.device)
+
+
+def _exp_shifted(scores):
+    """``exp`` of max-shifted scores (<= 0), in place. Scores below -60 weigh < 1e-26 and are
+    clamped first: exp of large negative float32 values takes a slow path on x86 CPUs (4x slower)."""
+    return scores.clamp_(min=-60.0).exp_()
+
+
+class _DenseKernel:
+    """Cost :math:`|x_i - y_j|^2 / 2` evaluated block by block (rows of ``x``)."""
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+        self.rows = max(1, _BLOCK_ENTRIES // max(1, y.shape[0]))
+
+    def transpose(self):
+        return _DenseKernel(self.y, self.x)
+
+    def _blocks(self):
+        for start in range(0, self.x.shape[0], self.rows):
+            # clouds are centred before they get here, so the matmul form of cdist loses no digits
+            yield torch.cdist(self.x[start:start + self.rows], self.y).pow_(2).mul_(0.5)
+
+    def softmin(self, eps, h):
+        """:math:`-\\varepsilon \\log \\sum_j \\exp(h_j - C_{ij}/\\varepsilon)` for every row, ``(N,)``."""
+        out = []
+        for cost in self._blocks():
+            scores = cost.div_(-eps).add_(h)
+            peak = scores.amax(1, keepdim=True)
+            out.append(-eps * (_exp_shifted(scores.sub_(peak)).sum(1).log_() + peak.squeeze(1)))
+        return torch.cat(out)
+
+    def barycentre(self, eps, h, values):
+        """Rows of the softmax of :math:`h_j - C_{ij}/\\varepsilon` applied to ``values (M, k)``."""
+        out = []
+        for cost in self._blocks():
+            scores = cost.div_(-eps).add_(h)
+            weights = _exp_shifted(scores.sub_(scores.amax(1, keepdim=True)))
+            out.append((weights @ values) / weights.sum(1, keepdim=True))
+        return torch.cat(out)
+
+
+class _SparseKernel:
+    """Cost on a list of pairs ``(rows[k], cols[k])`` only: the truncated kernel."""
+
+    def __init__(self, x, y, rows, cols, cost=None):
+        self.x, self.y, self.rows, self.cols = x, y, rows, cols
+        self.cost = cost if cost is not None else 0.5 * (x[rows] - y[cols]).pow(2).sum(-1)
+
+    def transpose(self):
+        return _SparseKernel(self.y, self.x, self.cols, self.rows, self.cost)
+
+    def _log_softmax_rows(self, eps, h):
+        scores = h[self.cols] - self.cost / eps
+        size = self.x.shape[0]
+        peak = torch.full((size,), -torch.inf, dtype=scores.dtype, device=scores.device)
+        peak = peak.scatter_reduce(0, self.rows, scores, reduce="amax", include_self=True)
+        shifted = _exp_shifted(scores - peak[self.rows])
+        total = torch.zeros_like(peak).scatter_add_(0, self.rows, shifted)
+        return scores, peak, shifted, total
+
+    def softmin(self, eps, h):
+        _, peak, _, total = self._log_softmax_rows(eps, h)
+        return -eps * (peak + total.log())
+
+    def barycentre(self, eps, h, values):
+        _, peak, shifted, total = self._log_softmax_rows(eps, h)
+        weights = shifted / total[self.rows]
+        out = torch.zeros((self.x.shape[0], values.shape[1]), dtype=values.dtype, device=values.device)
+        return out.index_add_(0, self.rows, weights.unsqueeze(1) * values[self.cols])
+
+    def prune(self, eps, f, g, truncate):
+        """Drop pairs whose plan ratio :math:`\\pi_{ij}/(a_i b_j)` is below ``exp(-truncate)``,
+        keeping each row's and column's best pair."""
+        score = (f[self.rows] + g[self.cols] - self.cost) / eps
+        keep = score >= -truncate
+        keep |= _best_pairs(score, self.rows, self.x.shape[0]) | _best_pairs(score, self.cols, self.y.shape[0])
+        return _SparseKernel(self.x, self.y, self.rows[keep], self.cols[keep], self.cost[keep])
+
+
+def _best_pairs(score, index, size):
+    peak = torch.full((size,), -torch.inf, dtype=score.dtype, device=score.device)
+    peak = peak.scatter_reduce(0, index, score, reduce="amax", include_self=True)
+    return score >= peak[index]
+
+
+def _epsilon_schedule(diameter, eps, scaling):
+    """Geometric annealing from the squared diameter down to ``eps`` (blur shrinks by ``scaling``)."""
+    levels = [max(diameter ** 2, eps)]
+    while levels[-1] * scaling ** 2 > eps:
+        levels.append(levels[-1] * scaling ** 2)
+    levels.append(eps)
+    return levels
+
+
+def _diameter(x, y):
+    both = torch.cat([x, y])
+    return float((both.max(0).values - both.min(0).values).norm())
+
+
+def _sinkhorn_levels(kernel, a_log, b_log, levels, f=None, g=None):
+    """Symmetric (averaged) Sinkhorn updates, one per annealing level (geomloss' scheme)."""
+    transposed = kernel.transpose()
+    if f is None:
+        f = kernel.softmin(levels[0], b_log)
+        g = transposed.softmin(levels[0], a_log)
+    for eps in levels:
+        f_new = kernel.softmin(eps, b_log + g / eps)
+        g_new = transposed.softmin(eps, a_log + f / eps)
+        f, g = 0.5 * (f + f_new), 0.5 * (g + g_new)
+    return f, g
+
+
+def _sinkhorn_converge(kernel, a_log, b_log, eps, f, g, tolerance, max_iterations):
+    """Alternating updates at the final ``eps`` until the column marginal of the plan is within
+    ``tolerance`` of ``b`` in mean relative error (rows are exact after every f-update)."""
+    transposed = kernel.transpose()
+    iterations = 0
+    for iterations in range(1, max_iterations + 1):
+        g_new = transposed.softmin(eps, a_log + f / eps)
+        # column sums of the plan before this update are exp((g - g_new) / eps) * b_j
+        error = float(((g - g_new) / eps).clamp(-30, 30).exp().sub(1).abs().mean())
+        f = kernel.softmin(eps, b_log + g_new / eps)
+        g = g_new
+        if error < tolerance:
+            break
+    return f, g, iterations
+
+
+def _dense_solve(x, y, eps, scaling, tolerance, max_iterations, previous):
+    kernel = _DenseKernel(x, y)
+    a_log, b_log = _uniform_log(x), _uniform_log(y)
+    if previous is None:
+        f, g = _sinkhorn_levels(kernel, a_log, b_log, _epsilon_schedule(_diameter(x, y), eps, scaling))
+        count = len(_epsilon_schedule(_diameter(x, y), eps, scaling))
+    else:
+        (f, g), count = previous, 0
+    f, g, iterations = _sinkhorn_converge(kernel, a_log, b_log, eps, f, g, tolerance, max_iterations)
+    return kernel, f, g, count + iterations
+
+
+def _grid_clusters(points, cell, weights=None):
+    """Occupied cells of a grid of side ``cell``: labels ``(N,)``, centroids ``(K, d)`` and masses
+    ``(K,)`` (particle counts, or sums of ``weights``)."""
+    cells = torch.floor((points - points.min(0).values) / cell).long()
+    span = int(cells.max()) + 1
+    key = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
+    for axis in range(points.shape[1]):
+        key = key * span + cells[:, axis]
+    _, labels = torch.unique(key, return_inverse=True)
+    if weights is None:
+        weights = torch.ones(points.shape[0], dtype=points.dtype, device=points.device)
+    masses = torch.zeros(int(labels.max()) + 1, dtype=points.dtype, device=points.device).index_add_(0, labels, weights)
+    centroids = torch.zeros((masses.numel(), points.shape[1]), dtype=points.dtype, device=points.device)
+    centroids.index_add_(0, labels, points * weights.unsqueeze(1))
+    return labels, centroids / masses.unsqueeze(1), masses
+
+
+def _neighbour_pairs(predicted, y, radius):
+    """All pairs ``(i, j)`` with ``|predicted_i - y_j| <= radius`` (grid cells of side ``radius``)."""
+    dim = y.shape[1]
+    origin = torch.minimum(predicted.min(0).values, y.min(0).values)
+    cell_p = torch.floor((predicted - origin) / radius).long()
+    cell_y = torch.floor((y - origin) / radius).long()
+    span = int(torch.maximum(cell_p.max(), cell_y.max())) + 3
+    weights = span ** torch.arange(dim - 1, -1, -1, device=y.device)
+    key_y = ((cell_y + 1) * weights).sum(1)
+    order_y = key_y.argsort()
+    sorted_keys = key_y[order_y]
+    rows, cols = [], []
+    offsets = torch.cartesian_prod(*[torch.arange(-1, 2, device=y.device)] * dim).reshape(-1, dim)
+    for offset in offsets:
+        key = ((cell_p + 1 + offset) * weights).sum(1)
+        start = torch.searchsorted(sorted_keys, key, side="left")
+        stop = torch.searchsorted(sorted_keys, key, side="right")
+        counts = stop - start
+        row = torch.repeat_interleave(torch.arange(predicted.shape[0], device=y.device), counts)
+        first = torch.repeat_interleave(start - (torch.cumsum(counts, 0) - counts), counts)
+        col = order_y[first + torch.arange(row.numel(), device=y.device)]
+        rows.append(row)
+        cols.append(col)
+    rows, cols = torch.cat(rows), torch.cat(cols)
+    close = (predicted[rows] - y[cols]).pow(2).sum(1) <= radius ** 2
+    return rows[close], cols[close]
+
+
+def _truncated_kernel(x, y, predicted, radius):
+    """Sparse kernel: pairs within ``radius`` of the ``predicted`` targets, plus, for any row or
+    column left without a pair (outliers), its nearest partner."""
+    rows, cols = _neighbour_pairs(predicted, y, radius)
+    lonely_rows = (torch.bincount(rows, minlength=x.shape[0]) == 0).nonzero().squeeze(1)
+    lonely_cols = (torch.bincount(cols, minlength=y.shape[0]) == 0).nonzero().squeeze(1)
+    extra_rows = [rows, lonely_rows, torch.cdist(y[lonely_cols], predicted).argmin(1)]
+    extra_cols = [cols, torch.cdist(predicted[lonely_rows], y).argmin(1), lonely_cols]
+    return _SparseKernel(x, y, torch.cat(extra_rows), torch.cat(extra_cols))
+
+
+def _occupied_cells_scale(points, count):
+    """Side of the grid cells that leaves about ``count`` occupied cells (two refinements)."""
+    extent = (points.max(0).values - points.min(0).values).clamp_min(1e-12)
+    dim = points.shape[1]
+    cell = float(extent.prod()) ** (1 / dim) / count ** (1 / dim)
+    for _ in range(2):
+        occupied = _grid_clusters(points, cell)[2].numel()
+        cell *= (occupied / count) ** (1 / dim)
+    return cell
+
+
+def _multiscale_solve(x, y, eps, scaling, tolerance, max_iterations, previous, a_log=None, b_log=None):
+    """Coarse-to-fine Sinkhorn. Grid clusters of about ``_CLUSTER_SIZE`` particles are solved
+    (recursively, dense below ``_DENSE_LIMIT`` points) down to the cluster scale; the coarse
+    potentials and barycentric targets are extrapolated to the particles, and the fine problem
+    is solved on a sparse kernel around those targets, pruned at every finer level.
+
+    ``previous`` (warm start) is ``(f, g, predicted targets (N, d), margin)``: no coarse stage."""
+    n, dim = x.shape
+    a_log = _uniform_log(x) if a_log is None else a_log
+    b_log = _uniform_log(y) if b_log is None else b_log
+    if previous is None and max(n, y.shape[0]) <= _DENSE_LIMIT:
+        kernel = _DenseKernel(x, y)
+        levels = _epsilon_schedule(_diameter(x, y), eps, scaling)
+        f, g = _sinkhorn_levels(kernel, a_log, b_log, levels)
+        f, g, iterations = _sinkhorn_converge(kernel, a_log, b_log, eps, f, g, tolerance, max_iterations)
+        return kernel, f, g, len(levels) + iterations
+    if previous is None:
+        cell = max(_occupied_cells_scale(torch.cat([x, y]), 2 * n / _CLUSTER_SIZE), math.sqrt(eps))
+        label_x, centre_x, count_x = _grid_clusters(x, cell, a_log.exp())
+        label_y, centre_y, count_y = _grid_clusters(y, cell, b_log.exp())
+        eps_coarse = max(eps, cell ** 2)
+        coarse, f_c, g_c, count = _multiscale_solve(centre_x, centre_y, eps_coarse, scaling, tolerance, 3, None,
+                                                    count_x.log(), count_y.log())
+        # extrapolate the coarse potentials and targets to the particles through the coarse kernel
+        f, predicted = _extrapolate(coarse, label_x, x, centre_y, count_y.log() + g_c / eps_coarse, eps_coarse)
+        g, _ = _extrapolate(coarse.transpose(), label_y, y, centre_x, count_x.log() + f_c / eps_coarse, eps_coarse)
+        fine_levels = _epsilon_schedule(math.sqrt(eps_coarse), eps, scaling)[1:]
+        margin = _MARGIN * cell
+    else:
+        f, g, predicted, margin = previous
+        fine_levels, count = [eps], 0
+    kernel = _truncated_kernel(x, y, predicted, math.sqrt(2 * _TRUNCATE * fine_levels[0]) + margin)
+    for level in fine_levels:
+        f, g = _sinkhorn_levels(kernel, a_log, b_log, [level], f, g)
+        kernel = kernel.prune(level, f, g, _TRUNCATE)
+    f, g, iterations = _sinkhorn_converge(kernel, a_log, b_log, eps, f, g, tolerance, max_iterations)
+    return kernel, f, g, count + len(fine_levels) + iterations
+
+
+def _extrapolate(coarse, labels, points, centres, h, eps):
+    """Softmin and barycentre of ``points`` against the coarse targets their cluster is paired with."""
+    if isinstance(coarse, _DenseKernel):
+        kernel = _DenseKernel(points, centres)
+    else:
+        # pairs (i, J) for every coarse pair (label_i, J)
+        order = labels.argsort()
+        counts = torch.bincount(labels, minlength=coarse.x.shape[0])
+        starts = torch.cumsum(counts, 0) - counts
+        sizes = counts[coarse.rows]
+        pair = torch.repeat_interleave(torch.arange(coarse.rows.numel(), device=points.device), sizes)
+        offset = torch.arange(pair.numel(), device=points.device) - torch.repeat_interleave(
+            torch.cumsum(sizes, 0) - sizes, sizes)
+        rows = order[starts[coarse.rows][pair] + offset]
+        kernel = _SparseKernel(points, centres, rows, coarse.cols[pair])
+    return kernel.softmin(eps, h), kernel.barycentre(eps, h, centres)
