@@ -1,0 +1,558 @@
+r"""Multiscale nudging: assimilate smoothed density observations into a particle model.
+
+With a Gaussian smoothing kernel :math:`K_h` (periodized on a torus) and an observed smoothed
+density :math:`\rho^{obs}_t = K_h * \mu^{obs}_t`, the misfit
+:math:`F(\mu) = \tfrac12 \|K_h * \mu - \rho^{obs}\|^2_{L^2}` has the Wasserstein-gradient velocity
+
+.. math::
+    v(x) = -\lambda\, \nabla\big(\tilde K_h * (K_h * \mu - \rho^{obs})\big)(x)
+         = -\lambda\,\big[(\nabla K_{\sqrt2 h} * \mu)(x) - (\nabla K_h * \rho^{obs})(x)\big],
+
+since :math:`\tilde K_h = K_h` for the (even) Gaussian and :math:`K_h * K_h = K_{\sqrt2 h}` (on
+:math:`\mathbb{R}^d` and on the torus alike). Every forecast particle then follows
+:math:`dZ_i = b(Z_i, \mu^N)\,dt + v(Z_i)\,dt + \sigma\, dW_i`: no particle matching, no covariance.
+For reference-particle observations :math:`\nabla K_h * \rho^{obs} = \nabla K_{\sqrt2 h} * \mu^{obs}`.
+
+Observation operators:
+
+- :class:`ParticleObservations` -- reference particle snapshots ``(L, N, d)`` or ``(M, L, N, d)``
+  at observation times ``(L,)``; they are smoothed with the same kernel as the forecast.
+- :class:`GridObservations` -- smoothed densities ``(L, G_1..G_d)`` or ``(M, L, G_1..G_d)`` given
+  on the nodes of a grid with its spatial extent (images at any resolution).
+
+Between observation times the rule is ``"hold"`` (the latest observation at or before ``t``) or
+``"linear"`` (interpolation between the two neighbouring observations; the last one is held
+after the final time). Before the first observation time there is no information and the
+nudging velocity is zero. Optional observation noise (a fixed, seeded realization drawn at
+construction): Gaussian noise of standard deviation ``noise`` added to the snapshot positions, or
+to the density values (absolute units of density).
+
+:class:`NudgedSDE` wraps any base model with ``step(t, x, dt, generator)`` (a
+:class:`~torchmf.sde.McKeanVlasovSDE`, a registered system, a PIC solver) and, for torchsde, its
+``f``/``g``. Its :meth:`NudgedSDE.step` is a Lie splitting: one step of the base model, then the
+nudging flow :math:`\dot x = v(x)` integrated by explicit Euler with ``n`` sub-steps. ``n`` comes
+from a stability bound of the linearized nudging flow: around a density :math:`\rho_0` a perturbation
+of wavenumber :math:`k` decays at rate :math:`\lambda \rho_0 k^2 |\hat K_h(k)|^2 = \lambda \rho_0 k^2
+e^{-k^2h^2}`, at most :math:`L = \lambda P / (e h^2)` with :math:`P` the larger of the forecast's and
+the observation's peak smoothed densities; ``n = ceil(dt L / stability)`` (``stability = 1``, half
+of explicit Euler's limit 2, so the sub-steps neither overshoot nor blow up, even for
+:math:`\lambda = 10^4`). Pass ``substeps=k`` to override.
+
+Backends: ``"grid"`` -- cloud-in-cell deposit on a fixed :class:`~torchmf.grid.Grid`, FFT
+convolution with :math:`\nabla K_{\sqrt2h}` (free-space zero padding or periodic), observation
+fields precomputed once per observation, interpolation back: ``O(N + G log G)`` per sub-step;
+``"pairwise"`` -- exact sums over particles (and observation nodes), the slow reference path.
+
+Shapes: forecast state ``(M, N, D)`` (``M`` experiments); the observed coordinates
+``observed_dims`` (default all) form a ``d``-dimensional view ``(M, N, d)``; observations carry
+``M`` or 1 experiments (then shared).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ._validation import check_choice, check_int, check_nonnegative, check_points, check_positive, check_tensor
+from .grid import Grid, GridConvolution
+from .interaction import InteractionForce
+from .kernels import GaussianKernel, PeriodicKernel, RadialKernel
+from .metrics import smoothed_density
+from .particles import Trajectories
+
+__all__ = ["ParticleObservations", "GridObservations", "NudgedSDE", "density_observations", "INTERPOLATIONS",
+           "BACKENDS"]
+
+INTERPOLATIONS = ("hold", "linear")
+BACKENDS = ("grid", "pairwise")
+_TIME_TOLERANCE = 1e-9
+_PEAK_QUERIES = 2048  # particles at which the pairwise backend samples the forecast's peak density
+
+
+# ---------------------------------------------------------------------------------------------------
+# observation operators
+# ---------------------------------------------------------------------------------------------------
+class _Observations:
+    """Shared time handling: ``times (L,)`` and the rule between them."""
+
+    kind = "abstract"
+
+    def _set_times(self, times, count: int, interpolation: str):
+        times = check_tensor("times", torch.as_tensor(times, dtype=torch.float64).detach().cpu(), ndim=1)
+        if times.numel() != count:
+            raise ValueError(f"times: expected {count} observation times to match the observations, but got {times.numel()}")
+        if count > 1 and not bool((times[1:] > times[:-1]).all()):
+            raise ValueError("times: expected strictly increasing observation times")
+        self.times = times
+        self.interpolation = check_choice("interpolation", interpolation, INTERPOLATIONS)
+
+    @property
+    def n_times(self) -> int:
+        return self.times.numel()
+
+    def rule(self, t: float) -> List[Tuple[int, float]]:
+        """Observation indices and weights used at time ``t`` (empty before the first observation)."""
+        t = float(t)
+        times = self.times
+        if t < float(times[0]) - _TIME_TOLERANCE:
+            return []
+        index = int(torch.searchsorted(times, torch.tensor(t + _TIME_TOLERANCE, dtype=torch.float64), right=True)) - 1
+        index = max(0, min(index, self.n_times - 1))
+        if self.interpolation == "hold" or index == self.n_times - 1:
+            return [(index, 1.0)]
+        start, end = float(times[index]), float(times[index + 1])
+        fraction = min(1.0, max(0.0, (t - start) / (end - start)))
+        if fraction <= _TIME_TOLERANCE:
+            return [(index, 1.0)]
+        return [(index, 1.0 - fraction), (index + 1, fraction)]
+
+    def check_run(self, start: float, end: float) -> None:
+        """Raise if an observation time lies outside the run ``[start, end]``."""
+        low, high = float(self.times[0]), float(self.times[-1])
+        if low < start - 1e-6 or high > end + 1e-6:
+            raise ValueError(f"observations: observation times span [{low:g}, {high:g}], outside the run "
+                             f"[{start:g}, {end:g}]; pass observations inside the simulated interval")
+
+
+class ParticleObservations(_Observations):
+    """Reference particle snapshots at observation times.
+
+    Arguments:
+        snapshots: ``(L, N, d)``, ``(M, L, N, d)`` or a :class:`~torchmf.particles.Trajectories`.
+        times: observation times ``(L,)`` (default: the Trajectories' times).
+        interpolation: ``"hold"`` or ``"linear"`` between observation times.
+        noise: standard deviation of Gaussian noise added once to the positions (default 0).
+        seed: seed of that noise.
+    """
+
+    kind = "particles"
+
+    def __init__(self, snapshots, times=None, interpolation: str = "hold", noise: float = 0.0, seed: int = 0):
+        if isinstance(snapshots, Trajectories):
+            times = snapshots.times if times is None else times
+            snapshots = snapshots.positions
+        snapshots = check_tensor("snapshots", snapshots)
+        if snapshots.ndim == 3:
+            snapshots = snapshots.unsqueeze(0)
+        if snapshots.ndim != 4 or min(snapshots.shape) == 0:
+            raise ValueError(f"snapshots: expected shape (L, N, d) or (M, L, N, d), but got {tuple(snapshots.shape)}")
+        if times is None:
+            raise ValueError("times: expected observation times (L,) for tensor snapshots, but got None")
+        self._set_times(times, snapshots.shape[1], interpolation)
+        self.noise = check_nonnegative("noise", noise)
+        if self.noise > 0:
+            generator = torch.Generator(device=snapshots.device).manual_seed(check_int("seed", seed, 0))
+            snapshots = snapshots + self.noise * torch.randn(snapshots.shape, generator=generator,
+                                                             device=snapshots.device, dtype=snapshots.dtype)
+        self.snapshots = snapshots
+
+    @property
+    def dim(self) -> int:
+        return self.snapshots.shape[-1]
+
+    @property
+    def n_experiments(self) -> int:
+        return self.snapshots.shape[0]
+
+    def sources(self, index: int):
+        """Observed measure at ``index``: points ``(M, S, d)`` and weights ``(M, S)`` (uniform)."""
+        points = self.snapshots[:, index]
+        return points, points.new_full(points.shape[:-1], 1.0 / points.shape[-2])
+
+    def bounds(self):
+        flat = self.snapshots.reshape(-1, self.dim)
+        return flat.min(0).values.tolist(), flat.max(0).values.tolist()
+
+
+class GridObservations(_Observations):
+    """Smoothed densities given on a grid (images), with the grid's spatial extent.
+
+    Arguments:
+        densities: ``(L, G_1, ..., G_d)`` or ``(M, L, G_1, ..., G_d)``: the values of
+            :math:`K_h * \\mu^{obs}` at the nodes (a density: it integrates to about 1).
+        extent: a :class:`~torchmf.grid.Grid` (its nodes are where the values sit), or
+            ``(lower, upper)`` corners of the node box (nodes ``lower + j (upper - lower)/(G - 1)``;
+            on a torus, ``periodic=True``, ``lower + j (upper - lower)/G``).
+        times: observation times ``(L,)``.
+        periodic: torus (only with ``(lower, upper)``).
+        interpolation: ``"hold"`` or ``"linear"``.
+        noise: standard deviation of Gaussian noise added once to the values (absolute, density units).
+        seed: seed of that noise.
+    """
+
+    kind = "density"
+
+    def __init__(self, densities, extent, times, periodic: bool = False, interpolation: str = "hold",
+                 noise: float = 0.0, seed: int = 0):
+        densities = check_tensor("densities", densities)
+        if isinstance(extent, Grid):
+            grid = extent
+        else:
+            if not isinstance(extent, (tuple, list)) or len(extent) != 2:
+                raise TypeError(f"extent: expected a Grid or a (lower, upper) pair, but got {extent!r}")
+            lower, upper = extent
+            dim = max(len(lower) if isinstance(lower, (list, tuple)) else 1,
+                      len(upper) if isinstance(upper, (list, tuple)) else 1)
+            if densities.ndim < dim + 1:
+                raise ValueError(f"densities: expected (L, G_1..G_{dim}), but got shape {tuple(densities.shape)}")
+            grid = Grid(lower, upper, list(densities.shape[-dim:]), periodic=periodic, dim=dim)
+        shape = tuple(densities.shape[-grid.dim:]) if densities.ndim >= grid.dim else ()
+        if shape != grid.shape or densities.ndim not in (grid.dim + 1, grid.dim + 2):
+            raise ValueError(f"densities: expected shape (L, {', '.join(map(str, grid.shape))}) or (M, L, ...) "
+                             f"to match the extent's grid, but got {tuple(densities.shape)}")
+        if densities.ndim == grid.dim + 1:
+            densities = densities.unsqueeze(0)
+        self.grid = grid
+        self._set_times(times, densities.shape[1], interpolation)
+        self.noise = check_nonnegative("noise", noise)
+        if self.noise > 0:
+            generator = torch.Generator(device=densities.device).manual_seed(check_int("seed", seed, 0))
+            densities = densities + self.noise * torch.randn(densities.shape, generator=generator,
+                                                             device=densities.device, dtype=densities.dtype)
+        self.densities = densities
+
+    @property
+    def dim(self) -> int:
+        return self.grid.dim
+
+    @property
+    def n_experiments(self) -> int:
+        return self.densities.shape[0]
+
+    def sources(self, index: int):
+        """The density as a weighted cloud of nodes: points ``(M, G, d)``, weights ``rho dV`` ``(M, G)``."""
+        values = self.densities[:, index]
+        nodes = self.grid.nodes(device=values.device, dtype=values.dtype).reshape(-1, self.dim)
+        nodes = nodes.expand(values.shape[0], -1, -1)
+        return nodes, values.reshape(values.shape[0], -1) * self.grid.cell_volume
+
+    def bounds(self):
+        return list(self.grid.lower), list(self.grid.upper)
+
+
+def density_observations(trajectories: Trajectories, grid: Grid, bandwidth: float, every: int = 1,
+                         interpolation: str = "hold", noise: float = 0.0, seed: int = 0,
+                         dims: Optional[Sequence[int]] = None) -> GridObservations:
+    """Images of a reference run: :math:`K_h * \\mu_t` on ``grid`` at every ``every``-th recorded time.
+
+    Arguments:
+        trajectories: reference ``(M, L, N, D)``.
+        grid: the image grid (extent and resolution).
+        bandwidth: :math:`h`.
+        every: keep recorded times ``0, every, 2 every, ...``.
+        dims: coordinates observed (default all ``D``).
+
+    Returns:
+        :class:`GridObservations` with densities ``(M, L', G_1..G_d)``.
+    """
+    if not isinstance(trajectories, Trajectories):
+        raise TypeError(f"trajectories: expected a Trajectories, but got {type(trajectories).__name__}")
+    every = check_int("every", every, minimum=1)
+    positions = trajectories.positions[:, ::every]
+    if dims is not None:
+        positions = positions[..., list(dims)]
+    densities = torch.stack([smoothed_density(positions[:, i], grid, bandwidth) for i in range(positions.shape[1])], 1)
+    return GridObservations(densities, grid, trajectories.times[::every], interpolation=interpolation, noise=noise,
+                            seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------
+# the nudged model
+# ---------------------------------------------------------------------------------------------------
+class _ValueAndGradient:
+    """Kernel callable for :class:`GridConvolution`: offsets ``(..., d) -> (..., 1 + d)`` (value, gradient)."""
+
+    def __init__(self, kernel: RadialKernel):
+        self.kernel = kernel
+
+    def __call__(self, offsets):
+        return torch.cat([self.kernel.value(offsets).unsqueeze(-1), self.kernel._gradient_unchecked(offsets)], -1)
+
+
+class NudgedSDE(nn.Module):
+    """A base particle model corrected by the Wasserstein-gradient nudging velocity.
+
+    Arguments:
+        base_sde: the (biased) model: any object with ``step(t, x, dt, generator)`` acting on
+            ``(M, N, D)`` (and, for ``torchsde.sdeint``, ``f(t, y)``/``g(t, y)`` on ``(M*N, D)``).
+        observations: :class:`ParticleObservations` or :class:`GridObservations`.
+        bandwidth: :math:`h > 0` of the Gaussian smoothing kernel.
+        strength: :math:`\\lambda \\ge 0`.
+        backend: ``"grid"`` (fast) or ``"pairwise"`` (exact).
+        grid: computation grid of the grid backend (default: the observation grid for
+            :class:`GridObservations`, else a free-space grid covering the snapshots widened by
+            ``margin``); a periodic grid makes the kernel periodic (for both backends).
+        grid_shape: nodes per dimension of the default grid (default 512 in 1-D, 256 in 2-D, 64 in 3-D).
+        margin: widening of the default grid on each side (default ``max(6 h, 25%`` of the extent)).
+        substeps: nudging sub-steps per model step (default None: automatic from the stability bound).
+        stability: the bound's target :math:`dt_{sub} L` (default 1).
+        observed_dims: the state coordinates the observations see (default all).
+        n_experiments: ``M`` of torchsde's flattened ``(M*N, D)`` batches (default: the base's, else 1).
+    """
+
+    def __init__(self, base_sde, observations, bandwidth: float, strength: float, backend: str = "grid",
+                 grid: Optional[Grid] = None, grid_shape=None, margin: Optional[float] = None,
+                 substeps: Optional[int] = None, stability: float = 1.0,
+                 observed_dims: Optional[Sequence[int]] = None, n_experiments: Optional[int] = None):
+        super().__init__()
+        if not hasattr(base_sde, "step"):
+            raise TypeError(f"base_sde: expected a model with step(t, x, dt, generator), but got {type(base_sde).__name__}")
+        if not isinstance(observations, (ParticleObservations, GridObservations)):
+            raise TypeError(f"observations: expected ParticleObservations or GridObservations, but got "
+                            f"{type(observations).__name__}")
+        self.base = base_sde
+        self.observations = observations
+        self.bandwidth = check_positive("bandwidth", bandwidth)
+        self.strength = check_nonnegative("strength", strength)
+        self.backend = check_choice("backend", backend, BACKENDS)
+        self.substeps = None if substeps is None else check_int("substeps", substeps, minimum=1)
+        self.stability = check_positive("stability", stability)
+        base_dim = getattr(base_sde, "dim", None)
+        if observed_dims is None:
+            observed_dims = list(range(base_dim if isinstance(base_dim, int) else observations.dim))
+        observed_dims = [check_int("observed_dims", i, minimum=0) for i in observed_dims]
+        if isinstance(base_dim, int) and any(i >= base_dim for i in observed_dims):
+            raise ValueError(f"observed_dims: expected indices below the state dimension {base_dim}, but got {observed_dims}")
+        if len(observed_dims) != observations.dim:
+            raise ValueError(f"observations: dimension mismatch: the observations are {observations.dim}-D but the "
+                             f"observed state coordinates {observed_dims} are {len(observed_dims)}-D")
+        self.observed_dims = observed_dims
+        self.dim = base_dim if isinstance(base_dim, int) else len(observed_dims)
+        self.n_experiments = check_int("n_experiments", n_experiments if n_experiments is not None
+                                       else getattr(base_sde, "n_experiments", 1), minimum=1)
+        self.noise_type = getattr(base_sde, "noise_type", "diagonal")
+        self.sde_type = getattr(base_sde, "sde_type", "ito")
+        self.grid = self._choose_grid(grid, grid_shape, margin)
+        self.periodic = self.grid is not None and self.grid.periodic
+        smoothing = GaussianKernel(self.bandwidth, observations.dim)
+        combined = GaussianKernel(math.sqrt(2.0) * self.bandwidth, observations.dim)
+        if self.periodic:
+            box = [b - a for a, b in zip(self.grid.lower, self.grid.upper)]
+            smoothing, combined = PeriodicKernel(smoothing, box, images=2), PeriodicKernel(combined, box, images=2)
+        self.model_kernel = combined  # K_h~ * K_h
+        # kernel applied to the observed measure: K_sqrt2h for particles, K_h for given densities
+        self.observation_kernel = combined if observations.kind == "particles" else smoothing
+        self._fields: Dict[tuple, torch.Tensor] = {}
+        self._peaks: Dict[int, float] = {}
+        if self.backend == "grid":
+            self._model_gradient = GridConvolution(self.grid, combined._gradient_unchecked)
+            self._model_both = GridConvolution(self.grid, _ValueAndGradient(combined))
+            self._observation_both = GridConvolution(self.grid, _ValueAndGradient(self.observation_kernel))
+        else:
+            self._model_force = InteractionForce(combined, backend="pairwise", check=False)
+            self._observation_force = InteractionForce(self.observation_kernel, backend="pairwise", check=False)
+        self.last_substeps = 0
+        self.total_substeps = 0
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _choose_grid(self, grid, grid_shape, margin) -> Optional[Grid]:
+        observations = self.observations
+        if grid is not None:
+            if not isinstance(grid, Grid):
+                raise TypeError(f"grid: expected a torchmf.grid.Grid, but got {type(grid).__name__}")
+            if grid.dim != observations.dim:
+                raise ValueError(f"grid: expected a {observations.dim}-D grid like the observations, but got {grid.dim}-D")
+            return grid
+        if isinstance(observations, GridObservations):
+            return observations.grid
+        if self.backend == "pairwise":
+            return None
+        low, high = observations.bounds()
+        extent = [b - a for a, b in zip(low, high)]
+        pad = [max(6 * self.bandwidth, 0.25 * e) if margin is None else check_nonnegative("margin", margin)
+               for e in extent]
+        shape = grid_shape or {1: 512, 2: 256}.get(observations.dim, 64)
+        return Grid([a - p for a, p in zip(low, pad)], [b + p for b, p in zip(high, pad)], shape)
+
+    def extra_repr(self) -> str:
+        return (f"bandwidth={self.bandwidth:g}, strength={self.strength:g}, backend={self.backend!r}, "
+                f"grid={self.grid!r}, substeps={self.substeps}, observed_dims={self.observed_dims}")
+
+    # -- observation terms --------------------------------------------------------------------------
+    def _batch(self, tensor: torch.Tensor, batch: int) -> torch.Tensor:
+        if tensor.shape[0] == batch:
+            return tensor
+        if tensor.shape[0] == 1:
+            return tensor.expand(batch, *tensor.shape[1:])
+        raise ValueError(f"observations: expected 1 or {batch} experiments to match the state, but got {tensor.shape[0]}")
+
+    def _observation_field(self, index: int, like: torch.Tensor) -> torch.Tensor:
+        """Grid backend: :math:`(\\nabla K * \\mu^{obs})` at the nodes, ``(M_obs, *G, d)`` (cached)."""
+        key = (index, like.device, like.dtype)
+        if key not in self._fields:
+            for old in [k for k in self._fields if k[0] < index - 1]:
+                del self._fields[old]  # observations are consumed in time order: keep a small window
+            observations = self.observations
+            if isinstance(observations, GridObservations) and observations.grid == self.grid:
+                masses = observations.densities[:, index].to(like) * self.grid.cell_volume
+            elif isinstance(observations, GridObservations):
+                nodes = self.grid.nodes(device=like.device, dtype=like.dtype).reshape(1, -1, self.grid.dim)
+                self._check_inside("grid", nodes, observations.grid, "the nudging grid's nodes")
+                values = observations.grid.interpolate(observations.densities[:, index].to(like),
+                                                       nodes.expand(observations.n_experiments, -1, -1))
+                masses = values.reshape(-1, *self.grid.shape) * self.grid.cell_volume
+            else:
+                points = observations.snapshots[:, index].to(like)
+                self._check_inside("observations", points, self.grid, "observed particles")
+                masses = self.grid.deposit(points)
+            both = self._observation_both(masses)
+            self._peaks[index] = float(both[..., 0].max())
+            self._fields[key] = both[..., 1:].contiguous()
+        return self._fields[key]
+
+    def _observation_peak(self, index: int, like: torch.Tensor) -> float:
+        if index not in self._peaks:
+            if self.backend == "grid":
+                self._observation_field(index, like)
+            else:
+                points, weights = self.observations.sources(index)
+                points, weights = points.to(like), weights.to(like)
+                self._peaks[index] = float(self._pairwise_peak(self.observation_kernel, points[:, _subsample(points)],
+                                                               points, weights))
+        return self._peaks[index]
+
+    @staticmethod
+    def _pairwise_peak(kernel, queries, sources, weights):
+        """Max over queries of :math:`\\sum_j w_j K(q - y_j)` (chunked; the slow exact path)."""
+        best = queries.new_zeros(())
+        for start in range(0, queries.shape[-2], 256):
+            chunk = queries[:, start:start + 256]
+            values = kernel.value(chunk.unsqueeze(-2) - sources.unsqueeze(-3))
+            best = torch.maximum(best, (values * weights.unsqueeze(-2)).sum(-1).max())
+        return best
+
+    def _check_inside(self, name: str, points: torch.Tensor, grid: Grid, what: str) -> None:
+        if grid.periodic:
+            return
+        lower, upper = points.new_tensor(grid.lower), points.new_tensor(grid.upper)
+        outside = ((points < lower) | (points > upper)).any(-1)
+        if bool(outside.any()):
+            raise ValueError(f"{name}: {int(outside.sum())} {what} lie outside the nudging grid "
+                             f"lower={list(grid.lower)}, upper={list(grid.upper)}; pass a wider grid (nothing is clipped)")
+
+    # -- the nudging velocity -----------------------------------------------------------------------
+    def _observed(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] == len(self.observed_dims) and self.observed_dims == list(range(x.shape[-1])):
+            return x
+        return x[..., self.observed_dims]
+
+    def _velocity(self, t: float, points: torch.Tensor, want_peak: bool):
+        """``(v (M, N, d), model peak or None, observation peak)``; ``points`` are the observed coordinates."""
+        rule = self.observations.rule(t)
+        batch = points.shape[0]
+        if not rule or self.strength == 0:
+            return torch.zeros_like(points), None, 0.0
+        if self.backend == "grid":
+            self._check_inside("grid", points, self.grid, "forecast particles")
+            masses = self.grid.deposit(points, check=False)
+            peak = None
+            if want_peak:
+                both = self._model_both(masses)
+                peak, field = float(both[..., 0].max()), both[..., 1:]
+            else:
+                field = self._model_gradient(masses)
+            for index, weight in rule:
+                field = field - weight * self._batch(self._observation_field(index, points), batch)
+            velocity = self.grid.interpolate(field, points, check=False)
+        else:
+            velocity = self._model_force(points)
+            peak = None
+            if want_peak:
+                peak = float(self._pairwise_peak(self.model_kernel, points[:, _subsample(points)], points,
+                                                 points.new_full(points.shape[:-1], 1.0 / points.shape[-2])))
+            for index, weight in rule:
+                sources, weights = self.observations.sources(index)
+                sources = self._batch(sources.to(points), batch)
+                weights = self._batch(weights.to(points), batch)
+                velocity = velocity - weight * self._observation_force(points, sources, weights)
+        observation_peak = max(self._observation_peak(index, points) for index, _ in rule)
+        return -self.strength * velocity, peak, observation_peak
+
+    def velocity(self, t: float, x: torch.Tensor) -> torch.Tensor:
+        """Nudging velocity at time ``t`` for states ``x (M, N, D)``: ``(M, N, D)`` (zero off ``observed_dims``)."""
+        x = check_points("x", x)
+        if x.ndim == 2:
+            return self.velocity(t, x.unsqueeze(0)).squeeze(0)
+        velocity, _, _ = self._velocity(t, self._observed(x), want_peak=False)
+        return self._embed(velocity, x)
+
+    def _embed(self, velocity: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if velocity.shape[-1] == x.shape[-1] and self.observed_dims == list(range(x.shape[-1])):
+            return velocity
+        full = torch.zeros_like(x)
+        full[..., self.observed_dims] = velocity
+        return full
+
+    def stability_rate(self, peak: float) -> float:
+        """:math:`L = \\lambda P / (e h^2)` for a peak smoothed density ``P``."""
+        return self.strength * peak / (math.e * self.bandwidth ** 2)
+
+    # -- time stepping --------------------------------------------------------------------------------
+    def step(self, t: float, x: torch.Tensor, dt: float, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """Base step, then the nudging flow over ``dt`` in ``n`` explicit sub-steps: ``(M, N, D)``."""
+        x = self.base.step(t, x, dt, generator)
+        if self.strength == 0:
+            self.last_substeps = 0
+            return x
+        observed = self._observed(x)
+        velocity, peak, observation_peak = self._velocity(t + dt, observed, want_peak=self.substeps is None)
+        if self.substeps is None:
+            rate = self.stability_rate(max(peak, observation_peak))
+            count = max(1, math.ceil(dt * rate / self.stability - 1e-12))
+        else:
+            count = self.substeps
+        if not math.isfinite(float(velocity.abs().max())):
+            raise ValueError(f"strength: the nudging velocity is not finite at t={t + dt:g}")
+        h = dt / count
+        observed = observed + h * velocity
+        for _ in range(count - 1):
+            velocity, _, _ = self._velocity(t + dt, observed, want_peak=False)
+            observed = observed + h * velocity
+        self.last_substeps = count
+        self.total_substeps += count
+        if observed.shape[-1] == x.shape[-1] and self.observed_dims == list(range(x.shape[-1])):
+            return observed
+        x = x.clone()
+        x[..., self.observed_dims] = observed
+        return x
+
+    # -- torchsde protocol ------------------------------------------------------------------------------
+    def f(self, t, y):
+        """Drift of the flattened batch ``(M*N, D)``: the base drift plus the nudging velocity."""
+        if y.ndim != 2 or y.shape[0] % self.n_experiments:
+            raise ValueError(f"y: expected a (M*N, D) batch with M={self.n_experiments}, but got shape {tuple(y.shape)}")
+        velocity = self.velocity(float(t), y.reshape(self.n_experiments, -1, y.shape[-1])).reshape_as(y)
+        return self.base.f(t, y) + velocity
+
+    def g(self, t, y):
+        return self.base.g(t, y)
+
+    # -- driver -----------------------------------------------------------------------------------------
+    def simulate(self, x0: torch.Tensor, times, dt: float, seed: Optional[int] = None, boundary=None,
+                 progress: bool = True, meta: Optional[dict] = None) -> Trajectories:
+        """Run the nudged model from ``x0 (M, N, D)`` and record at ``times (L,)`` (see :func:`torchmf.sde.simulate`).
+
+        Raises ``ValueError`` if an observation time lies outside ``[times[0], times[-1]]``.
+        """
+        from .sde import simulate
+
+        times_tensor = torch.as_tensor(times, dtype=torch.float64)
+        if times_tensor.ndim != 1 or times_tensor.numel() < 2:
+            raise ValueError("times: expected at least two recording times (L,)")
+        self.observations.check_run(float(times_tensor[0]), float(times_tensor[-1]))
+        x0 = check_points("x0", x0)
+        if x0.shape[-1] != self.dim:
+            raise ValueError(f"x0: expected state dimension {self.dim}, but got shape {tuple(x0.shape)}")
+        state = x0 if x0.ndim == 3 else x0.unsqueeze(0)
+        self._batch(torch.empty(self.observations.n_experiments), state.shape[0])
+        info = {"nudging": {"bandwidth": self.bandwidth, "strength": self.strength, "backend": self.backend}}
+        return simulate(self, state, times_tensor, dt, seed=seed, boundary=boundary, progress=progress,
+                        meta={**info, **(meta or {})})
+
+
+def _subsample(points: torch.Tensor):
+    count = points.shape[-2]
+    stride = max(1, count // _PEAK_QUERIES)
+    return slice(0, count, stride)
