@@ -48,6 +48,9 @@ def fast_system(system, params: Optional[dict] = None):
 
     if isinstance(system, FastSlowSystem):
         return system
+    if not isinstance(system, str) or system not in systems.names():
+        raise ValueError(f"system: expected a registered fast-slow system (fastslow_cubic, fastslow_tilted_well, "
+                         f"lorenz96_two_scale), but got {system!r}")
     built = systems.get(system, **dict(params or {}))
     if not isinstance(built, FastSlowSystem):
         raise ValueError(f"system: expected a fast-slow system (fastslow_*, lorenz96_two_scale), but got {system!r}")
@@ -206,11 +209,22 @@ class FlowAveragedDrift(_AveragedModel):
     def parameter_names(self):
         return list(self.system.parameter_names)
 
-    def sample_fast(self, x: torch.Tensor, n_samples: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """``n_samples`` draws of :math:`q_\\phi(\\cdot|x)` for ``x (B, d)``: ``(B, n_samples, k)`` (reparameterized)."""
+    def sample_fast(self, x: torch.Tensor, n_samples: int, generator: Optional[torch.Generator] = None,
+                    stratified: bool = False) -> torch.Tensor:
+        """``n_samples`` draws of :math:`q_\\phi(\\cdot|x)` for ``x (B, d)``: ``(B, n_samples, k)`` (reparameterized).
+
+        ``stratified`` (one fast dimension only): each half of the samples takes one base-noise draw
+        per equal-probability stratum, still unbiased for means, with far smaller Monte-Carlo noise.
+        """
         x = check_tensor("x", x, ndim=2, last_dim=self.dim)
-        noise = torch.randn((x.shape[0], n_samples, self.system.fast_dim), generator=generator, device=x.device,
-                            dtype=x.dtype)
+        shape = (x.shape[0], n_samples, self.system.fast_dim)
+        if stratified and self.system.fast_dim == 1 and n_samples % 2 == 0:
+            half = n_samples // 2
+            uniform = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+            strata = torch.arange(half, device=x.device, dtype=x.dtype).repeat(2).reshape(1, n_samples, 1)
+            noise = torch.special.ndtri((strata + uniform) / half)
+        else:
+            noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
         return self.density.sample_from_noise(noise, x)
 
     def drift_samples(self, x: torch.Tensor, y: torch.Tensor, theta: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -223,7 +237,7 @@ class FlowAveragedDrift(_AveragedModel):
 
     def drift_pair(self, x: torch.Tensor, theta: Optional[torch.Tensor] = None):
         """Two independent Monte-Carlo estimates of :math:`F(x)`, each ``(B, d)`` (or ``(T, B, d)``)."""
-        values = self.drift_samples(x, self.sample_fast(x, self.n_samples), theta)
+        values = self.drift_samples(x, self.sample_fast(x, self.n_samples, stratified=True), theta)
         first, second = values.chunk(2, dim=-2)
         return first.mean(-2), second.mean(-2)
 
@@ -232,14 +246,15 @@ class FlowAveragedDrift(_AveragedModel):
         """Monte-Carlo :math:`F(x)`: ``x (..., d) -> (..., d)`` with ``n_samples`` (default ``4 * n_samples``)."""
         x = check_tensor("x", x, min_ndim=1, last_dim=self.dim)
         flat = x.reshape(-1, self.dim)
-        values = self.drift_samples(flat, self.sample_fast(flat, n_samples or 4 * self.n_samples, generator), theta)
+        count = n_samples or 4 * self.n_samples
+        values = self.drift_samples(flat, self.sample_fast(flat, count, generator, stratified=count % 2 == 0), theta)
         return values.mean(-2).reshape(x.shape)
 
     forward = drift
 
     def stationarity_residual(self, x: torch.Tensor, n_samples: Optional[int] = None):
         """Two independent estimates of :math:`E_{q(\\cdot|x)}[\\mathcal L_x\\psi_j]` for ``x (B, d)``: each ``(B, J)``."""
-        y = self.sample_fast(x, n_samples or self.n_samples)
+        y = self.sample_fast(x, n_samples or self.n_samples, stratified=True)
         applied = generator_applied(self.system, self.test_functions, x, y)
         first, second = applied.chunk(2, dim=1)
         return first.mean(1), second.mean(1)

@@ -142,3 +142,19 @@ class VariationalAveragedDynamicsModule(_AveragedBase):
         negative_elbo = self.model.negative_elbo(x, dx, dt, n_transitions)
         penalty = self.model.stationarity_penalty(self.model.penalty_points(self.hparams.penalty_points))
         return negative_elbo + self.hparams.penalty_weight * penalty, {"negative_elbo": negative_elbo, "penalty": penalty}
+
+
+def fit_quietly(module: LightningModule, datamodule, max_steps: int, val_check_interval: Optional[int] = None,
+                progress: bool = False, seed: int = 0, **trainer_kwargs) -> LightningModule:
+    """Train ``module`` on ``datamodule`` for ``max_steps`` on CPU without checkpoints or loggers (scripts, tests)."""
+    from lightning.pytorch import Trainer, seed_everything
+
+    seed_everything(seed, verbose=False)
+    options = dict(accelerator="cpu", devices=1, max_steps=max_steps, max_epochs=-1, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                   num_sanity_val_steps=0, limit_val_batches=0 if val_check_interval is None else 1.0)
+    if val_check_interval is not None:
+        options.update(val_check_interval=val_check_interval, check_val_every_n_epoch=None)
+    options.update(trainer_kwargs)
+    Trainer(**options).fit(module, datamodule=datamodule)
+    return module

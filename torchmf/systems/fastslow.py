@@ -159,7 +159,7 @@ class TiltedWellFastSlow(FastSlowSystem):
     default_record_dt = 1e-2
     _grid_size = 4001
 
-    def __init__(self, a: float = 1.0, b: float = 1.0, tilt: float = 0.5, sigma: float = 0.5, tau: float = 0.7,
+    def __init__(self, a: float = 1.0, b: float = 1.0, tilt: float = 0.5, sigma: float = 0.5, tau: float = 0.5,
                  eps: float = 1e-2, initial_x: float = 0.0):
         self.a, self.b = float(a), float(b)
         self.tilt = float(tilt)

@@ -1,0 +1,201 @@
+"""Flow-averaged dynamics: systems against closed forms, the stationarity residual, likelihoods,
+flows, the variational posterior and the reduced SDE. Bad inputs are listed at the end."""
+import math
+
+import pytest
+import torch
+
+from torchmf import systems
+from torchmf.averaging import TestFunctions as PsiFamily
+from torchmf.averaging import (FlowAveragedDrift, NeuralDrift, em_negative_log_likelihood,
+                               generator_applied, path_transitions, simulate_reduced)
+from torchmf.variational import VariationalAveragedDrift
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: intra-op threads only add contention on a shared CPU
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- systems ------------------------------------------------------------------------------------------------
+def test_cubic_averaged_drift_matches_monte_carlo_of_invariant_law():
+    system = systems.get("fastslow_cubic", a=1.3, b=0.7, tau=0.9)
+    x = torch.linspace(-1.5, 1.5, 7, dtype=torch.float64).unsqueeze(-1)
+    y = system.sample_invariant(x, 200000, torch.Generator().manual_seed(0))
+    monte_carlo = system.slow_drift(x.unsqueeze(-2), y, system.true_theta).mean(-2)
+    assert torch.allclose(monte_carlo, system.averaged_drift(x), atol=0.02)
+
+
+def test_cubic_simulation_shapes_and_exact_fast_law():
+    system = systems.get("fastslow_cubic", eps=0.005)
+    data = system.simulate(n_experiments=3, t_end=20.0, seed=1, dtype=torch.float64, progress=False)
+    assert data.positions.shape == (3, 2001, 1, 1) and data.extras["fast"].shape == (3, 2001, 1, 1)
+    offset = (data.extras["fast"] - data.positions)[:, 100:].reshape(-1)
+    # the exact OU step keeps Y - X ~ N(0, tau^2/2) (+ sigma^2 eps / 2 from the moving centre)
+    expected = 0.5 + system.sigma**2 * system.eps / 2
+    assert abs(float(offset.var()) - expected) < 0.03
+    again = system.simulate(n_experiments=3, t_end=20.0, seed=1, dtype=torch.float64, progress=False)
+    assert torch.equal(data.positions, again.positions)
+
+
+def test_tilted_well_quadrature_against_samples_and_bimodality():
+    system = systems.get("fastslow_tilted_well")
+    x = torch.tensor([[-0.5], [0.0], [0.7]], dtype=torch.float64)
+    samples = system.sample_invariant(x, 100000, torch.Generator().manual_seed(0))
+    assert torch.allclose(samples.mean(-2), system.invariant_mean(x), atol=0.015)
+    assert float(system.invariant_mean(x[1:2])) == pytest.approx(0.0, abs=1e-9)  # symmetric at x = 0
+    grid, density = system.invariant_density(x[1:2])
+    centre = density[0, grid.numel() // 2]
+    assert float(density[0].max()) > 3 * float(centre)  # two modes, low density at y = 0
+    assert float(torch.trapezoid(density[0], grid)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_lorenz96_two_scale_runs_and_averages():
+    system = systems.get("lorenz96_two_scale")
+    data = system.simulate(t_end=0.2, seed=0, progress=False)
+    assert data.positions.shape == (1, 21, 1, 4) and data.extras["fast"].shape == (1, 21, 1, 16)
+    x = data.positions[0, -1, 0].unsqueeze(0).double()
+    drift = system.averaged_drift(x, n_samples=20)
+    frozen_zero_coupling = systems.get("lorenz96_two_scale", h_x=0.0).averaged_drift(x, n_samples=5)
+    advection = -x.roll(1, -1) * (x.roll(2, -1) - x.roll(-1, -1)) - x + 8.0
+    assert torch.allclose(frozen_zero_coupling, advection, atol=1e-9)
+    assert torch.isfinite(drift).all() and not torch.allclose(drift, advection, atol=1e-3)
+
+
+# -- stationarity residual (autograd generator) ------------------------------------------------------------
+def test_generator_residual_vanishes_for_true_invariant_law_only():
+    system = systems.get("fastslow_cubic")
+    tests = PsiFamily(1, n_fourier=8).double()
+    x = torch.tensor([[-1.0], [0.3], [1.2]], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    true_samples = system.sample_invariant(x, 20000, generator)
+    residual = generator_applied(system, tests, x, true_samples).mean(1)
+    assert residual.abs().max() < 0.06
+    too_wide = x.unsqueeze(1) + (true_samples - x.unsqueeze(1)) * math.sqrt(2.0)
+    assert generator_applied(system, tests, x, too_wide).mean(1).abs().max() > 0.3
+
+
+def test_generator_autograd_matches_closed_form_for_square():
+    # psi(y) = y^2: L psi = 2 y g(x, y) + tau^2 (the y^2 feature is column k of the family)
+    system = systems.get("fastslow_cubic", tau=0.8)
+    tests = PsiFamily(1, n_fourier=3).double()
+    x = torch.tensor([[0.5]], dtype=torch.float64)
+    y = torch.linspace(-2, 2, 9, dtype=torch.float64).reshape(1, 9, 1)
+    applied = generator_applied(system, tests, x, y)
+    closed = 2 * y[..., 0] * (0.5 - y[..., 0]) + 0.8**2
+    assert torch.allclose(applied[..., 1], closed, atol=1e-12)
+    assert torch.allclose(applied[..., 0], (0.5 - y[..., 0]), atol=1e-12)
+
+
+def test_em_likelihood_matches_gaussian_log_density():
+    generator = torch.Generator().manual_seed(0)
+    dx, drift = torch.randn(50, 2, generator=generator), torch.randn(50, 2, generator=generator)
+    dt, sigma = torch.rand(50, generator=generator) + 0.01, torch.tensor([0.7, 1.3])
+    ours = em_negative_log_likelihood(dx, dt, drift, drift, sigma)
+    reference = -torch.distributions.Normal(drift * dt[:, None], sigma * dt[:, None].sqrt()).log_prob(dx).sum(-1)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+# -- models -------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("density", ["flow", "gaussian"])
+def test_flow_samples_are_reparameterized_and_seeded(density):
+    model = FlowAveragedDrift("fastslow_tilted_well", density=density, n_samples=8)
+    x = torch.randn(5, 1)
+    y = model.sample_fast(x, 7, torch.Generator().manual_seed(3))
+    assert y.shape == (5, 7, 1)
+    assert torch.equal(y, model.sample_fast(x, 7, torch.Generator().manual_seed(3)))
+    y.pow(2).sum().backward()
+    # gradients reach the density's parameters through the samples (its output layers at least)
+    assert sum(float(p.grad.abs().sum()) for p in model.density.parameters() if p.grad is not None) > 0
+    log_density = model.density.log_prob(y[:, 0].detach(), x)
+    assert log_density.shape == (5,) and torch.isfinite(log_density).all()
+
+
+def test_dtype_follows_the_model_and_inputs():
+    model = FlowAveragedDrift("fastslow_cubic", n_samples=8).double()
+    drift = model.drift(torch.zeros(3, 1, dtype=torch.float64), generator=torch.Generator().manual_seed(0))
+    assert drift.dtype == torch.float64 and drift.shape == (3, 1)
+
+
+def test_penalty_alone_teaches_the_flow_the_fast_law():
+    torch.manual_seed(0)
+    model = FlowAveragedDrift("fastslow_cubic", n_samples=32, hidden=16)
+    model.data_range.copy_(torch.tensor([[-1.0], [1.0], [-1.0], [1.0]]))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = model.stationarity_penalty(model.penalty_points(32))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    x = torch.tensor([[-0.6], [0.0], [0.6]])
+    with torch.no_grad():
+        y = model.sample_fast(x, 20000, torch.Generator().manual_seed(0))
+    assert (y.mean(1) - x).abs().max() < 0.15  # rho_x = N(x, 1/2)
+    assert (y.var(1) - 0.5).abs().max() < 0.15
+
+
+def test_variational_posterior_samples_density_and_elbo():
+    model = VariationalAveragedDrift(system="fastslow_cubic", n_samples=8, n_parameter_samples=4)
+    theta, log_sigma, log_q = model.sample_parameters(6, torch.Generator().manual_seed(0))
+    assert theta.shape == (6, 2) and log_sigma.shape == (6, 1) and log_q.shape == (6,)
+    values = torch.cat((theta, log_sigma), -1).detach()
+    assert torch.allclose(model.posterior.log_prob(values), log_q.detach(), atol=1e-4)
+    x, dx, dt = torch.randn(20, 1), 0.1 * torch.randn(20, 1), torch.full((20,), 0.01)
+    loss = model.negative_elbo(x, dx, dt, n_transitions=1000)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.posterior.parameters() if p.ndim > 1)
+    lower, median, upper = model.credible_band(x[:4], n_parameter_samples=50, n_samples=16)
+    assert (lower <= median).all() and (median <= upper).all()
+
+
+def test_reduced_sde_simulation_matches_ou_variance():
+    class LinearDrift(NeuralDrift):
+        def drift(self, x, **unused):
+            return -2.0 * x
+
+    model = LinearDrift(dim=1, sigma_init=1.0)
+    x0 = torch.zeros(4000, 1)
+    paths = simulate_reduced(model, x0, torch.tensor([0.0, 0.5, 2.0]), dt=0.01, seed=0)
+    assert paths.positions.shape == (4000, 3, 1, 1)
+    variance = paths.positions[:, -1, 0, 0].var()
+    assert float(variance) == pytest.approx((1 - math.exp(-8.0)) / 4, rel=0.08)  # OU: sigma^2 (1 - e^{-2kt}) / 2k
+
+
+def test_reduced_sde_runs_with_the_flow_model():
+    model = FlowAveragedDrift("fastslow_cubic", n_samples=8)
+    paths = simulate_reduced(model, torch.zeros(3, 1), torch.linspace(0, 0.2, 5), dt=0.05, seed=1, n_samples=16)
+    again = simulate_reduced(model, torch.zeros(3, 1), torch.linspace(0, 0.2, 5), dt=0.05, seed=1, n_samples=16)
+    assert paths.positions.shape == (3, 5, 1, 1) and torch.equal(paths.positions, again.positions)
+
+
+# -- bad inputs ---------------------------------------------------------------------------------------------
+# tried: NaN in a path, non-increasing times, an unknown system, an unknown density, a theta_init
+# of the wrong length, n_samples < 2, a non-fast-slow system, a 1-D x0, a level outside (0, 1),
+# a negative eps, two particles in a fast-slow simulation.
+def test_bad_inputs_name_the_argument():
+    positions = torch.zeros(5, 1)
+    with pytest.raises(ValueError, match="positions"):
+        path_transitions(torch.tensor([[0.0], [float("nan")], [1.0]]), torch.arange(3.0))
+    with pytest.raises(ValueError, match="times"):
+        path_transitions(positions, torch.tensor([0.0, 1.0, 1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match="system"):
+        FlowAveragedDrift("no_such_system")
+    with pytest.raises(ValueError, match="system"):
+        FlowAveragedDrift("ou_linear")
+    with pytest.raises(ValueError, match="density"):
+        FlowAveragedDrift(density="mixture")
+    with pytest.raises(ValueError, match="theta_init"):
+        FlowAveragedDrift(theta_init=[1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="n_samples"):
+        FlowAveragedDrift(n_samples=1)
+    with pytest.raises(ValueError, match="x0"):
+        simulate_reduced(NeuralDrift(), torch.zeros(3), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="level"):
+        VariationalAveragedDrift(n_samples=4).credible_band(torch.zeros(2, 1), level=1.5)
+    with pytest.raises(ValueError, match="eps"):
+        systems.get("fastslow_cubic", eps=-1.0)
+    with pytest.raises(ValueError, match="n_particles"):
+        systems.get("fastslow_cubic").simulate(n_particles=2, t_end=0.1, progress=False)
