@@ -1,0 +1,88 @@
+"""Speed of the flow-averaged dynamics: fastslow_cubic to the 5% drift target on this machine.
+
+    flock /tmp/torchmf-bench.lock python scripts/bench_averaging.py [--out runs] [--quick]
+
+Trains the point-estimate model (trainers/configs/fastslow_cubic_flow.yaml settings, Lightning,
+CPU) and scores the drift every ``--every`` steps; records the wall time until the error first
+reaches the target, the total time of the schedule and the final error. The path is simulated
+(and cached) before the clock starts; its simulation time is recorded separately.
+Writes OUT/bench_averaging.json.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _report import Report, standard_parser  # noqa: E402
+
+import torch  # noqa: E402
+
+TARGET = 0.05
+LIMIT_SECONDS = 300.0
+
+
+def main(argv=None) -> int:
+    parser = standard_parser(__doc__.strip().splitlines()[0])
+    parser.add_argument("--every", type=int, default=100, help="score the drift every this many steps")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    from lightning.pytorch import Callback
+
+    from torchmf.averaging import drift_error
+    from trainers.averaged import AveragedDynamicsModule, fit_quietly
+    from trainers.slow_path_data import SlowPathDataModule
+
+    recipe = "datasets/fastslow_cubic_small.yaml" if args.quick else "datasets/fastslow_cubic.yaml"
+    steps = 200 if args.quick else 1500
+    report = Report("bench_averaging", args)
+    report.settings.update(recipe=recipe, steps=steps, batch_size=512, n_samples=32, every=args.every,
+                           threads=torch.get_num_threads())
+    data = SlowPathDataModule(recipe=recipe, batch_size=512, progress=False)
+    start = time.perf_counter()
+    data.prepare_data()
+    simulation_seconds = time.perf_counter() - start
+
+    class Scorer(Callback):
+        def __init__(self):
+            self.history, self.first_hit, self.scoring = [], None, 0.0
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
+            step = trainer.global_step
+            if step % args.every and step != steps:
+                return
+            tic = time.perf_counter()
+            error = drift_error(module.model, n_samples=2048)
+            self.scoring += time.perf_counter() - tic
+            elapsed = time.perf_counter() - self.start - self.scoring
+            self.history.append((step, round(elapsed, 2), error))
+            if error <= TARGET and self.first_hit is None:
+                self.first_hit = elapsed
+
+        def on_train_start(self, trainer, module):
+            self.start = time.perf_counter()
+
+    scorer = Scorer()
+    module = AveragedDynamicsModule(system="fastslow_cubic", theta_init=[0.5, 0.5])
+    start = time.perf_counter()
+    fit_quietly(module, data, steps, callbacks=[scorer])
+    total = time.perf_counter() - start - scorer.scoring
+    final_error = scorer.history[-1][2]
+    report.metrics.update(simulation_seconds=simulation_seconds, train_seconds=total, final_drift_relative_l2=final_error,
+                          seconds_to_first_reach_target=scorer.first_hit, history_step_seconds_error=scorer.history)
+    passed = final_error <= TARGET and total <= LIMIT_SECONDS
+    report.check("fastslow_cubic to the 5% drift target on the 2-core CPU (train seconds; final error)",
+                 f"{total:.1f} s; error {final_error:.4f}", f"<= {LIMIT_SECONDS:.0f} s with error <= {TARGET}",
+                 passed if not args.quick else None,
+                 skipped="quick size: short path, target not reachable" if args.quick else None)
+    gpu = torch.cuda.is_available()
+    report.check("fastslow_cubic: the same job on a GPU (time, device)", None, "recorded where a GPU is lent", None,
+                 skipped="no GPU on this machine" if not gpu else "GPU present: run without --quick on it")
+    report.write()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
