@@ -1,0 +1,155 @@
+"""torchmf.transport: maps against exact assignment and the Gaussian closed form; bad inputs."""
+import math
+
+import pytest
+import torch
+
+from torchmf.transport import METHODS, TransportSolver, transport_map
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # the test machine is shared: two OpenMP threads on a loaded 2-core CPU are many times slower
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def gaussian_clouds(n, seed=0, dtype=torch.float32):
+    """x ~ N(m1, S1), y ~ N(m2, S2) and the closed-form Brenier map evaluated at x."""
+    generator = torch.Generator().manual_seed(seed)
+    m1, m2 = torch.tensor([0.5, -0.3], dtype=torch.float64), torch.tensor([2.0, 1.0], dtype=torch.float64)
+    s1 = torch.tensor([[1.0, 0.3], [0.3, 0.6]], dtype=torch.float64)
+    s2 = torch.tensor([[2.0, -0.4], [-0.4, 1.2]], dtype=torch.float64)
+
+    def root(matrix):
+        values, vectors = torch.linalg.eigh(matrix)
+        return vectors @ torch.diag(values.sqrt()) @ vectors.T
+
+    r1 = root(s1)
+    r1_inverse = torch.linalg.inv(r1)
+    a = r1_inverse @ root(r1 @ s2 @ r1) @ r1_inverse   # A = S1^{-1/2} (S1^{1/2} S2 S1^{1/2})^{1/2} S1^{-1/2}
+    x = torch.randn(n, 2, generator=generator, dtype=torch.float64) @ r1.T + m1
+    y = torch.randn(n, 2, generator=generator, dtype=torch.float64) @ root(s2).T + m2
+    closed = m2 + (x - m1) @ a.T
+    return x.to(dtype), y.to(dtype), closed.to(dtype)
+
+
+def relative(displacement, reference):
+    return float((displacement - reference).norm() / reference.norm())
+
+
+def test_sort_equals_exact_assignment_in_1d():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(300, 1, generator=generator, dtype=torch.float64)
+    y = 2 * torch.rand(300, 1, generator=generator, dtype=torch.float64) + 1
+    assert torch.equal(transport_map(x, y, "sort"), transport_map(x, y, "exact"))
+    assert torch.equal(transport_map(x, y, "auto"), transport_map(x, y, "sort"))
+
+
+def test_exact_map_of_a_translation_and_a_permutation():
+    generator = torch.Generator().manual_seed(2)
+    x = torch.rand(200, 2, generator=generator, dtype=torch.float64)
+    shift = torch.tensor([0.01, -0.02], dtype=torch.float64)
+    y = (x + shift)[torch.randperm(200, generator=generator)]
+    assert torch.allclose(transport_map(x, y, "exact"), x + shift)
+
+
+def test_gaussian_closed_form_affine_map():
+    x, y, closed = gaussian_clouds(3000)
+    for method in ("sinkhorn-multiscale", "sinkhorn-dense"):
+        mapped = transport_map(x, y, method)
+        # sampling noise of independent clouds of 3000 points dominates (measured about 0.06-0.07)
+        assert relative(mapped - x, closed - x) < 0.1, method
+
+
+@pytest.mark.parametrize("method", ["sinkhorn-multiscale", "sinkhorn-dense", "sinkhorn-geomloss", "sinkhorn"])
+def test_sinkhorn_agrees_with_exact_assignment(method):
+    x, y, _ = gaussian_clouds(800, seed=3)
+    exact = transport_map(x, y, "exact")
+    mapped = transport_map(x, y, method, blur=0.03)
+    # measured 0.05-0.08 (dense stops after 20 final iterations); assignment noise itself is ~0.04
+    assert relative(mapped - x, exact - x) < 0.1
+
+
+def test_debiasing_removes_the_blur_contraction():
+    # same law, shifted: the optimal map is the shift; a large blur pulls the raw map to local means
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(1500, 2, generator=generator, dtype=torch.float64)
+    shift = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    y = torch.randn(1500, 2, generator=generator, dtype=torch.float64) + shift
+    truth = x + shift
+    raw = transport_map(x, y, "sinkhorn-dense", blur=0.5, debias=False)
+    debiased = transport_map(x, y, "sinkhorn-dense", blur=0.5, debias=True)
+    raw_error, debiased_error = relative(raw - x, truth - x), relative(debiased - x, truth - x)
+    assert debiased_error < 0.75 * raw_error  # measured 0.11 vs 0.18; the rest is sampling noise
+    geomloss = transport_map(x, y, "sinkhorn-geomloss", blur=0.5, debias=True)
+    assert relative(geomloss - x, truth - x) < 0.75 * raw_error
+
+
+def test_warm_start_matches_cold_start_with_fewer_iterations():
+    x, y, _ = gaussian_clouds(2000, seed=5)
+    generator = torch.Generator().manual_seed(6)
+    y_next = y + 0.01 * torch.randn(y.shape, generator=generator)
+    for method in ("sinkhorn-multiscale", "sinkhorn-dense"):
+        solver = TransportSolver(method, blur=0.05, debias=False)
+        solver(x, y)
+        cold_iterations = solver.last_iterations
+        warm = solver(x, y_next)
+        warm_iterations = solver.last_iterations
+        cold = TransportSolver(method, blur=0.05, debias=False)(x, y_next)
+        assert relative(warm - x, cold - x) < 0.04, method  # both stop at a 5% marginal tolerance
+        assert warm_iterations < cold_iterations, method
+
+
+def test_batches_dtype_and_device_follow_the_input():
+    x, y, _ = gaussian_clouds(150, seed=7, dtype=torch.float64)
+    batch_x, batch_y = torch.stack([x, y]), torch.stack([y, x])
+    mapped = transport_map(batch_x, batch_y, "exact")
+    assert mapped.shape == (2, 150, 2) and mapped.dtype == torch.float64 and mapped.device == x.device
+    assert torch.equal(mapped[1], transport_map(y, x, "exact"))
+    assert transport_map(x, y, "sinkhorn-dense").dtype == torch.float64
+
+
+# -- bad inputs: each must raise a clear error naming the argument -----------------------------------------
+BAD_INPUTS = [
+    ("different sizes", lambda: transport_map(torch.rand(10, 2), torch.rand(11, 2)), ValueError, "y"),
+    ("different dimensions", lambda: transport_map(torch.rand(10, 2), torch.rand(10, 3)), ValueError, "y"),
+    ("different batch", lambda: transport_map(torch.rand(2, 10, 2), torch.rand(3, 10, 2)), ValueError, "y"),
+    ("NaN in x", lambda: transport_map(torch.tensor([[math.nan, 0.0], [1.0, 1.0]]), torch.rand(2, 2)), ValueError,
+     "x"),
+    ("inf in y", lambda: transport_map(torch.rand(2, 2), torch.tensor([[math.inf, 0.0], [1.0, 1.0]])), ValueError,
+     "y"),
+    ("not a tensor", lambda: transport_map([[0.0, 1.0]], torch.rand(1, 2)), TypeError, "x"),
+    ("integer tensor", lambda: transport_map(torch.ones(3, 2, dtype=torch.long), torch.rand(3, 2)), TypeError, "x"),
+    ("unknown method", lambda: transport_map(torch.rand(5, 2), torch.rand(5, 2), "fast"), ValueError, "method"),
+    ("sort in 2-D", lambda: transport_map(torch.rand(5, 2), torch.rand(5, 2), "sort"), ValueError, "method"),
+    ("exact too large", lambda: transport_map(torch.rand(5001, 2), torch.rand(5001, 2), "exact"), ValueError,
+     "method"),
+    ("keops absent", lambda: transport_map(torch.rand(5, 2), torch.rand(5, 2), "sinkhorn-keops"), ValueError,
+     "method"),
+    ("multiscale in 4-D", lambda: transport_map(torch.rand(5, 4), torch.rand(5, 4), "sinkhorn-multiscale"),
+     ValueError, "method"),
+    ("negative blur", lambda: transport_map(torch.rand(5, 2), torch.rand(5, 2), "sinkhorn", blur=-1.0), ValueError,
+     "blur"),
+    ("scaling >= 1", lambda: TransportSolver("sinkhorn", scaling=1.0), ValueError, "scaling"),
+    ("debias not bool", lambda: TransportSolver("sinkhorn", debias="yes"), TypeError, "debias"),
+]
+
+
+@pytest.mark.parametrize("label, call, error, name", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_inputs(label, call, error, name):
+    pytest.importorskip("scipy")
+    if label == "keops absent":
+        from torchmf.transport import keops_available
+
+        if keops_available():
+            pytest.skip("pykeops is installed here")
+    with pytest.raises(error, match=rf"^{name}:"):
+        call()
+
+
+def test_method_table_is_complete():
+    assert set(METHODS) == {"auto", "sort", "exact", "sinkhorn", "sinkhorn-geomloss", "sinkhorn-keops",
+                            "sinkhorn-dense", "sinkhorn-multiscale"}
