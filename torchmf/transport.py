@@ -398,8 +398,9 @@ def _dense_solve(x, y, eps, scaling, tolerance, max_iterations, previous):
     kernel = _DenseKernel(x, y)
     a_log, b_log = _uniform_log(x), _uniform_log(y)
     if previous is None:
-        f, g = _sinkhorn_levels(kernel, a_log, b_log, _epsilon_schedule(_diameter(x, y), eps, scaling))
-        count = len(_epsilon_schedule(_diameter(x, y), eps, scaling))
+        levels = _epsilon_schedule(_diameter(x, y), eps, scaling)
+        f, g = _sinkhorn_levels(kernel, a_log, b_log, levels)
+        count = len(levels)
     else:
         (f, g), count = previous, 0
     f, g, iterations = _sinkhorn_converge(kernel, a_log, b_log, eps, f, g, tolerance, max_iterations)
