@@ -8,7 +8,8 @@ Targets (issue 6): at most one third of the paper's MATLAB walltimes (Table 5: 9
 i.e. 3.2 s (local 2-D), 0.9 s (QANR 1-D), 2.8 s (Keller-Segel 2-D) on the 2-core CPU, and peak memory
 under 4 GB. The timed call is ``wsindy.identify`` from particle positions to the model (histogram,
 test functions, G and b, MSTLS), with the paper's library and Table 5 test functions; the best of
-``--repeats`` runs after one warm-up is reported. Data: 64,000 particles in total per example
+``--repeats`` runs after one warm-up is reported, for 1 and 2 torch threads (the faster counts: on a
+shared machine the second thread's OpenMP spinning can make it slower). Data: 64,000 particles in total per example
 (local 2-D: M = 1, N = 64,000; QANR: M = 1, N = 64,000; Keller-Segel: M = 32, N = 2,000). The
 Keller-Segel data for the timing follow the exact mean-field flow of a uniform disk (it stays a
 uniform disk of radius^2 = 4 - t/pi), because the O(N^2) particle simulation of 64,000 particles
@@ -81,6 +82,8 @@ def time_identify(data, name: str, repeats: int, device) -> dict:
 def main(argv=None) -> int:
     parser = standard_parser(__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions (best is reported)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
+                        help="torch CPU thread counts to time (the best is checked; default 1 and 2)")
     args = parser.parse_args(argv)
     total = 16000 if args.quick else 64000
     report = Report("bench_wsindy", args)
@@ -90,16 +93,29 @@ def main(argv=None) -> int:
     baseline = peak_rss_gb()
     data = datasets(total, args.quick, cpu, torch.float32)
     report.metrics["peak_rss_gb_after_simulation"] = peak_rss_gb()
-    results = {}
-    for name, trajectories in data.items():
-        results[name] = time_identify(trajectories, name, args.repeats, cpu)
-        print(f"{name}: best {results[name]['best_seconds']:.3f} s, phases {results[name]['phases']}", flush=True)
+    per_threads = {}
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        per_threads[threads] = {}
+        for name, trajectories in data.items():
+            per_threads[threads][name] = time_identify(trajectories, name, args.repeats, cpu)
+            print(f"{name} ({threads} threads): best {per_threads[threads][name]['best_seconds']:.3f} s, "
+                  f"phases {per_threads[threads][name]['phases']}", flush=True)
+    report.metrics["cpu_by_threads"] = {str(k): v for k, v in per_threads.items()}
+    results = {name: min((per_threads[t][name] for t in per_threads), key=lambda r: r["best_seconds"])
+               for name in data}
+    for name in data:
+        results[name]["threads"] = min(per_threads, key=lambda t: per_threads[t][name]["best_seconds"])
     report.metrics["cpu"] = results
+    import os
+
+    report.metrics["load_average_at_end"] = os.getloadavg()
     report.metrics["peak_rss_gb"] = peak_rss_gb()
     report.metrics["baseline_rss_gb"] = baseline
     for name, target in TARGETS.items():
         seconds = results[name]["best_seconds"]
-        report.check(f"{name}: identify with {total} particles on CPU, histogram included", round(seconds, 3),
+        report.check(f"{name}: identify with {total} particles on CPU ({results[name]['threads']} threads), "
+                     "histogram included", round(seconds, 3),
                      f"<= {target:.1f} s" + (" (quick: measured at 16,000 particles)" if args.quick else ""),
                      seconds <= target)
     report.check("peak memory (process peak RSS, simulation included)", round(report.metrics["peak_rss_gb"], 3),

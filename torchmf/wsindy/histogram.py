@@ -89,8 +89,9 @@ def histogram(positions: torch.Tensor, grid: Grid) -> torch.Tensor:
         raise ValueError(f"grid: expected a {positions.shape[-1]}-D grid for the data, but got {grid.dim}-D")
     flat = positions.reshape(-1, positions.shape[-1])
     lower, upper = flat.new_tensor(grid.lower), flat.new_tensor(grid.upper)
-    outside = ((flat < lower) | (flat > upper)).any(-1)
-    if bool(outside.any()):
+    low, high = torch.aminmax(flat, dim=0)  # one pass; the count below only runs on failure
+    if bool((low < lower).any() | (high > upper).any()):
+        outside = ((flat < lower) | (flat > upper)).any(-1)
         raise ValueError(
             f"trajectories: {int(outside.sum())} particle positions lie outside the grid's domain "
             f"lower={list(grid.lower)}, upper={list(grid.upper)}; widen the grid (nothing is clipped)")

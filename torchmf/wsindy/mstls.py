@@ -14,12 +14,13 @@ thresholds costs only ``J x J`` work.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["RankDeficientError", "mstls", "condition_number", "default_thresholds", "check_columns"]
+__all__ = ["RankDeficientError", "mstls", "single_thread", "condition_number", "default_thresholds", "check_columns"]
 
 
 class RankDeficientError(ValueError):
@@ -28,6 +29,24 @@ class RankDeficientError(ValueError):
     def __init__(self, message: str, condition_number: float):
         super().__init__(message)
         self.condition_number = condition_number
+
+
+@contextlib.contextmanager
+def single_thread(device):
+    """Run tiny dense linear algebra on one CPU thread (restored afterwards).
+
+    The regression works on ``n x J`` matrices with ``J`` ~ 100; on a shared 2-core machine the
+    OpenMP worker spinning of a second thread made QR/lstsq up to 50x slower than one thread.
+    """
+    if torch.device(device).type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def default_thresholds(count: int = 100, device=None, dtype=torch.float64) -> torch.Tensor:
