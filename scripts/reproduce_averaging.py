@@ -116,7 +116,8 @@ def tilted_section(report, args):
     models, errors, distances = {}, {}, {}
     for density in ("flow", "gaussian"):
         model, _, seconds = train_point(path=str(path), steps=size("tilted_steps", quick),
-                                        system="fastslow_tilted_well", density=density, theta_init=[0.5, 0.5])
+                                        system="fastslow_tilted_well", density=density, theta_init=[0.5, 0.5],
+                                        anneal_temperature=4.0, test_kind="bumps")
         models[density] = model
         errors[density] = drift_error(model)
         low, high = model.data_range[0, 0].item(), model.data_range[1, 0].item()

@@ -93,22 +93,37 @@ def em_negative_log_likelihood(dx, dt, drift_a, drift_b, sigma) -> torch.Tensor:
 
 # -- test functions and the stationarity residual ------------------------------------------------------
 class TestFunctions(nn.Module):
-    r"""Test functions :math:`\psi_j(y)`: each coordinate :math:`y_i` and :math:`y_i^2`, and
-    ``n_fourier`` random Fourier features :math:`\sin(w_j\cdot y + b_j)`, :math:`w_j \sim N(0, I/\ell^2)`
-    (``length`` :math:`\ell`, fixed by ``seed``). ``y (..., k) -> (..., 2k + n_fourier)``."""
+    r"""Test functions :math:`\psi_j(y)` of the stationarity penalty, ``y (..., k) -> (..., J)``.
 
-    def __init__(self, features: int, n_fourier: int = 16, length: float = 1.0, seed: int = 0):
+    ``kind="bumps"`` (one fast dimension): :math:`y` and ``n_bumps`` Gaussian bumps of width equal
+    to their spacing on ``[-span, span]`` -- each bump checks the local balance of the fast
+    generator, so a law stuck in the wrong well is seen where it sits. ``kind="fourier"``: each
+    :math:`y_i`, :math:`y_i^2` and ``n_fourier`` random features :math:`\sin(w_j\cdot y + b_j)`,
+    :math:`w_j \sim N(0, I/\ell^2)` (``length`` :math:`\ell`, fixed by ``seed``). ``"auto"``: bumps
+    when ``k = 1``.
+    """
+
+    def __init__(self, features: int, n_fourier: int = 16, length: float = 1.0, seed: int = 0, kind: str = "fourier",
+                 n_bumps: int = 32, span: float = 4.0):
         super().__init__()
+        kind = check_choice("kind", kind, ("auto", "bumps", "fourier"))
+        self.kind = ("bumps" if features == 1 else "fourier") if kind == "auto" else kind
         generator = torch.Generator().manual_seed(seed)
         self.register_buffer("frequencies", torch.randn(n_fourier, features, generator=generator) / length)
         self.register_buffer("phases", 2 * math.pi * torch.rand(n_fourier, generator=generator))
+        self.register_buffer("centres", torch.linspace(-span, span, n_bumps))
+        self.width = 2 * span / max(n_bumps - 1, 1)
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
+        if self.kind == "bumps":
+            bumps = torch.exp(-0.5 * ((y - self.centres.to(y)) / self.width) ** 2)  # (..., n_bumps) for k = 1
+            return torch.cat((y, bumps), dim=-1)
         fourier = torch.sin(y @ self.frequencies.T.to(y) + self.phases.to(y))
         return torch.cat((y, y**2, fourier), dim=-1)
 
 
-def generator_applied(system, test_functions: TestFunctions, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def generator_applied(system, test_functions: TestFunctions, x: torch.Tensor, y: torch.Tensor,
+                      temperature: float = 1.0) -> torch.Tensor:
     r""":math:`\mathcal L_x\psi_j(y) = g(x, y)\cdot\nabla\psi_j(y) + \tfrac{\tau^2}2\Delta\psi_j(y)` for
     ``x (B, d)``, ``y (B, S, k)`` -> ``(B, S, J)``; derivatives by autograd (differentiable in ``y``).
 
@@ -127,7 +142,7 @@ def generator_applied(system, test_functions: TestFunctions, x: torch.Tensor, y:
             return jvp(test_functions, (point,), (direction,))[1]
 
         first, second = jvp(derivative, (flat,), (direction,))
-        applied = applied + drift[:, axis:axis + 1] * first + 0.5 * system.tau**2 * second
+        applied = applied + drift[:, axis:axis + 1] * first + 0.5 * temperature * system.tau**2 * second
     return applied.reshape(batch, count, -1)
 
 
@@ -178,7 +193,8 @@ class FlowAveragedDrift(_AveragedModel):
         hidden, layers, bins, tail_bound, scale: size of :math:`q_\phi` (see :mod:`torchmf.flows`).
         n_samples: Monte-Carlo samples of ``y`` per ``x`` for :math:`F` (even, split in two halves).
         theta_init: initial :math:`\theta` ``(P,)`` (default ones); ``sigma_init``: initial slow noise.
-        n_fourier, test_length, seed: the test-function family of the stationarity penalty.
+        n_fourier, test_length, seed, test_kind: the test-function family of the stationarity penalty
+            (``"fourier"``, ``"bumps"`` -- better for multimodal fast laws -- or ``"auto"``).
 
     Shapes: ``drift(x)``: ``x (..., d) -> (..., d)``; ``sample_fast(x, n)``: ``(B, d) -> (B, n, k)``.
     """
@@ -186,7 +202,7 @@ class FlowAveragedDrift(_AveragedModel):
     def __init__(self, system: str = "fastslow_cubic", system_params: Optional[dict] = None, density: str = "flow",
                  hidden: int = 32, layers: int = 1, bins: int = 8, tail_bound: float = 4.0, scale: float = 1.5,
                  n_samples: int = 32, theta_init: Optional[Sequence[float]] = None, sigma_init: float = 1.0,
-                 n_fourier: int = 16, test_length: float = 1.0, seed: int = 0):
+                 n_fourier: int = 16, test_length: float = 1.0, seed: int = 0, test_kind: str = "fourier"):
         super().__init__()
         self.system = fast_system(system, system_params)
         self.density_kind = check_choice("density", density, DENSITIES)
@@ -194,7 +210,7 @@ class FlowAveragedDrift(_AveragedModel):
         self.config = dict(system=self.system.registered_name, system_params=dict(system_params or {}),
                            density=density, hidden=hidden, layers=layers, bins=bins, tail_bound=tail_bound, scale=scale,
                            n_samples=n_samples, theta_init=theta_init, sigma_init=sigma_init, n_fourier=n_fourier,
-                           test_length=test_length, seed=seed)
+                           test_length=test_length, seed=seed, test_kind=test_kind)
         dim, features = self.system.dim, self.system.fast_dim
         with torch.random.fork_rng():  # network initialization is part of the model's seed
             torch.manual_seed(seed)
@@ -208,7 +224,10 @@ class FlowAveragedDrift(_AveragedModel):
             raise ValueError(f"theta_init: expected {count} values {self.system.parameter_names}, but got {theta.tolist()}")
         self.theta = nn.Parameter(theta.clone())
         self._init_common(dim, sigma_init)
-        self.test_functions = TestFunctions(features, n_fourier, test_length, seed)
+        self.test_functions = TestFunctions(features, n_fourier, test_length, seed, test_kind)
+        # multiplies tau^2 in the penalty; trainers anneal it from > 1 down to 1 so that q_phi
+        # follows the fast law from a broad, unimodal one instead of locking into one well
+        self.penalty_temperature = 1.0
 
     @property
     def parameter_names(self):
@@ -260,7 +279,7 @@ class FlowAveragedDrift(_AveragedModel):
     def stationarity_residual(self, x: torch.Tensor, n_samples: Optional[int] = None):
         """Two independent estimates of :math:`E_{q(\\cdot|x)}[\\mathcal L_x\\psi_j]` for ``x (B, d)``: each ``(B, J)``."""
         y = self.sample_fast(x, n_samples or self.n_samples, stratified=True)
-        applied = generator_applied(self.system, self.test_functions, x, y)
+        applied = generator_applied(self.system, self.test_functions, x, y, self.penalty_temperature)
         first, second = applied.chunk(2, dim=1)
         return first.mean(1), second.mean(1)
 

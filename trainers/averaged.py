@@ -29,8 +29,19 @@ class _AveragedBase(LightningModule):
     def _loss(self, x, dx, dt):
         raise NotImplementedError
 
+    def _anneal(self):
+        """Penalty temperature: ``anneal_temperature`` at step 0, linearly down to 1 at ``anneal_fraction`` of training."""
+        start = float(self.hparams.get("anneal_temperature", 1.0))
+        inner = getattr(self.model, "model", self.model)
+        if start == 1.0 or not hasattr(inner, "penalty_temperature"):
+            return
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        progress = self.global_step / (float(self.hparams.get("anneal_fraction", 0.5)) * total)
+        inner.penalty_temperature = 1.0 + (start - 1.0) * max(0.0, 1.0 - progress)
+
     def training_step(self, batch, batch_index):
         x, dx, dt = batch
+        self._anneal()
         loss, parts = self._loss(x, dx, dt)
         self.log("train_loss", loss, prog_bar=True)
         for name, value in parts.items():
@@ -48,6 +59,11 @@ class _AveragedBase(LightningModule):
     def predict_step(self, batch, batch_index):
         x = batch[0]
         return self.model.drift(x)
+
+    def on_validation_epoch_start(self):
+        inner = getattr(self.model, "model", self.model)
+        if hasattr(inner, "penalty_temperature"):
+            inner.penalty_temperature = 1.0  # scores always use the model's own tau
 
     def on_validation_epoch_end(self):
         system = getattr(self.model, "system", None)
@@ -87,6 +103,8 @@ class AveragedDynamicsModule(_AveragedBase):
 
     Arguments: ``density`` in ``flow``, ``gaussian``, ``neural``; ``penalty_points`` x-points per
     step (uniform over the observed range); ``learning_rate`` (Adam, cosine decay to 5%);
+    ``anneal_temperature`` (> 1: the penalty starts with ``tau^2`` times this, decreasing linearly
+    to the model's ``tau`` at ``anneal_fraction`` of the steps; helps multimodal fast laws);
     the other arguments build :class:`~torchmf.averaging.FlowAveragedDrift` (or
     :class:`~torchmf.averaging.NeuralDrift`, which has no penalty).
     """
@@ -95,7 +113,8 @@ class AveragedDynamicsModule(_AveragedBase):
                  hidden: int = 32, layers: int = 1, bins: int = 8, tail_bound: float = 4.0, scale: float = 1.5,
                  n_samples: int = 32, theta_init: Optional[List[float]] = None, sigma_init: float = 1.0,
                  n_fourier: int = 16, test_length: float = 1.0, seed: int = 0, penalty_weight: float = 10.0,
-                 penalty_points: int = 64, learning_rate: float = 1e-2):
+                 penalty_points: int = 64, learning_rate: float = 1e-2, anneal_temperature: float = 1.0,
+                 anneal_fraction: float = 0.5, test_kind: str = "fourier"):
         super().__init__()
         self.save_hyperparameters()
         if density == "neural":
@@ -105,7 +124,7 @@ class AveragedDynamicsModule(_AveragedBase):
             self.model.system = fast_system(system, system_params)
         else:
             self.model = FlowAveragedDrift(system, system_params, density, hidden, layers, bins, tail_bound, scale,
-                                           n_samples, theta_init, sigma_init, n_fourier, test_length, seed)
+                                           n_samples, theta_init, sigma_init, n_fourier, test_length, seed, test_kind)
 
     def _loss(self, x, dx, dt):
         nll = self.model.path_nll(x, dx, dt)
@@ -127,14 +146,15 @@ class VariationalAveragedDynamicsModule(_AveragedBase):
                  test_length: float = 1.0, seed: int = 0, prior_theta_std: float = 10.0,
                  prior_log_sigma_std: float = 2.0, posterior_hidden: int = 16, posterior_layers: int = 2,
                  posterior_init_std: float = 0.1, n_parameter_samples: int = 8, penalty_weight: float = 10.0,
-                 penalty_points: int = 64, learning_rate: float = 1e-2):
+                 penalty_points: int = 64, learning_rate: float = 1e-2, anneal_temperature: float = 1.0,
+                 anneal_fraction: float = 0.5, test_kind: str = "fourier"):
         super().__init__()
         self.save_hyperparameters()
         self.model = VariationalAveragedDrift(
             prior_theta_std, prior_log_sigma_std, posterior_hidden, posterior_layers, posterior_init_std,
             n_parameter_samples, system=system, system_params=system_params, hidden=hidden, layers=layers, bins=bins,
             tail_bound=tail_bound, scale=scale, n_samples=n_samples, theta_init=theta_init, sigma_init=sigma_init,
-            n_fourier=n_fourier, test_length=test_length, seed=seed)
+            n_fourier=n_fourier, test_length=test_length, seed=seed, test_kind=test_kind)
 
     def _loss(self, x, dx, dt):
         datamodule = getattr(self.trainer, "datamodule", None)
