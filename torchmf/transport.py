@@ -425,31 +425,33 @@ def _grid_clusters(points, cell, weights=None):
 
 
 def _neighbour_pairs(predicted, y, radius):
-    """All pairs ``(i, j)`` with ``|predicted_i - y_j| <= radius`` (grid cells of side ``radius``)."""
+    """All pairs ``(i, j)`` with ``|predicted_i - y_j| <= radius``: ``y`` sorted into grid cells of
+    side ``radius / 2``, each prediction looks in the 5^d cells around its own."""
     dim = y.shape[1]
+    side = radius / 2
     origin = torch.minimum(predicted.min(0).values, y.min(0).values)
-    cell_p = torch.floor((predicted - origin) / radius).long()
-    cell_y = torch.floor((y - origin) / radius).long()
-    span = int(torch.maximum(cell_p.max(), cell_y.max())) + 3
+    cell_p = torch.floor((predicted - origin) / side).long()
+    cell_y = torch.floor((y - origin) / side).long()
+    span = int(torch.maximum(cell_p.max(), cell_y.max())) + 5
     weights = span ** torch.arange(dim - 1, -1, -1, device=y.device)
-    key_y = ((cell_y + 1) * weights).sum(1)
+    key_y = ((cell_y + 2) * weights).sum(1)
     order_y = key_y.argsort()
     sorted_keys = key_y[order_y]
+    key_p = ((cell_p + 2) * weights).sum(1)
+    every = torch.arange(predicted.shape[0], device=y.device)
     rows, cols = [], []
-    offsets = torch.cartesian_prod(*[torch.arange(-1, 2, device=y.device)] * dim).reshape(-1, dim)
+    offsets = torch.cartesian_prod(*[torch.arange(-2, 3, device=y.device)] * dim).reshape(-1, dim)
     for offset in offsets:
-        key = ((cell_p + 1 + offset) * weights).sum(1)
+        key = key_p + (offset * weights).sum()
         start = torch.searchsorted(sorted_keys, key, side="left")
-        stop = torch.searchsorted(sorted_keys, key, side="right")
-        counts = stop - start
-        row = torch.repeat_interleave(torch.arange(predicted.shape[0], device=y.device), counts)
+        counts = torch.searchsorted(sorted_keys, key, side="right") - start
+        row = torch.repeat_interleave(every, counts)
         first = torch.repeat_interleave(start - (torch.cumsum(counts, 0) - counts), counts)
         col = order_y[first + torch.arange(row.numel(), device=y.device)]
-        rows.append(row)
-        cols.append(col)
-    rows, cols = torch.cat(rows), torch.cat(cols)
-    close = (predicted[rows] - y[cols]).pow(2).sum(1) <= radius ** 2
-    return rows[close], cols[close]
+        close = (predicted[row] - y[col]).pow(2).sum(1) <= radius ** 2
+        rows.append(row[close])
+        cols.append(col[close])
+    return torch.cat(rows), torch.cat(cols)
 
 
 def _truncated_kernel(x, y, predicted, radius):
