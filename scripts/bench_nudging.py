@@ -1,0 +1,136 @@
+"""Benchmark multiscale nudging (issue 3): step cost, nudged vs un-nudged, grid vs pairwise.
+
+    flock /tmp/torchmf-bench.lock .venv/bin/python scripts/bench_nudging.py [--quick] [--out runs/]
+
+Fixed setup:
+
+- Step cost: N = 1,000,000 particles in 2-D. Base model: an aggregation SDE
+  dX = (-X - grad K_0.5 * mu) dt + 0.5 dW with a Gaussian interaction on the grid backend (256^2
+  nodes on [-6, 6]^2), i.e. a base step that itself costs one deposit, one FFT convolution and
+  one interpolation. Observations: snapshots of 1,000,000 particles of N(0.3, 0.8^2 I) (a
+  static target), h = 0.3, lambda = 1, grid backend on the same box; the automatic bound gives one
+  sub-step. Timed: the median of 5 steps (after one warm-up step that builds the FFT spectra),
+  and runs of 5 steps with and without nudging.
+- Grid vs pairwise: the 1-D linear benchmark (reference a = 1, biased a = 5), N = 20,000 (quick
+  5,000), t in [0, 0.2], dt = 0.01, lambda = 10, h = 0.2, identical noise (same seed): the wall
+  time of the two runs and their final W2 to the reference (exact, by sorting).
+- GPU: the step for 10,000,000 particles where CUDA is available (skipped otherwise).
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import Report, device_name, standard_parser  # noqa: E402
+
+import torch  # noqa: E402
+
+
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_timing(n, device, repeats=5):
+    from torchmf.grid import Grid
+    from torchmf.interaction import InteractionForce
+    from torchmf.kernels import GaussianKernel
+    from torchmf.nudging import NudgedSDE, ParticleObservations
+    from torchmf.sde import McKeanVlasovSDE, make_generator
+
+    generator = make_generator(0, device)
+    box = Grid(-6, 6, 256, dim=2)
+    base = McKeanVlasovSDE(2, external_force=lambda x: -x,
+                           interaction=InteractionForce(GaussianKernel(0.5, dim=2), backend="grid", grid=box),
+                           diffusion=0.5)
+    x = torch.randn(1, n, 2, generator=generator, device=device)
+    target = 0.3 + 0.8 * torch.randn(1, 2, n, 2, generator=generator, device=device)
+    observations = ParticleObservations(target, times=[0.0, 1.0])
+    nudged = NudgedSDE(base, observations, 0.3, 1.0, grid=box)
+    dt = 0.01
+
+    def run(model, steps):
+        state = x
+        _sync(device)
+        start = time.perf_counter()
+        for k in range(steps):
+            state = model.step(k * dt, state, dt, generator)
+        _sync(device)
+        return time.perf_counter() - start
+
+    with torch.no_grad():
+        run(nudged, 1)  # warm-up: kernel spectra and observation fields
+        run(base, 1)
+        singles = [run(nudged, 1) for _ in range(repeats)]
+        plain = run(base, repeats)
+        with_nudging = run(nudged, repeats)
+    return {"particles": n, "nudged_step_seconds_median": statistics.median(singles),
+            "nudged_step_seconds_all": singles, "unnudged_run_seconds": plain, "nudged_run_seconds": with_nudging,
+            "run_steps": repeats, "ratio_nudged_to_unnudged": with_nudging / plain, "substeps": nudged.last_substeps}
+
+
+def grid_versus_pairwise(n):
+    from torchmf import systems
+    from torchmf.metrics import w2
+    from torchmf.nudging import NudgedSDE, ParticleObservations
+
+    times = torch.linspace(0, 0.2, 5, dtype=torch.float64)
+    reference = systems.get("ou_linear", a=1.0).simulate(n_particles=n, times=times, seed=0, progress=False)
+    biased = systems.get("ou_linear", a=5.0)
+    observations = ParticleObservations(reference, interpolation="linear")
+    out = {}
+    for backend in ("grid", "pairwise"):
+        model = NudgedSDE(biased.sde, observations, 0.2, 10.0, backend=backend)
+        start = time.perf_counter()
+        run = model.simulate(reference.positions[:, 0], times, 0.01, seed=1, progress=False)
+        seconds = time.perf_counter() - start
+        out[backend] = {"seconds": seconds, "final_w2_to_reference": float(w2(run.positions[0, -1], reference.positions[0, -1])),
+                        "run": run, "substeps": model.last_substeps}
+    distance = float(w2(out["grid"]["run"].positions[0, -1], out["pairwise"]["run"].positions[0, -1]))
+    for backend in out:
+        del out[backend]["run"]
+    relative = abs(out["grid"]["final_w2_to_reference"] - out["pairwise"]["final_w2_to_reference"]) / \
+        out["pairwise"]["final_w2_to_reference"]
+    return {"particles": n, **out, "speedup": out["pairwise"]["seconds"] / out["grid"]["seconds"],
+            "w2_relative_difference": relative, "w2_grid_vs_pairwise_runs": distance}
+
+
+def main(argv=None) -> int:
+    parser = standard_parser(__doc__.strip().splitlines()[0])
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = Report("bench_nudging", args)
+    report.settings.update(threads=torch.get_num_threads(), step_particles=1_000_000,
+                           pairwise_particles=5000 if args.quick else 20000)
+    step = step_timing(1_000_000, "cpu", repeats=3 if args.quick else 5)
+    report.metrics["step_cpu"] = step
+    report.check("one nudged grid step, N = 1e6, 2-D, CPU (median seconds)", round(step["nudged_step_seconds_median"], 3),
+                 "< 1.5 s", step["nudged_step_seconds_median"] < 1.5)
+    report.check("nudged run / same un-nudged run (grid-interaction base, N = 1e6)",
+                 round(step["ratio_nudged_to_unnudged"], 3), "<= 2", step["ratio_nudged_to_unnudged"] <= 2)
+    comparison = grid_versus_pairwise(report.settings["pairwise_particles"])
+    report.metrics["grid_vs_pairwise"] = comparison
+    report.check(f"grid vs pairwise speed-up, N = {comparison['particles']}", round(comparison["speedup"], 1), ">= 100",
+                 comparison["speedup"] >= 100)
+    report.check("grid vs pairwise: final W2 to the reference, relative difference",
+                 round(comparison["w2_relative_difference"], 5), "<= 1e-2", comparison["w2_relative_difference"] <= 1e-2)
+    if torch.cuda.is_available():
+        gpu = step_timing(10_000_000, "cuda", repeats=5)
+        gpu["device"] = device_name("cuda")
+        report.metrics["step_cuda"] = gpu
+        report.check("one nudged grid step, N = 1e7, GPU (median seconds)", round(gpu["nudged_step_seconds_median"], 3),
+                     f"recorded ({gpu['device']})", True)
+    else:
+        report.check("one nudged grid step, N = 1e7, GPU", None, "recorded with the device name", None,
+                     skipped="no CUDA device on this machine (no GPU lent)")
+    report.write()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
