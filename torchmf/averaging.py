@@ -244,7 +244,9 @@ class FlowAveragedDrift(_AveragedModel):
         shape = (x.shape[0], n_samples, self.system.fast_dim)
         if stratified and self.system.fast_dim == 1 and n_samples % 2 == 0:
             half = n_samples // 2
-            uniform = torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
+            # keep strictly inside (0, 1): torch.rand can return exactly 0, and ndtri(0) = -inf
+            tiny = torch.finfo(x.dtype).eps
+            uniform = tiny + (1 - 2 * tiny) * torch.rand(shape, generator=generator, device=x.device, dtype=x.dtype)
             strata = torch.arange(half, device=x.device, dtype=x.dtype).repeat(2).reshape(1, n_samples, 1)
             noise = torch.special.ndtri((strata + uniform) / half)
         else:
