@@ -43,6 +43,8 @@ class _AveragedBase(LightningModule):
         x, dx, dt = batch
         self._anneal()
         loss, parts = self._loss(x, dx, dt)
+        if not bool(torch.isfinite(loss)):  # report, never train on NaN/inf
+            raise ValueError(f"loss: became {float(loss)} at step {self.global_step} ({ {k: float(v) for k, v in parts.items()} })")
         self.log("train_loss", loss, prog_bar=True)
         for name, value in parts.items():
             self.log(f"train_{name}", value)
