@@ -501,7 +501,8 @@ def _multiscale_solve(x, y, eps, scaling, tolerance, max_iterations, previous, a
                                                     count_x.log(), count_y.log())
         # extrapolate the coarse potentials and targets to the particles through the coarse kernel
         f, predicted = _extrapolate(coarse, label_x, x, centre_y, count_y.log() + g_c / eps_coarse, eps_coarse)
-        g, _ = _extrapolate(coarse.transpose(), label_y, y, centre_x, count_x.log() + f_c / eps_coarse, eps_coarse)
+        g = _extrapolate(coarse.transpose(), label_y, y, centre_x, count_x.log() + f_c / eps_coarse, eps_coarse,
+                         targets=False)
         fine_levels = _epsilon_schedule(math.sqrt(eps_coarse), eps, scaling)[1:]
         margin = _MARGIN * cell
     else:
@@ -515,8 +516,9 @@ def _multiscale_solve(x, y, eps, scaling, tolerance, max_iterations, previous, a
     return kernel, f, g, count + len(fine_levels) + iterations
 
 
-def _extrapolate(coarse, labels, points, centres, h, eps):
-    """Softmin and barycentre of ``points`` against the coarse targets their cluster is paired with."""
+def _extrapolate(coarse, labels, points, centres, h, eps, targets=True):
+    """Softmin (and barycentre, if ``targets``) of ``points`` against the coarse targets their
+    cluster is paired with."""
     if isinstance(coarse, _DenseKernel):
         kernel = _DenseKernel(points, centres)
     else:
@@ -530,4 +532,6 @@ def _extrapolate(coarse, labels, points, centres, h, eps):
             torch.cumsum(sizes, 0) - sizes, sizes)
         rows = order[starts[coarse.rows][pair] + offset]
         kernel = _SparseKernel(points, centres, rows, coarse.cols[pair])
+    if not targets:
+        return kernel.softmin(eps, h)
     return kernel.softmin(eps, h), kernel.barycentre(eps, h, centres)
