@@ -250,7 +250,7 @@ class TrajectoryDataModule(LightningDataModule):
     def pairs(self):
         data = self.trajectories()
         times = data.times.double()
-        keep = ((times >= self.t_start - 1e-9) & (times <= self.t_end + 1e-9)).nonzero().flatten()
+        keep = ((times >= self.t_start - 1e-6) & (times <= self.t_end + 1e-6)).nonzero().flatten()
         if keep.numel() < 2:
             raise ValueError(f"t_end: the window [{self.t_start}, {self.t_end}] holds fewer than two recorded times")
         positions = data.positions[:, keep, :self.max_particles].float()
