@@ -201,3 +201,13 @@ def test_bad_inputs_name_the_argument():
         systems.get("fastslow_cubic", eps=-1.0)
     with pytest.raises(ValueError, match="n_particles"):
         systems.get("fastslow_cubic").simulate(n_particles=2, t_end=0.1, progress=False)
+
+
+def test_lorenz96_model_losses_are_finite_and_differentiable():
+    model = FlowAveragedDrift("lorenz96_two_scale", layers=2, n_samples=4, theta_init=[6.0, 0.5])
+    model.set_data_range(torch.randn(50, 4) * 3)
+    x, dx, dt = 3 * torch.randn(8, 4), 0.1 * torch.randn(8, 4), torch.full((8,), 0.01)
+    loss = model.path_nll(x, dx, dt) + model.stationarity_penalty(model.penalty_points(4))
+    loss.backward()
+    assert torch.isfinite(loss) and model.theta.grad is not None and torch.isfinite(model.theta.grad).all()
+    assert model.sample_fast(x, 3).shape == (8, 3, 16)
