@@ -460,26 +460,13 @@ class ProjectiveIntegrator:
         large_steps, step_count = [], plan["step"]
         cycle_micro = cycle_length = 0
         bar = tqdm(total=self.n_steps, disable=not self.progress, desc="LOT projective", leave=False)
-        for cycle in range(self.n_steps):
+        for _ in range(self.n_steps):
             if self.adaptive is not None:
                 remaining = plan["t_end"] - plan["recovery"] - clock
                 if remaining < self.k + plan["min_step"] + plan["burn_in"]:
                     break
-            window = [simulator.positions().clone()]
-            centre_state = None
-            start = clock
-            for j in range(1, 2 * self.k + 1):
-                simulator.step(1)
-                clock += 1
-                window.append(simulator.positions().clone())
-                if j == self.k:
-                    centre_state = _copy_state(simulator.state)
-                    recorder.record(clock, "centre")
-                elif self.record_every and j % self.record_every == 0:
-                    recorder.record(clock, "window")
-            recorder.count(2 * self.k)
-            window = torch.stack(window)
-            centre_clock = start + self.k
+            window, centre_state = self._sample_window(simulator, recorder, clock)
+            centre_clock = clock + self.k
             velocity, curvature = self._velocity(window, dt)
             speed = float(velocity.pow(2).sum(-1).mean().sqrt())
             if self.adaptive is not None:
@@ -503,6 +490,20 @@ class ProjectiveIntegrator:
         clock = recorder.micro(clock, max(0, plan["t_end"] - clock), "recovery")
         return ProjectiveRun(recorder.times_tensor(), torch.stack(recorder.positions), recorder.stages,
                              recorder.micro_steps, clock, dt, large_steps, cycle_micro, cycle_length)
+
+    def _sample_window(self, simulator, recorder, clock):
+        """2k micro steps from ``clock``: the snapshots ``(2k+1, N, d)`` and a copy of the central state."""
+        window, centre_state = [simulator.positions().clone()], None
+        for j in range(1, 2 * self.k + 1):
+            simulator.step(1)
+            window.append(simulator.positions().clone())
+            if j == self.k:
+                centre_state = _copy_state(simulator.state)
+                recorder.record(clock + j, "centre")
+            elif self.record_every and j % self.record_every == 0:
+                recorder.record(clock + j, "window")
+        recorder.count(2 * self.k)
+        return torch.stack(window), centre_state
 
     def _velocity(self, window, dt):
         if self.method == "particle":
