@@ -211,3 +211,20 @@ BAD_INPUTS = [
 def test_bad_inputs(label, call, error, name):
     with pytest.raises(error, match=rf"^{name}:"):
         call()
+
+
+@pytest.mark.slow
+def test_table_6_1_protocol_at_n_1000_beats_the_particle_wise_baseline():
+    """Table 6.1 with N = 1,000 and N_T = 4 (about two minutes): the acceptance ratios of the issue."""
+    box = systems.get("box_diffusion")
+    settings = dict(k=80, step=85.0, burn_in=30.0, start_up=30.0, n_steps=4, recovery=50.0, progress=False)
+    lot = ProjectiveIntegrator(**settings)
+    run = lot.run(SystemSimulator(box, 1000, seed=1))
+    baseline = ProjectiveIntegrator(method="particle", **settings).run(SystemSimulator(box, 1000, seed=1))
+    control = lot.control(SystemSimulator(box, 1000, seed=2), run.times)
+    second = lot.control(SystemSimulator(box, 1000, seed=3), run.times)
+    euler = run.stages.index("euler")
+    assert run.cycle_ratio == pytest.approx(1 / 3)
+    lot_error = float(w2_distance(run.positions[euler], control[euler]))
+    assert float(w2_distance(baseline.positions[euler], control[euler])) >= 3 * lot_error
+    assert float(w2_distance(run.positions[-1], control[-1])) <= 2 * float(w2_distance(second[-1], control[-1]))
