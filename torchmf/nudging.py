@@ -424,13 +424,18 @@ class NudgedSDE(nn.Module):
         return best
 
     def _check_inside(self, name: str, points: torch.Tensor, grid: Grid, what: str) -> None:
+        # one pass (aminmax) and one host synchronisation: this runs on every sub-step
         if grid.periodic:
             return
-        lower, upper = points.new_tensor(grid.lower), points.new_tensor(grid.upper)
-        outside = ((points < lower) | (points > upper)).any(-1)
-        if bool(outside.any()):
-            raise ValueError(f"{name}: {int(outside.sum())} {what} lie outside the nudging grid "
-                             f"lower={list(grid.lower)}, upper={list(grid.upper)}; pass a wider grid (nothing is clipped)")
+        low, high = torch.aminmax(points.reshape(-1, points.shape[-1]), dim=0)
+        bounds = torch.stack((low, high)).tolist()
+        if not all(math.isfinite(v) for row in bounds for v in row):
+            raise ValueError(f"{name}: {what} hold NaN/inf coordinates")
+        if any(l < a for l, a in zip(bounds[0], grid.lower)) or any(h > b for h, b in zip(bounds[1], grid.upper)):
+            lower, upper = points.new_tensor(grid.lower), points.new_tensor(grid.upper)
+            count = int(((points < lower) | (points > upper)).any(-1).sum())
+            raise ValueError(f"{name}: {count} {what} lie outside the nudging grid lower={list(grid.lower)}, "
+                             f"upper={list(grid.upper)}; pass a wider grid (nothing is clipped)")
 
     # -- the nudging velocity -----------------------------------------------------------------------
     def _observed(self, x: torch.Tensor) -> torch.Tensor:
@@ -455,6 +460,8 @@ class NudgedSDE(nn.Module):
                 field = self._model_gradient(masses)
             for index, weight in rule:
                 field = field - weight * self._batch(self._observation_field(index, points), batch)
+            if want_peak and not math.isfinite(float(field.abs().max())):
+                raise ValueError(f"strength: the nudging field is not finite at t={t:g}")
             velocity = self.grid.interpolate(field, points, check=False)
         else:
             velocity = self._model_force(points)
@@ -503,7 +510,7 @@ class NudgedSDE(nn.Module):
             count = max(1, math.ceil(dt * rate / self.stability - 1e-12))
         else:
             count = self.substeps
-        if not math.isfinite(float(velocity.abs().max())):
+        if self.backend == "pairwise" and not math.isfinite(float(velocity.abs().max())):
             raise ValueError(f"strength: the nudging velocity is not finite at t={t + dt:g}")
         h = dt / count
         observed = observed + h * velocity
