@@ -34,7 +34,8 @@ def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[fl
         y: ``(..., M, d)`` with the same batch dimensions and ``d``.
         method: ``"sort"`` (exact, 1-D, any N and M), ``"exact"`` (optimal assignment with
             scipy, ``N == M``, a few thousand at most), ``"sinkhorn"`` (geomloss debiased Sinkhorn
-            divergence :math:`S_\varepsilon`, reported as :math:`\sqrt{2 S_\varepsilon}` since
+            divergence :math:`S_\varepsilon` (epsilon-scaling 0.7; within about 1% of the exact value
+            in tests), reported as :math:`\sqrt{2 S_\varepsilon}` since
             geomloss uses the cost :math:`|x-y|^2/2`; bias :math:`O(\varepsilon^2)`), or
             ``"auto"``: sort in 1-D, exact for ``N == M <= 1000``, Sinkhorn otherwise.
         blur: Sinkhorn's :math:`\varepsilon^{1/2}` length scale (default: 1% of the clouds'
@@ -109,7 +110,7 @@ def _w2_sinkhorn(x, y, blur):
             f"x: N x M = {x.shape[-2]} x {y.shape[-2]} is too large for the tensorized Sinkhorn; "
             "subsample the clouds or use torchmf.transport's online backend"
         )
-    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.9, debias=True, backend="tensorized")
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.7, debias=True, backend="tensorized")
     batch_shape = x.shape[:-2]
     xb, yb = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
     value = loss(xb.contiguous(), yb.contiguous())
