@@ -13,7 +13,7 @@ Simulation choices (documented deviations from the paper, for a 2-core CPU):
 - QANR 1-D: Euler step 1e-3 and records every 0.01 to t = 1, as in the paper; the initial mixture is
   the system's default (centres 0, 1.25, 4; spread 0.05).
 - Local 2-D: Euler step 2e-3 (omega = 1, instead of 1e-4) and 1e-4 (omega = 20, as in the paper; --quick:
-  4e-3 and 5e-4, which overestimates the homogenized diffusivity by a few percent); N = 4096 for
+  4e-3 and 1e-3, which overestimates the homogenized diffusivity by several percent); N = 4096 for
   omega = 20 (the acceptance line for omega = 20 concerns sigma only).
 - Keller-Segel 2-D: the exact dense O(N^2) force; sigma = 0: M = 2 experiments of N = 800, Euler step
   0.1 (the contraction rate of the disk is 1/(8 pi) per unit time); sigma = 1/sqrt(4 pi): 4 seeds of
@@ -74,7 +74,7 @@ def qanr(report, quick, seeds, progress):
     metrics["simulate_seconds_sigma0"] = time.perf_counter() - started
     tolerance = 0.01
     passes = {}
-    for eps in ((0.01, 0.0316, 0.1, 0.316) if quick else (0.01, 0.0316, 0.1)):
+    for eps in (0.01, 0.0316, 0.1):
         rows = []
         for s, data in enumerate(runs):
             noisy = wsindy.add_measurement_noise(data, eps, seed=1000 + s)
@@ -114,8 +114,8 @@ def qanr(report, quick, seeds, progress):
     metrics["variable_sigma"] = dict(summarize(rows, ["error_K", "error_sigma"]), N=n // 2, M=2)
 
     # convergence in N (constant diffusivity, M = 1)
-    sizes = [1000, 2000, 4000, 8000] if quick else [1000, 2000, 4000, 8000, 16000, 32000]
-    conv_seeds = 3 if quick else 8
+    sizes = [8000, 16000, 32000] if quick else [1000, 2000, 4000, 8000, 16000, 32000]
+    conv_seeds = 2 if quick else 8
     system = systems.get("qanr_1d", diffusion="constant")
     curve = {"N": sizes, "error_K": [], "error_sigma": [], "tpr": []}
     for i, size in enumerate(sizes):
@@ -175,12 +175,12 @@ def local(report, quick, seeds, progress):
     truth_h = wsindy.TrueModel({"dV/dx1:cos(0x1)*cos(0x2)": -1.0, "dV/dx2:cos(0x1)*cos(0x2)": -1.0,
                                 "D:cos(0x1)*cos(0x2)": homogenized},
                                grad_V=lambda x: -torch.ones_like(x), sigma=lambda x: torch.full_like(x, sigma_h))
-    n20 = 2048 if quick else 4096
+    n20 = 1024 if quick else 4096
     # the Euler step must resolve the period 2 pi / 20 of D, or the walk sees an arithmetic mean of D
-    runs = batch(system, n20, seeds, 1, 5e-4 if quick else 1e-4, seed=21)
+    runs = batch(system, n20, seeds, 1, 1e-3 if quick else 1e-4, seed=21)
     rows = [score(wsindy.identify(d, "local_2d", test_functions="local_2d"), truth_h) for d in runs]
     sigma_errors = [r.get("error_sigma", float("inf")) for r in rows]
-    tolerance = 0.1 if quick else 0.02  # quick: Euler step 5e-4 resolves cos(20 x) less well (bias upwards)
+    tolerance = 0.15 if quick else 0.02  # quick: Euler step 1e-3 resolves cos(20 x) poorly (bias upwards)
     within = sum(e <= tolerance for e in sigma_errors)
     metrics["omega20"] = dict(summarize(rows, ["error_V", "error_sigma"]), N=n20, M=1, homogenized_D=homogenized,
                               homogenized_sigma=sigma_h, error_sigma_all=sigma_errors)
@@ -227,7 +227,7 @@ def keller_segel(report, quick, seeds, progress):
 
 def main(argv=None) -> int:
     parser = standard_parser(__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, help="seeds per setting (default 20; 4 with --quick)")
+    parser.add_argument("--seeds", type=int, help="seeds per setting (default 20; 3 with --quick)")
     parser.add_argument("--only", action="append", default=[], choices=["qanr", "local", "keller_segel"],
                         help="run only these sections")
     parser.add_argument("--progress", action="store_true", help="show simulation progress bars")
@@ -236,7 +236,7 @@ def main(argv=None) -> int:
                              "second thread made small linear algebra many times slower)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    seeds = args.seeds or (4 if args.quick else 20)
+    seeds = args.seeds or (3 if args.quick else 20)
     report = Report("reproduce_wsindy", args)
     report.settings.update(seeds=seeds, threads=torch.get_num_threads())
     sections = {"qanr": qanr, "local": local, "keller_segel": keller_segel}
