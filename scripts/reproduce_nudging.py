@@ -5,13 +5,13 @@
 Fixed setup (the paper is silent on these; they are chosen here and kept fixed):
 
 - Linear (``ou_linear``) and double-well (``double_well``), 1-D: reference a = 1, biased a in
-  {0.5, 2, 5} and {0.1, 0.5, 1.5}; N = 4000 particles (quick 1000), dt = 0.01, same initial
+  {0.5, 2, 5} and {0.1, 0.5, 1.5}; N = 4000 particles (quick 500), dt = 0.01, same initial
   cloud for reference and forecast, independent noises. Observations: the reference particle
   snapshots every 0.05 (linear) / 0.1 (double well), linearly interpolated in time; Gaussian
   kernel h = 0.2; grid backend (512 nodes covering the snapshots). W2 by sorting, against the
   reference particles; seeds 0, 1, 2. lambda in {1, 10, 100, 1000} (quick: up to 100).
 - Mean-field Lorenz-63 (``lorenz_mf``, 3-D): reference r = 28, biased r = 24; N = 300
-  (quick 100), dt = 2e-3, t in [0, 5] (quick 1); snapshots every 0.05, h = 2, pairwise backend;
+  (quick 60), dt = 2e-3, t in [0, 5] (quick 0.5); snapshots every 0.05, h = 2, pairwise backend;
   mean-trajectory error |m_nudged(t) - m_ref(t)| for lambda in {1e3, 1e4, 1e5} (the paper's
   {10, 100, 1000} in its units: here densities are per unit volume of the 3-D state, ~1e-3 on the
   attractor, and lambda = 1000 barely moves the cloud).
@@ -20,15 +20,16 @@ Fixed setup (the paper is silent on these; they are chosen here and kept fixed):
   its maxima for t <= 20. Biased model: thermal velocity 0.7. Observations: images of the
   reference's spatial density (x only, the "density observations only" of the paper) on the
   periodic 64-node grid, h = 0.5, every 0.1, linear; lambda = 1000, nudging acts on x only.
-  Rates are fitted for t <= 20 (quick: 20,000 particles reach their noise floor earlier, t <= 15).
+  Rates are fitted for t <= 20 (quick: 20,000 particles reach their noise floor earlier, t <= 15,
+  run to t = 16).
 - Two-stream (``vlasov_two_stream``, beams +-1.5, spread 0.3, k = 0.5): N = 60,000 (quick
-  8,000), dt = 0.1, t in [0, 40] (quick 30); biased forecast: one Maxwellian of the same energy.
+  4,000), dt = 0.1, t in [0, 40] (quick 25); biased forecast: one Maxwellian of the same energy.
   Observations: smoothed phase-space images on a 64 x 64 grid of [0, 4 pi) x [-8, 8) (periodic;
   the v-range is wide enough that nothing wraps), h = 0.3, every 0.5, linear; lambda = 300.
   Error: smoothed phase-space L2 distance to the reference, averaged over t in [15, 40] (after
   saturation).
-- Collective motion (``swarm_ring``, 2000 fish, quick 1000 fish
-  over 3 s): biased forecast = the pretrained
+- Collective motion (``swarm_ring``, 2000 fish, quick 500 fish
+  over 2 s): biased forecast = the pretrained
   ``swarm-ring-drift`` (fitted on t in [0, 1] s of seed 0); observations: KDE images (h = 2 px) of
   the reference every 0.05 s on the frame padded by half a frame on each side (251 x 251 nodes),
   linear; lambda = 1e6 (the images are probability densities per px^2, ~6e-4 at the ring, so
@@ -64,7 +65,7 @@ def gradient_flow_family(report, name, biased_values, quick):
     from torchmf.nudging import NudgedSDE, ParticleObservations
     from torchmf.plots import density_panels, line_plot
 
-    n = 1000 if quick else 4000
+    n = 500 if quick else 4000
     strengths = [1, 10, 100] if quick else [1, 10, 100, 1000]
     bandwidth, dt = 0.2, 0.01
     reference_system = systems.get(name, a=1.0)
@@ -142,7 +143,7 @@ def lorenz(report, quick):
     from torchmf.nudging import NudgedSDE, ParticleObservations
     from torchmf.plots import line_plot, plt, save_figure
 
-    n, t_end, dt, bandwidth = (100, 1.0, 2e-3, 2.0) if quick else (300, 5.0, 2e-3, 2.0)
+    n, t_end, dt, bandwidth = (60, 0.5, 2e-3, 2.0) if quick else (300, 5.0, 2e-3, 2.0)
     strengths = [1000, 10_000, 100_000]  # 3-D densities are ~1e-3 per unit volume: lambda scales up accordingly
     errors = {s: [] for s in [0] + strengths}
     keep = {}
@@ -187,7 +188,7 @@ def landau(report, quick):
     from torchmf.systems.vlasov import landau_rate
 
     n = 20_000 if quick else 50_000
-    bandwidth, strength, t_end = 0.5, 1000.0, 30.0
+    bandwidth, strength, t_end = 0.5, 1000.0, (16.0 if quick else 30.0)
     fit_until = 15.0 if quick else 20.0  # fewer particles: the noise floor is reached earlier
     reference_system = systems.get("vlasov_landau")
     biased = systems.get("vlasov_landau", thermal_velocity=0.7)
@@ -235,8 +236,8 @@ def two_stream(report, quick):
     from torchmf.nudging import NudgedSDE, density_observations
     from torchmf.plots import density_panels, line_plot
 
-    n = 8_000 if quick else 60_000
-    bandwidth, strength, t_end = 0.3, 300.0, (30.0 if quick else 40.0)
+    n = 4_000 if quick else 60_000
+    bandwidth, strength, t_end = 0.3, 300.0, (25.0 if quick else 40.0)
     reference_system = systems.get("vlasov_two_stream")
     biased = systems.get("vlasov_two_stream", single_maxwellian=True)
     length = reference_system.length
@@ -289,7 +290,7 @@ def swarm(report, quick):
     from torchmf.nudging import NudgedSDE, density_observations
     from torchmf.plots import density_panels, line_plot, scatter_panels
 
-    n = 1000 if quick else 2000
+    n = 500 if quick else 2000
     bandwidth, strength = 2.0, 1e6
     system = systems.get("swarm_ring")
     padded = Grid(-62.5, 187.5, 251, dim=2)
@@ -297,7 +298,7 @@ def swarm(report, quick):
     errors = {"biased": [], "nudged": []}
     curves, keep = {}, {}
     for seed in SEEDS:
-        reference = system.simulate(n_particles=n, seed=seed, t_end=3.0 if quick else None, progress=False)
+        reference = system.simulate(n_particles=n, seed=seed, t_end=2.0 if quick else None, progress=False)
         observations = density_observations(reference, padded, bandwidth, interpolation="linear")
         with torch.no_grad():
             for label, lam in (("biased", 0.0), ("nudged", strength)):
@@ -319,7 +320,7 @@ def swarm(report, quick):
     figures = [line_plot(report.path("nudging_swarm_density_error.png"), times,
                          {"biased forecast (learned drift)": curves["biased"], "multiscale nudging": curves["nudged"]},
                          "t (s)", "||rho_pred - rho_ref||_L2", "collective motion: density error", logy=True).name]
-    columns = [0, 25, 75, 125] if not quick else [0, 20, 40, 60]
+    columns = [0, 25, 75, 125] if not quick else [0, 10, 25, 40]
     for label in ("reference", "biased", "nudged"):
         positions = keep[label].positions[0]
         figures.append(scatter_panels(report.path(f"nudging_swarm_{label}.png"),
