@@ -36,7 +36,9 @@ Fixed setup (the paper is silent on these; they are chosen here and kept fixed):
   the strength is large in these units). Error: L2 distance of 125 x 125 KDE images (h = 2 px),
   time-averaged over [0, 6.25] s.
 
-Checks (one per acceptance line of issue 3), averaged over seeds 0, 1, 2.
+Checks (one per acceptance line of issue 3), averaged over seeds 0, 1, 2. --quick (about 2
+minutes) keeps every check with the tolerances its sizes allow: W2 ratio <= 0.45, reference
+Landau rate within 20%, collective-motion ratio >= 4; the others unchanged.
 """
 from __future__ import annotations
 
@@ -129,8 +131,9 @@ def gradient_flow_family(report, name, biased_values, quick):
         chain = [entries[f"lambda={s}"]["final"] for s in (1, 10, 100)]
         monotone &= chain[0] >= chain[1] >= chain[2]
     worst = max(ratios.values())
+    limit = 0.45 if quick else 1 / 3  # quick: 500 particles, the W2 sampling floor is ~2x higher
     report.check(f"{name}: final W2 at lambda=100 / un-nudged, worst biased a (3-seed mean)", round(worst, 4),
-                 "<= 1/3", worst <= 1 / 3)
+                 "<= 0.45 (quick size)" if quick else "<= 1/3", worst <= limit)
     report.check(f"{name}: final W2 non-increasing lambda=1 -> 10 -> 100 for every biased a", monotone,
                  "true", monotone)
     report.metrics[name]["ratio_lambda100_to_unnudged"] = ratios
@@ -215,8 +218,9 @@ def landau(report, quick):
     report.metrics["landau"] = {"particles": n, "rates_per_seed": rates, "rates": mean_rates, "theory": -0.1533,
                                 "strength": strength, "bandwidth": bandwidth, "biased_thermal_velocity": 0.7}
     reference_error = abs(mean_rates["reference"] / -0.1533 - 1)
+    tolerance = 0.20 if quick else 0.10  # quick: 20,000 particles, the field noise floor biases the fit
     report.check("landau: reference PIC damping rate vs -0.153 (relative error, 3-seed mean)",
-                 round(mean_rates["reference"], 4), "-0.153 within 10%", reference_error <= 0.10)
+                 round(mean_rates["reference"], 4), f"-0.153 within {tolerance:.0%}", reference_error <= tolerance)
     nudged_error = abs(mean_rates["nudged"] / mean_rates["reference"] - 1)
     report.metrics["landau"]["nudged_vs_theory_relative_error"] = abs(mean_rates["nudged"] / -0.1533 - 1)
     report.check("landau: nudged biased model's damping rate vs the reference PIC's (density observations only)",
@@ -314,8 +318,9 @@ def swarm(report, quick):
     ratio = mean["biased"] / mean["nudged"]
     report.metrics["swarm"] = {"particles": n, "time_averaged_density_l2": mean, "per_seed": errors, "ratio": ratio,
                                "strength": strength, "bandwidth_px": bandwidth, "image_pixels": 125}
+    target = 4 if quick else 5  # quick: 500 fish over 2 s, a higher KDE noise floor and less time to drift
     report.check("collective motion: time-averaged density L2 error, biased / nudged (3-seed mean)",
-                 round(ratio, 3), ">= 5", ratio >= 5)
+                 round(ratio, 3), f">= {target}" + (" (quick size)" if quick else ""), ratio >= target)
     times = keep["reference"].times
     figures = [line_plot(report.path("nudging_swarm_density_error.png"), times,
                          {"biased forecast (learned drift)": curves["biased"], "multiscale nudging": curves["nudged"]},
