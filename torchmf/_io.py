@@ -27,6 +27,10 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)
+    # mkstemp creates 0600 files; give the final file the usual permissions (0666 less the umask)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         yield temporary
         os.replace(temporary, path)
