@@ -20,15 +20,15 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
     model = pretrained.load(MODEL)
     system = model.system
     with torch.no_grad():
-        grid = model.quantile_grid(60 if quick else 150)
+        grid = model.quantile_grid(40 if quick else 100)
         generator = torch.Generator().manual_seed(0)
-        lower, median, upper = model.credible_band(grid, n_parameter_samples=100 if quick else 400,
-                                                   n_samples=256 if quick else 1024, generator=generator)
+        lower, median, upper = model.credible_band(grid, n_parameter_samples=100 if quick else 300,
+                                                   n_samples=128 if quick else 512, generator=generator)
         truth = system.averaged_drift(grid)
         inside = float(((truth >= lower) & (truth <= upper)).double().mean())
-        error = drift_error(model, n_samples=1024 if quick else 4096)
-        paths = simulate_reduced(model, torch.zeros(64 if quick else 256, 1), torch.linspace(0, 5, 11), dt=0.01,
-                                 seed=0, n_samples=128)
+        error = drift_error(model, n_points=100, n_samples=2048)
+        paths = simulate_reduced(model, torch.zeros(32 if quick else 128, 1), torch.linspace(0, 5, 11), dt=0.05,
+                                 seed=0, n_samples=32)
     figure = drift_band_plot(Path(out) / "averaging_pretrained_drift.png", grid, truth, {"posterior median F": median},
                              band=(lower, upper), title=f"{MODEL}: relative L2 error {error:.3f}")
     spread = float(paths.positions[:, -1].std())
