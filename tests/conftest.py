@@ -22,3 +22,12 @@ def pytest_collection_modifyitems(config, items):
 def shared_dir():
     """../shared of the steering repository (data published by others); tests skip where absent."""
     return SHARED
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: on a shared 2-core CPU, two OpenMP threads can be many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -9,12 +9,7 @@ from torchmf import systems
 from torchmf.systems.chemotaxis import ChemotaxisState
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_registered_with_paper_defaults():

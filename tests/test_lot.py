@@ -10,12 +10,7 @@ from torchmf.lot import (AdaptiveStep, ProjectiveIntegrator, SystemSimulator, ch
                          lot_velocity, particle_velocity, pca, w2_distance)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dilation_window(n, k, h, rate, dim, seed=0):

@@ -7,13 +7,7 @@ import torch
 from torchmf.transport import METHODS, TransportSolver, transport_map
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # the test machine is shared: two OpenMP threads on a loaded 2-core CPU are many times slower
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def gaussian_clouds(n, seed=0, dtype=torch.float32):
