@@ -42,7 +42,6 @@ Landau rate within 20%, collective-motion ratio >= 4; the others unchanged.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 from pathlib import Path

@@ -11,7 +11,6 @@ import torch
 
 from torchmf import systems, wsindy
 from torchmf.grid import Grid
-from torchmf.particles import Trajectories
 from torchmf.wsindy import library as library_module
 from torchmf.wsindy.mstls import RankDeficientError, check_columns, mstls
 from torchmf.wsindy.test_functions import AxisTestFunctions, TestFunctions, phi

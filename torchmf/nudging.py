@@ -79,6 +79,15 @@ class _Observations:
 
     kind = "abstract"
 
+    def _with_noise(self, values: torch.Tensor, noise, seed) -> torch.Tensor:
+        """Store the observation-noise level and return ``values`` plus seeded Gaussian noise of that size."""
+        self.noise = check_nonnegative("noise", noise)
+        if self.noise == 0:
+            return values
+        generator = torch.Generator(device=values.device).manual_seed(check_int("seed", seed, 0))
+        return values + self.noise * torch.randn(values.shape, generator=generator, device=values.device,
+                                                 dtype=values.dtype)
+
     def _set_times(self, times, count: int, interpolation: str):
         times = check_tensor("times", torch.as_tensor(times, dtype=torch.float64).detach().cpu(), ndim=1)
         if times.numel() != count:
@@ -141,12 +150,7 @@ class ParticleObservations(_Observations):
         if times is None:
             raise ValueError("times: expected observation times (L,) for tensor snapshots, but got None")
         self._set_times(times, snapshots.shape[1], interpolation)
-        self.noise = check_nonnegative("noise", noise)
-        if self.noise > 0:
-            generator = torch.Generator(device=snapshots.device).manual_seed(check_int("seed", seed, 0))
-            snapshots = snapshots + self.noise * torch.randn(snapshots.shape, generator=generator,
-                                                             device=snapshots.device, dtype=snapshots.dtype)
-        self.snapshots = snapshots
+        self.snapshots = self._with_noise(snapshots, noise, seed)
 
     @property
     def dim(self) -> int:
@@ -206,12 +210,7 @@ class GridObservations(_Observations):
             densities = densities.unsqueeze(0)
         self.grid = grid
         self._set_times(times, densities.shape[1], interpolation)
-        self.noise = check_nonnegative("noise", noise)
-        if self.noise > 0:
-            generator = torch.Generator(device=densities.device).manual_seed(check_int("seed", seed, 0))
-            densities = densities + self.noise * torch.randn(densities.shape, generator=generator,
-                                                             device=densities.device, dtype=densities.dtype)
-        self.densities = densities
+        self.densities = self._with_noise(densities, noise, seed)
 
     @property
     def dim(self) -> int:

@@ -16,7 +16,7 @@ bands for :math:`F(x)` and for predicted paths.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn

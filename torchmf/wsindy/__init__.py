@@ -22,7 +22,6 @@ Example::
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Optional, Union
 
@@ -33,7 +32,7 @@ from ..grid import Grid
 from .histogram import add_measurement_noise, as_positions, default_grid, histogram
 from .library import PRESETS, Library, load_library
 from .model import WSINDyModel
-from .mstls import RankDeficientError, check_columns, default_thresholds, mstls, single_thread
+from .mstls import RankDeficientError, check_columns, mstls, single_thread
 from .scores import TrueModel, relative_errors, tpr
 from .system import build_system
 from .test_functions import AxisTestFunctions, TestFunctions, changepoint_support

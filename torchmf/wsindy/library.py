@@ -33,9 +33,8 @@ the paper's models).
 from __future__ import annotations
 
 import itertools
-import math
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import torch
 
@@ -244,6 +243,16 @@ class InteractionTerm:
         return spec
 
 
+def _checked_axis(axis, dim: int) -> Optional[int]:
+    """``None`` (all axes) or an axis index below ``dim``."""
+    if axis is None:
+        return None
+    axis = check_int("axis", axis, minimum=0)
+    if axis >= dim:
+        raise ValueError(f"axis: expected an axis below d = {dim}, but got {axis}")
+    return axis
+
+
 class LocalTerm:
     """A local-force term: a potential :math:`V_j` (``axis=None``) or component ``axis`` of :math:`\\nabla V`."""
 
@@ -251,9 +260,7 @@ class LocalTerm:
 
     def __init__(self, basis, axis: Optional[int] = None):
         self.basis = basis
-        self.axis = None if axis is None else check_int("axis", axis, minimum=0)
-        if self.axis is not None and self.axis >= basis.dim:
-            raise ValueError(f"axis: expected an axis below d = {basis.dim}, but got {axis}")
+        self.axis = _checked_axis(axis, basis.dim)
 
     @property
     def name(self) -> str:
@@ -291,9 +298,7 @@ class DiffusionTerm:
 
     def __init__(self, basis, axis: Optional[int] = None):
         self.basis = basis
-        self.axis = None if axis is None else check_int("axis", axis, minimum=0)
-        if self.axis is not None and self.axis >= basis.dim:
-            raise ValueError(f"axis: expected an axis below d = {basis.dim}, but got {axis}")
+        self.axis = _checked_axis(axis, basis.dim)
 
     @property
     def axes(self) -> List[int]:

@@ -19,7 +19,7 @@ from typing import Dict, Optional
 import torch
 
 from .._io import write_json
-from .._validation import check_int, check_points, check_positive
+from .._validation import check_points, check_positive
 from ..grid import Grid
 from ..kernels import RadialKernel
 from .library import Library

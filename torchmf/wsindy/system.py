@@ -23,8 +23,7 @@ single rank-one piece. Quadrature is the trapezoidal rule in space and time.
 """
 from __future__ import annotations
 
-import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 
