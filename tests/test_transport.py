@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from torchmf.transport import METHODS, TransportSolver, transport_map
+from torchmf.transport import (METHODS, TransportSolver, barycentric_map, resolve_method, sinkhorn_potentials,
+                               tile_rows, transport_map)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,7 +53,7 @@ def test_exact_map_of_a_translation_and_a_permutation():
 
 def test_gaussian_closed_form_affine_map():
     x, y, closed = gaussian_clouds(3000)
-    for method in ("sinkhorn-multiscale", "sinkhorn-dense"):
+    for method in ("sinkhorn-multiscale", "sinkhorn-online"):
         mapped = transport_map(x, y, method)
         # sampling noise of independent clouds of 3000 points dominates (measured about 0.06-0.07)
         assert relative(mapped - x, closed - x) < 0.1, method
@@ -129,6 +130,12 @@ BAD_INPUTS = [
      "blur"),
     ("scaling >= 1", lambda: TransportSolver("sinkhorn", scaling=1.0), ValueError, "scaling"),
     ("debias not bool", lambda: TransportSolver("sinkhorn", debias="yes"), TypeError, "debias"),
+    ("tile_entries not int", lambda: TransportSolver("sinkhorn-online", tile_entries=1.5), TypeError, "tile_entries"),
+    ("memory_budget zero", lambda: TransportSolver("sinkhorn-online", memory_budget=0), ValueError, "memory_budget"),
+    ("potentials of different d", lambda: sinkhorn_potentials(torch.rand(5, 2), torch.rand(5, 3)), ValueError, "y"),
+    ("potentials, negative weights",
+     lambda: sinkhorn_potentials(torch.rand(3, 2), torch.rand(3, 2), a=torch.tensor([0.5, 0.6, -0.1])), ValueError,
+     "a"),
 ]
 
 
@@ -146,4 +153,113 @@ def test_bad_inputs(label, call, error, name):
 
 def test_method_table_is_complete():
     assert set(METHODS) == {"auto", "sort", "exact", "sinkhorn", "sinkhorn-geomloss", "sinkhorn-keops",
-                            "sinkhorn-dense", "sinkhorn-multiscale"}
+                            "sinkhorn-online", "sinkhorn-dense", "sinkhorn-multiscale"}
+    assert resolve_method("sinkhorn-dense", 100, 2) == "sinkhorn-online"  # old name kept as an alias
+
+
+# -- the online (tiled) Sinkhorn ------------------------------------------------------------------------------
+def small_pair(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(300, 2, generator=generator, dtype=torch.float64)
+    y = 0.7 * torch.randn(250, 2, generator=generator, dtype=torch.float64) + 1.0
+    return x, y
+
+
+@pytest.mark.parametrize("debias", [False, True])
+def test_online_potentials_equal_geomloss_tensorized(debias):
+    from geomloss import SamplesLoss
+
+    x, y = small_pair()
+    loss = SamplesLoss("sinkhorn", p=2, blur=0.1, scaling=0.7, debias=debias, potentials=True, backend="tensorized")
+    f_reference, g_reference = loss(x, y)
+    potentials = sinkhorn_potentials(x, y, blur=0.1, scaling=0.7, debias=debias)
+    f, g = potentials.debiased()
+    assert f.shape == (300,) and g.shape == (250,) and f.dtype == torch.float64
+    assert torch.allclose(f, f_reference.reshape(-1), atol=1e-12, rtol=0)  # measured 4e-15
+    assert torch.allclose(g, g_reference.reshape(-1), atol=1e-12, rtol=0)
+    # the map from either set of potentials is the same
+    reference = potentials._replace(g=g_reference.reshape(-1) + (potentials.g_self if debias else 0))
+    assert torch.allclose(barycentric_map(x, y, potentials, debias=False),
+                          barycentric_map(x, y, reference, debias=False), atol=1e-10)
+
+
+def test_tile_sizes_do_not_change_the_result():
+    x, y = small_pair(1)
+    whole = sinkhorn_potentials(x, y, blur=0.2, tile_entries=300 * 250)
+    for entries in (300, 7 * 300, 101 * 300):  # rows of at least 300 columns (the transposed kernel)
+        tiled = sinkhorn_potentials(x, y, blur=0.2, tile_entries=entries)
+        assert torch.allclose(tiled.f, whole.f, atol=1e-12, rtol=0) and torch.allclose(tiled.g, whole.g, atol=1e-12)
+        assert torch.allclose(barycentric_map(x, y, tiled, tile_entries=entries), barycentric_map(x, y, whole),
+                              atol=1e-12)
+    assert tile_rows(300, 250, 8, "cpu", tile_entries=7 * 250 + 3) == 7
+    assert tile_rows(300, 250, 8, "cpu", memory_budget=250 * 8 * 2 * 5) == 5
+
+
+def test_debiased_map_is_geomloss_debiased_gradient():
+    from geomloss import SamplesLoss
+
+    x, y = small_pair(2)
+    source = x.clone().requires_grad_(True)
+    loss = SamplesLoss("sinkhorn", p=2, blur=0.3, scaling=0.95, debias=True, backend="tensorized")(source, y)
+    gradient, = torch.autograd.grad(loss, source)
+    reference = -x.shape[0] * gradient  # T(x) - x = -grad_x S / a_i
+    potentials = sinkhorn_potentials(x, y, blur=0.3, scaling=0.95, debias=True)
+    debiased = barycentric_map(x, y, potentials) - x
+    raw = barycentric_map(x, y, potentials, debias=False) - x
+    # geomloss differentiates the potentials of its second-to-last half step: the gap is convergence
+    # (measured 0.24%); without debiasing the map is 4.8% away
+    assert relative(debiased, reference) < 0.005
+    assert relative(raw, reference) > 0.03
+
+
+def affine_case(n, seed=0):
+    """Target = shuffled image of x under a symmetric positive definite affine map (exactly optimal)."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    exact = torch.tensor([2.0, -1.0], dtype=torch.float64) + x @ torch.tensor([[1.5, 0.4], [0.4, 0.8]],
+                                                                              dtype=torch.float64)
+    return x.float(), exact[torch.randperm(n, generator=generator)].float(), exact.float()
+
+
+def test_online_map_of_the_affine_gaussian_case_within_two_percent():
+    x, y, exact = affine_case(1500)
+    mapped = transport_map(x, y, "sinkhorn-online")
+    assert mapped.dtype == torch.float32
+    assert relative(mapped - x, exact - x) < 0.02  # measured 0.5%
+    small_tiles = transport_map(x, y, "sinkhorn-online", tile_entries=1500 * 13)
+    assert relative(small_tiles, mapped) < 1e-5
+
+
+def test_online_budget_too_small_is_a_clear_error():
+    x, y, _ = affine_case(200)
+    with pytest.raises(ValueError, match=r"^memory_budget: one row tile .* needs 1,600 bytes .* budget .* is 1,000 bytes"):
+        transport_map(x, y, "sinkhorn-online", memory_budget=1000)
+    with pytest.raises(ValueError, match=r"^tile_entries: one row tile needs 200 entries"):
+        sinkhorn_potentials(x, y, tile_entries=199)
+    with pytest.raises(ValueError, match=r"^memory_budget"):
+        tile_rows(10, 10 ** 12, 4, "cpu")  # 8 TB for one row: more than any machine's free memory
+
+
+def test_sinkhorn_routing_never_picks_keops_and_follows_memory():
+    assert resolve_method("sinkhorn", 2000, 2, "cpu") == "sinkhorn-geomloss"
+    # the tensorized cost matrix must fit in 1/8 of the budget
+    assert resolve_method("sinkhorn", 2000, 2, "cpu", tiling=(None, 8 * 2000 ** 2 * 4)) == "sinkhorn-multiscale"
+    assert resolve_method("sinkhorn", 2000, 4, "cpu", tiling=(None, 8 * 2000 ** 2 * 4)) == "sinkhorn-online"
+    # CUDA (the budget given, so no device is queried): tensorized while small, then online
+    assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-geomloss"
+    assert resolve_method("sinkhorn", 100_000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-online"
+    assert resolve_method("sinkhorn", 20_000, 2, "cpu") == "sinkhorn-multiscale"
+    assert resolve_method("sinkhorn", 20_000, 5, "cpu") == "sinkhorn-online"
+    assert resolve_method("auto", 20_000, 2, "cpu") == "sinkhorn-multiscale"
+
+
+def test_pykeops_is_not_imported_by_the_sinkhorn_paths():
+    import subprocess
+    import sys
+
+    code = ("import sys, torch; from torchmf.transport import transport_map, sinkhorn_potentials; "
+            "x = torch.randn(400, 2); y = torch.randn(400, 2) + 1; "
+            "[transport_map(x, y, m) for m in ('sinkhorn', 'sinkhorn-online', 'sinkhorn-multiscale', 'auto')]; "
+            "sinkhorn_potentials(x[:100], y[:100]); print('pykeops' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr[-2000:]

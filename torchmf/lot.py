@@ -53,7 +53,7 @@ def lot_method(method: str, n: int, dim: int) -> str:
         return method
     if dim == 1:
         return "sort"
-    return "sinkhorn-multiscale" if dim <= 3 else "sinkhorn-dense"
+    return "sinkhorn-multiscale" if dim <= 3 else "sinkhorn-online"
 
 
 def _check_window(snapshots, k):
