@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 import torch
 import torch.distributed as dist
 
-__all__ = ["setup", "teardown", "is_sharded", "rank_and_size", "shard_slice", "all_reduce_sum", "global_count",
+__all__ = ["check_device", "setup", "teardown", "is_sharded", "rank_and_size", "shard_slice", "all_reduce_sum", "global_count",
            "gather_sources", "gather_to_root", "check_same", "traffic", "reset_traffic"]
 
 # payload bytes this process handed to collectives (for the scaling benchmark and docs/scaling.md)
@@ -53,15 +53,30 @@ def rank_and_size() -> Tuple[int, int]:
     return 0, 1
 
 
+def check_device(device, name: str = "device") -> torch.device:
+    """``device`` as a ``torch.device``; a ``ValueError`` naming ``name`` for an unknown device or
+    for CUDA where there is none (or fewer devices than the index asks for)."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{name}: expected a torch device such as 'cpu', 'cuda' or 'cuda:1', but got {device!r}") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name}: CUDA was asked for ({device}), but torch.cuda.is_available() is False "
+                             f"on this machine (torch {torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name}: {device} was asked for, but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s)")
+    return device
+
+
 def setup(device=None, timeout_seconds: float = 300.0) -> Tuple[int, int]:
     """Initialize the default process group from torchrun's environment, if there is one.
 
     Returns ``(rank, world_size)``; ``(0, 1)`` outside torchrun. The backend is NCCL when
     ``device`` is CUDA, gloo otherwise. Asking for CUDA where there is none is a ``ValueError``.
     """
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device: CUDA was asked for, but torch.cuda.is_available() is False")
+    device = check_device(device) if device is not None else torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return rank_and_size()
     backend = "nccl" if device.type == "cuda" else "gloo"

@@ -46,6 +46,17 @@ fields precomputed once per observation, interpolation back: ``O(N + G log G)`` 
 Shapes: forecast state ``(M, N, D)`` (``M`` experiments); the observed coordinates
 ``observed_dims`` (default all) form a ``d``-dimensional view ``(M, N, d)``; observations carry
 ``M`` or 1 experiments (then shared).
+
+Sharding (``sharded=True``, grid backend, inside a ``torch.distributed`` process group of
+several ranks, see :mod:`torchmf.distributed`): each rank holds its share of the forecast
+particles and of the observed particles; the deposited model and observation grids are
+all-reduced (``O(G^d)`` per sub-step, independent of ``N``), as are the bounds checks and the
+default grid's extent, so every rank takes the same sub-steps and the velocity does not depend
+on the number of ranks.
+
+Host synchronisation per step: the adaptive sub-step count needs the peak density on the host
+(one read per model step; pass ``substeps=k`` to avoid it), and the bounds check of a free-space
+grid reads the particles' extent (one read per sub-step; none on a periodic grid).
 """
 from __future__ import annotations
 
@@ -55,6 +66,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from . import distributed
 from ._validation import check_choice, check_int, check_nonnegative, check_points, check_positive, check_tensor
 from .grid import Grid, GridConvolution
 from .interaction import InteractionForce
@@ -294,8 +306,16 @@ class NudgedSDE(nn.Module):
     def __init__(self, base_sde, observations, bandwidth: float, strength: float, backend: str = "grid",
                  grid: Optional[Grid] = None, grid_shape=None, margin: Optional[float] = None,
                  substeps: Optional[int] = None, stability: float = 1.0,
-                 observed_dims: Optional[Sequence[int]] = None, n_experiments: Optional[int] = None):
+                 observed_dims: Optional[Sequence[int]] = None, n_experiments: Optional[int] = None,
+                 sharded: bool = False):
         super().__init__()
+        if not isinstance(sharded, bool):
+            raise TypeError(f"sharded: expected a bool, but got {type(sharded).__name__}")
+        if sharded and backend != "grid":
+            raise ValueError(f"sharded: a sharded nudging velocity needs backend='grid' (the density grid is "
+                             f"all-reduced), but got backend={backend!r}")
+        self.sharded = sharded
+        self._global_counts: Dict[int, int] = {}
         if not hasattr(base_sde, "step"):
             raise TypeError(f"base_sde: expected a model with step(t, x, dt, generator), but got {type(base_sde).__name__}")
         if not isinstance(observations, (ParticleObservations, GridObservations)):
@@ -324,6 +344,8 @@ class NudgedSDE(nn.Module):
         self.noise_type = getattr(base_sde, "noise_type", "diagonal")
         self.sde_type = getattr(base_sde, "sde_type", "ito")
         self.grid = self._choose_grid(grid, grid_shape, margin)
+        if self._is_sharded():
+            distributed.check_same("grid", (repr(self.grid), self.bandwidth, self.strength, self.observed_dims))
         self.periodic = self.grid is not None and self.grid.periodic
         smoothing = GaussianKernel(self.bandwidth, observations.dim)
         combined = GaussianKernel(math.sqrt(2.0) * self.bandwidth, observations.dim)
@@ -359,6 +381,10 @@ class NudgedSDE(nn.Module):
         if self.backend == "pairwise":
             return None
         low, high = observations.bounds()
+        if self._is_sharded():  # every rank's observed particles: one grid for all ranks
+            extremes = torch.tensor([[-v for v in low], high], dtype=torch.float64)
+            torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
+            low, high = (-extremes[0]).tolist(), extremes[1].tolist()
         extent = [b - a for a, b in zip(low, high)]
         pad = [max(6 * self.bandwidth, 0.25 * e) if margin is None else check_nonnegative("margin", margin)
                for e in extent]
@@ -395,7 +421,7 @@ class NudgedSDE(nn.Module):
             else:
                 points = observations.snapshots[:, index].to(like)
                 self._check_inside("observations", points, self.grid, "observed particles")
-                masses = self.grid.deposit(points)
+                masses = self._reduce_masses(self.grid.deposit(points), points.shape[-2])
             both = self._observation_both(masses)
             self._peaks[index] = float(both[..., 0].max())
             self._fields[key] = both[..., 1:].contiguous()
@@ -422,12 +448,28 @@ class NudgedSDE(nn.Module):
             best = torch.maximum(best, (values * weights.unsqueeze(-2)).sum(-1).max())
         return best
 
+    def _is_sharded(self) -> bool:
+        return self.sharded and distributed.is_sharded()
+
+    def _reduce_masses(self, masses: torch.Tensor, local_count: int) -> torch.Tensor:
+        """Sharded: this rank's deposit (masses 1/n_local) rescaled to 1/N_total and summed over ranks."""
+        if not self._is_sharded():
+            return masses
+        if local_count not in self._global_counts:
+            self._global_counts[local_count] = distributed.global_count(local_count, masses.device)
+        masses = masses * (local_count / self._global_counts[local_count])
+        return distributed.all_reduce_sum(masses)
+
     def _check_inside(self, name: str, points: torch.Tensor, grid: Grid, what: str) -> None:
         # one pass (aminmax) and one host synchronisation: this runs on every sub-step
         if grid.periodic:
             return
         low, high = torch.aminmax(points.reshape(-1, points.shape[-1]), dim=0)
-        bounds = torch.stack((low, high)).tolist()
+        extremes = torch.stack((-low, high))
+        if self._is_sharded():  # all ranks see the global extent, so all raise together (no hang)
+            extremes = extremes.nan_to_num(nan=math.inf)
+            torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
+        bounds = torch.stack((-extremes[0], extremes[1])).tolist()
         if not all(math.isfinite(v) for row in bounds for v in row):
             raise ValueError(f"{name}: {what} hold NaN/inf coordinates")
         if any(l < a for l, a in zip(bounds[0], grid.lower)) or any(h > b for h, b in zip(bounds[1], grid.upper)):
@@ -450,7 +492,7 @@ class NudgedSDE(nn.Module):
             return torch.zeros_like(points), None, 0.0
         if self.backend == "grid":
             self._check_inside("grid", points, self.grid, "forecast particles")
-            masses = self.grid.deposit(points, check=False)
+            masses = self._reduce_masses(self.grid.deposit(points, check=False), points.shape[-2])
             peak = None
             if want_peak:
                 both = self._model_both(masses)

@@ -5,9 +5,16 @@ forecast starts from the same particles with --param overrides; observations are
 reference's particle snapshots every --obs-every recorded times, smoothed with --bandwidth.
 Writes OUT/nudge.json (W2 / density errors vs time, settings) and PNG figures.
 
+With --output FILE the nudged run of the first --strength is also written as a dataset.
+Under torchrun (WORLD_SIZE > 1) the particles are sharded: each rank simulates its share of the
+reference and of the nudged ensemble (grid backend; the density grids are all-reduced, see
+torchmf.distributed); rank 0 gathers the runs, computes the errors and writes the JSON, the
+figure and the dataset (atomically).
+
 Examples:
     torchmf nudge ou_linear --param a=5 --strength 100 --bandwidth 0.2 --out runs/nudge
     torchmf nudge double_well --param a=0.1 --strength 10 --strength 1000 --particles 2000
+    torchrun --standalone --nproc-per-node 2 -m torchmf nudge ou_linear --param a=5 -o runs/nudged.h5
 """
 from __future__ import annotations
 
@@ -37,6 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dt", type=float, default=None, help="time step (default: the system's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/nudge", help="output folder (default runs/nudge)")
+    parser.add_argument("-o", "--output", default=None,
+                        help="also write the nudged run of the first --strength as a dataset (.h5, .hdf5, .npz)")
+    parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -52,62 +62,114 @@ def _params(items, option):
     return params
 
 
-def run(args) -> int:
-    import torch
-
-    from .. import systems
-    from .._io import write_json
-    from ..metrics import w2
-    from ..nudging import NudgedSDE, ParticleObservations
-    from ..plots import line_plot
-
+def _check_args(args):
     if args.obs_every < 1:
         raise ValueError(f"--obs-every: expected an integer >= 1, but got {args.obs_every}")
-    strengths = args.strength or [100.0]
-    for value in strengths:
+    for value in args.strength:
         if value < 0:
             raise ValueError(f"--strength: expected a non-negative number, but got {value}")
     if not args.bandwidth > 0:
         raise ValueError(f"--bandwidth: expected a positive number, but got {args.bandwidth}")
-    reference_system = systems.get(args.system, **_params(args.reference_param, "--reference-param"))
-    biased_system = systems.get(args.system, **_params(args.param, "--param"))
+    if args.output is not None and not args.output.endswith((".h5", ".hdf5", ".npz")):
+        raise ValueError(f"--output: expected a .h5, .hdf5 or .npz file name, but got {args.output!r}")
+
+
+def run(args) -> int:
+    from .. import distributed
+
+    _check_args(args)
+    _, size = distributed.setup(args.device)
+    try:
+        if size > 1:
+            settings = sorted((k, repr(v)) for k, v in vars(args).items()
+                              if k != "no_progress" and isinstance(v, (str, int, float, list, type(None))))
+            distributed.check_same("nudge settings", settings)
+        return _nudge(args, sharded=size > 1)
+    finally:
+        distributed.teardown()
+
+
+def _nudge(args, sharded: bool) -> int:
+    import torch
+
+    from .. import distributed, systems
+    from .._io import write_json
+    from ..metrics import w2
+    from ..nudging import NudgedSDE, ParticleObservations
+    from ..plots import line_plot
+    from .simulate import gather_trajectories, simulate_local
+
+    rank, size = distributed.rank_and_size()
+    device = distributed.check_device(args.device)
+    progress = not args.no_progress and rank == 0
+    strengths = args.strength or [100.0]
+    reference_params = _params(args.reference_param, "--reference-param")
+    biased_params = _params(args.param, "--param")
+    reference_system = systems.get(args.system, **reference_params)
+    biased_system = systems.get(args.system, **biased_params)
     if not hasattr(biased_system, "sde") and not hasattr(biased_system, "pic"):
         raise ValueError(f"system: {args.system!r} has no particle model to nudge from positions alone")
+    if sharded and (getattr(biased_system, "sde", None) is None or args.backend != "grid"):
+        raise ValueError(f"system: a sharded nudge needs an SDE system and --backend grid, but got {args.system!r} "
+                         f"with --backend {args.backend}")
     base = getattr(biased_system, "sde", None) or biased_system.pic
     dt = args.dt or reference_system.default_dt
-    reference = reference_system.simulate(n_particles=args.particles, t_end=args.t_end, dt=dt, seed=args.seed,
-                                          progress=not args.no_progress)
+    if sharded:
+        recipe = {"system": args.system, "params": reference_params, "particles": args.particles,
+                  "t_end": args.t_end, "dt": dt, "seed": args.seed}
+        _, reference = simulate_local(recipe, device, progress)
+        if base.interaction is not None:
+            base.interaction.sharded = True
+    else:
+        reference = reference_system.simulate(n_particles=args.particles, t_end=args.t_end, dt=dt, seed=args.seed,
+                                              device=device, progress=progress)
     times = reference.times.double()
     observed = reference.positions[:, ::args.obs_every]
     observations = ParticleObservations(observed, times=times[::args.obs_every], interpolation=args.interpolation,
-                                        noise=args.noise, seed=args.seed)
+                                        noise=args.noise, seed=args.seed + rank)
     x0 = reference.positions[:, 0]
+    full_reference = gather_trajectories(reference, args.seed, "reference, sharded") if sharded else reference
+    n_total = distributed.global_count(reference.n_particles)
     one_dimensional = reference.dim == 1
-    metric = "w2" if one_dimensional or reference.n_particles <= 1000 else "mean_error"
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    curves, summary = {}, {}
+    metric = "w2" if one_dimensional or n_total <= 1000 else "mean_error"
+    curves, summary, kept = {}, {}, None
     for strength in [0.0] + strengths:
-        model = NudgedSDE(base, observations, args.bandwidth, strength, backend=args.backend)
-        run = model.simulate(x0, times, dt, seed=args.seed + 1, progress=not args.no_progress)
+        model = NudgedSDE(base, observations, args.bandwidth, strength, backend=args.backend, sharded=sharded)
+        # P = 1: reference seed, nudged seed + 1; rank r of P: reference seed + r, nudged seed + P + r
+        part = model.simulate(x0, times, dt, seed=args.seed + size + rank, progress=progress)
+        run = gather_trajectories(part, args.seed, "nudged, sharded") if sharded else part
+        if rank != 0:
+            continue
+        if kept is None and strength == strengths[0]:
+            kept = (strength, run)
+        reference_positions = full_reference.positions[0].to(run.positions)
         if metric == "w2":
-            error = w2(run.positions[0], reference.positions[0]).double()
+            error = w2(run.positions[0], reference_positions).double().cpu()
         else:
-            error = (run.positions[0].mean(1) - reference.positions[0].mean(1)).norm(dim=-1).double()
+            error = (run.positions[0].mean(1) - reference_positions.mean(1)).norm(dim=-1).double().cpu()
         label = "biased" if strength == 0 else f"lambda={strength:g}"
         curves[label] = error
         summary[label] = {"final": float(error[-1]), "time_averaged": float(error.mean()),
                           "substeps_last_step": model.last_substeps}
+    if rank != 0:
+        return 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     ylabel = "W2 to the reference" if metric == "w2" else "|mean - reference mean|"
-    figure = line_plot(out / "nudge_error.png", times, curves, "t", ylabel, f"{args.system}: nudged vs biased",
+    figure = line_plot(out / "nudge_error.png", times.cpu(), curves, "t", ylabel, f"{args.system}: nudged vs biased",
                        logy=True)
-    result = {"system": args.system, "biased_params": _params(args.param, "--param"),
-              "reference_params": _params(args.reference_param, "--reference-param"), "strengths": strengths,
-              "bandwidth": args.bandwidth, "obs_every": args.obs_every, "interpolation": args.interpolation,
-              "noise": args.noise, "backend": args.backend, "particles": reference.n_particles, "dt": dt,
-              "seed": args.seed, "metric": metric, "summary": summary,
+    result = {"system": args.system, "biased_params": biased_params, "reference_params": reference_params,
+              "strengths": strengths, "bandwidth": args.bandwidth, "obs_every": args.obs_every,
+              "interpolation": args.interpolation, "noise": args.noise, "backend": args.backend,
+              "particles": n_total, "dt": dt, "seed": args.seed, "metric": metric, "summary": summary,
               "times": times.tolist(), "errors": {k: v.tolist() for k, v in curves.items()},
-              "figures": [figure.name], "device": str(torch.device("cpu"))}
+              "figures": [figure.name], "device": str(device), "processes": size}
+    if args.output is not None:
+        strength, run = kept
+        run.meta.update(nudging_strength=strength, processes=size)
+        run.save(Path(args.output))
+        result["dataset"] = str(args.output)
+        print(f"wrote {args.output}: {run}")
     write_json(out / "nudge.json", result)
     for label, values in summary.items():
         print(f"{label:>14}: final {metric} {values['final']:.4f}, time-averaged {values['time_averaged']:.4f}")

@@ -83,19 +83,19 @@ def simulate_recipe(recipe: dict, device="cpu", progress: bool = True):
                            seed=recipe.get("seed", 0), device=device, dtype=dtype, progress=progress)
 
 
-def simulate_sharded(recipe: dict, device="cpu", progress: bool = True):
-    """Run a recipe with the particles split over the ranks of a torchrun job.
+def simulate_local(recipe: dict, device="cpu", progress: bool = True, seed_offset: int = 0):
+    """This rank's share of a recipe run in a torchrun job: ``(system, Trajectories of N/P particles)``.
 
     Every rank simulates its share of the N particles of each experiment; the mean-field
     coupling is reduced over ranks (torchmf.distributed), so the forces do not depend on the
-    number of processes. Rank r draws its noise from seed + r. Rank 0 receives the whole
-    ensemble and returns it; the other ranks return None.
+    number of processes. Rank r draws its noise from seed + seed_offset + r. Ranks that disagree
+    on the recipe raise a ``ValueError`` together.
     """
     import torch
 
     from .. import distributed, systems
 
-    rank, size = distributed.rank_and_size()
+    rank, _ = distributed.rank_and_size()
     distributed.check_same("recipe", sorted((k, repr(v)) for k, v in recipe.items()))
     system = systems.get(recipe["system"], **recipe.get("params", {}))
     sde = getattr(system, "sde", None)
@@ -109,15 +109,30 @@ def simulate_sharded(recipe: dict, device="cpu", progress: bool = True):
     dtype = {"float32": torch.float32, "float64": torch.float64}[recipe.get("dtype", "float32")]
     part = system.simulate(n_particles=local.stop - local.start, n_experiments=recipe.get("experiments", 1),
                            t_end=recipe.get("t_end"), dt=recipe.get("dt"), record_dt=recipe.get("record_dt"),
-                           seed=recipe.get("seed", 0) + rank, device=device, dtype=dtype,
+                           seed=recipe.get("seed", 0) + seed_offset + rank, device=device, dtype=dtype,
                            progress=progress and rank == 0)
+    return system, part
+
+
+def gather_trajectories(part, seed: int, note: str):
+    """Rank 0 receives every rank's particles (concatenated along N) as one Trajectories; others get None."""
+    from .. import distributed
+
+    rank, size = distributed.rank_and_size()
     positions = distributed.gather_to_root(part.positions, dim=2)
     extras = {name: distributed.gather_to_root(value, dim=2) for name, value in part.extras.items()}
     if rank != 0:
         return None
-    meta = dict(part.meta, seed=recipe.get("seed", 0), processes=size,
-                note="particles sharded over processes; rank r used seed + r")
+    meta = dict(part.meta, seed=seed, processes=size, note=note)
     return type(part)(positions, part.times, meta, extras)
+
+
+def simulate_sharded(recipe: dict, device="cpu", progress: bool = True):
+    """Run a recipe with the particles split over the ranks of a torchrun job (see
+    :func:`simulate_local`). Rank 0 receives the whole ensemble and returns it; the other ranks
+    return None."""
+    _, part = simulate_local(recipe, device, progress)
+    return gather_trajectories(part, recipe.get("seed", 0), "particles sharded over processes; rank r used seed + r")
 
 
 def run(args) -> int:
