@@ -98,6 +98,44 @@ def test_interaction_fields_match_direct_sums(dim, convolution):
         assert torch.allclose(field, expected, atol=1e-10 * float(expected.abs().max())), term.name
 
 
+@pytest.mark.parametrize("dim,convolution,fft_dtype", [(1, "fft", None), (2, "fft", None), (2, "svd", None),
+                                                       (2, "fft", torch.float32)])
+def test_interaction_columns_match_direct_quadrature(dim, convolution, fft_dtype, monkeypatch):
+    # the blocked, cropped FFT path against brute-force convolutions integrated by TestFunctions
+    monkeypatch.setattr(system_module, "_time_block", lambda *args: 2)  # several time blocks, one partial
+    generator = torch.Generator().manual_seed(4)
+    grid = Grid(-1, 1, 40 if dim == 1 else 22, dim=dim)
+    density = torch.rand((7,) + grid.shape, generator=generator, dtype=torch.float64)
+    density[(slice(None),) + (slice(0, 4),) * dim] = 0
+    terms = [library_module.InteractionTerm("power", exponent=1), library_module.InteractionTerm("cutoff_log", cutoff=0.01)]
+    spatial = [AxisTestFunctions(g, h, 5, 5, 3) for g, h in zip(grid.shape, grid.spacing)]
+    tests = TestFunctions(spatial, AxisTestFunctions(7, 0.1, 2, 3, 1, name="time"))
+    columns = system_module.interaction_columns(density, grid, terms, tests, convolution, 1e-13, fft_dtype)
+    tolerance = 1e-5 if fft_dtype == torch.float32 else 1e-10
+    for term, column in zip(terms, columns):
+        product = density.unsqueeze(-1) * _direct_convolution(density, grid, term)
+        expected = sum(tests.integrate(product[..., axis], 0, [int(a == axis) for a in range(dim)]) for axis in range(dim))
+        assert column.dtype == torch.float64
+        assert torch.allclose(column, expected, atol=tolerance * float(expected.abs().max())), term.name
+
+
+def test_histogram_chunks_and_experiments_add_up(monkeypatch):
+    # the chunked nearest-grid-point deposit (chunks smaller than one time slice) equals the brute-force count
+    import torchmf.grid as grid_module
+
+    monkeypatch.setattr(grid_module, "DEPOSIT_CHUNK", 37)
+    generator = torch.Generator().manual_seed(5)
+    positions = torch.rand(2, 3, 100, 2, generator=generator, dtype=torch.float32) * 2 - 1
+    grid = Grid([-1, -1], [1, 1], [9, 11])
+    density = wsindy.histogram(positions, grid)
+    nearest = torch.round((positions.double() + 1) / torch.tensor(grid.spacing, dtype=torch.float64)).long()
+    brute = torch.zeros(3, 9 * 11, dtype=torch.float64)
+    for m in range(2):
+        for t in range(3):
+            brute[t] += torch.bincount(nearest[m, t, :, 0] * 11 + nearest[m, t, :, 1], minlength=99).double()
+    assert torch.allclose(density.double() * grid.cell_volume, brute.reshape(3, 9, 11) / 200, atol=1e-6)
+
+
 def test_low_rank_factors_are_exact_for_separable_kernels():
     x = torch.linspace(-1, 1, 30, dtype=torch.float64)
     kernel = torch.outer(x, x ** 2) + torch.outer(torch.ones_like(x), x)

@@ -92,7 +92,8 @@ def make_test_functions(density: torch.Tensor, grid: Grid, dt: float, spec=None)
 
 def identify(trajectories, library: Union[str, dict, Library, None] = "default", *, times=None,
              grid: Optional[Grid] = None, grid_shape=None, test_functions=None, thresholds=None,
-             convolution: str = "fft", dtype: torch.dtype = torch.float64, max_condition: float = 1e12) -> WSINDyModel:
+             convolution: str = "fft", dtype: torch.dtype = torch.float64, fft_dtype: Optional[torch.dtype] = None,
+             max_condition: float = 1e12) -> WSINDyModel:
     """Identify :math:`(K, V, \\sigma)` from particle data by WSINDy (Algorithm 4.1).
 
     Arguments:
@@ -105,6 +106,7 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
         thresholds: candidate sparsity thresholds (default ``logspace(-4, 0, 100)``).
         convolution: ``"fft"`` or ``"svd"`` (2-D low-rank split), see :mod:`.system`.
         dtype: precision of the regression (default float64; the histogram is built in the data's dtype).
+        fft_dtype: precision of the interaction convolutions (default: ``dtype``), see :func:`.system.build_system`.
         max_condition: largest accepted condition number of the column-normalised G.
 
     Returns:
@@ -130,13 +132,14 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
                          "and test functions live on a regular time grid)")
     dim = positions.shape[-1]
     library = load_library(library, dim)
-    if grid is None:
-        grid = default_grid(positions, grid_shape)
-    density = histogram(positions, grid)
+    given = grid is not None
+    if not given:
+        grid = default_grid(positions, grid_shape)  # contains every particle by construction
+    density = histogram(positions, grid, check=given)
     after_histogram = time.perf_counter()
     density = density.to(dtype)
     tests = make_test_functions(density, grid, dt, test_functions)
-    matrix, rhs = build_system(density, grid, library, tests, convolution=convolution)
+    matrix, rhs = build_system(density, grid, library, tests, convolution=convolution, fft_dtype=fft_dtype)
     after_system = time.perf_counter()
     if not bool(torch.isfinite(matrix).all()) or not bool(torch.isfinite(rhs).all()):
         raise ValueError("library: G or b has NaN/inf entries (a library term overflows on the grid's domain)")

@@ -22,7 +22,7 @@ from .._validation import check_int, check_nonnegative, check_tensor
 from ..grid import Grid
 from ..particles import Trajectories
 
-__all__ = ["as_positions", "default_grid", "histogram", "add_measurement_noise"]
+__all__ = ["as_positions", "default_grid", "histogram", "add_measurement_noise", "axis_statistics"]
 
 
 def as_positions(trajectories) -> torch.Tensor:
@@ -40,9 +40,9 @@ def as_positions(trajectories) -> torch.Tensor:
         positions = positions.unsqueeze(0)
     if positions.ndim != 4:
         raise ValueError(f"trajectories: expected positions of shape (M, L, N, d), but got {tuple(positions.shape)}")
-    finite = torch.isfinite(positions)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
+    low, high = torch.aminmax(positions)  # NaN propagates: one fast pass instead of a full isfinite mask
+    if positions.numel() and not bool(torch.isfinite(low) & torch.isfinite(high)):
+        bad = int((~torch.isfinite(positions)).sum())
         raise ValueError(f"trajectories: the data contain {bad} NaN/inf coordinates; remove or impute them first")
     return positions
 
@@ -60,21 +60,46 @@ def default_grid(positions: torch.Tensor, shape: Optional[Union[int, Sequence[in
     dim = positions.shape[-1]
     if shape is None:
         shape = 256 if dim == 1 else 128
-    flat = positions.reshape(-1, dim).double()
-    mean, std = flat.mean(0), flat.std(0)
-    low = torch.minimum(mean - width * std, flat.min(0).values)
-    high = torch.maximum(mean + width * std, flat.max(0).values)
+    mean, std, smallest, largest = axis_statistics(positions.reshape(-1, dim))
+    low = torch.minimum(mean - width * std, smallest).tolist()  # a few numbers: the box is built on the host
+    high = torch.maximum(mean + width * std, largest).tolist()
     sizes = [shape] * dim if isinstance(shape, int) else list(shape)
-    margin = (high - low) / torch.tensor([max(s - 2, 1) for s in sizes], dtype=torch.float64)
-    return Grid((low - margin).tolist(), (high + margin).tolist(), sizes, periodic=False)
+    margin = [(b - a) / max(s - 2, 1) for a, b, s in zip(low, high, sizes)]
+    return Grid([a - m for a, m in zip(low, margin)], [b + m for b, m in zip(high, margin)], sizes, periodic=False)
 
 
-def histogram(positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+def axis_statistics(points: torch.Tensor, chunk: int = 1 << 16):
+    """Per-axis mean, sample standard deviation, minimum and maximum of ``points (n, d)``, each
+    ``(d,)`` float64, in one pass over cache-sized chunks (shifted by the first point so that the
+    variance does not cancel; per-axis reductions of an ``(n, d)`` array are slow in torch, those of
+    the transposed chunk are contiguous)."""
+    count, dim = points.shape
+    reference = points[:1].T.double()  # (d, 1)
+    total = torch.zeros(dim, dtype=torch.float64, device=points.device)
+    squares = torch.zeros_like(total)
+    lows, highs = [], []
+    for block in points.split(chunk):
+        shifted = block.T.double() - reference
+        low, high = torch.aminmax(shifted, dim=1)
+        lows.append(low)
+        highs.append(high)
+        total += shifted.sum(1)
+        squares += (shifted * shifted).sum(1)
+    mean = total / count
+    variance = (squares - count * mean * mean).clamp_min(0) / max(count - 1, 1)
+    reference = reference[:, 0]
+    return (mean + reference, variance.sqrt(), torch.stack(lows).amin(0) + reference,
+            torch.stack(highs).amax(0) + reference)
+
+
+def histogram(positions: torch.Tensor, grid: Grid, check: bool = True) -> torch.Tensor:
     """Histogram density averaged over experiments.
 
     Arguments:
         positions: ``(M, L, N, d)`` (finite).
         grid: a free-space :class:`~torchmf.grid.Grid` whose box contains every particle.
+        check: verify that every particle lies in the box (skip only for a grid built from these
+            positions, e.g. by :func:`default_grid`).
 
     Returns:
         ``(L, G_1, ..., G_d)`` density in the dtype of ``positions``.
@@ -89,14 +114,17 @@ def histogram(positions: torch.Tensor, grid: Grid) -> torch.Tensor:
         raise ValueError(f"grid: expected a {positions.shape[-1]}-D grid for the data, but got {grid.dim}-D")
     flat = positions.reshape(-1, positions.shape[-1])
     lower, upper = flat.new_tensor(grid.lower), flat.new_tensor(grid.upper)
-    low, high = torch.aminmax(flat, dim=0)  # one pass; the count below only runs on failure
+    low, high = torch.aminmax(flat, dim=0) if check else (lower, upper)  # the count below only runs on failure
     if bool((low < lower).any() | (high > upper).any()):
         outside = ((flat < lower) | (flat > upper)).any(-1)
         raise ValueError(
             f"trajectories: {int(outside.sum())} particle positions lie outside the grid's domain "
             f"lower={list(grid.lower)}, upper={list(grid.upper)}; widen the grid (nothing is clipped)")
-    masses = grid.deposit(positions, scheme="ngp", check=False)  # (M, L, *G), each sums to 1
-    return masses.mean(0) / grid.cell_volume
+    # experiment by experiment into one (L, *G) array: a (M, L, *G) intermediate would be M times larger
+    masses = grid.deposit(positions[0], scheme="ngp", check=False)  # (L, *G), each time sums to 1
+    for experiment in range(1, positions.shape[0]):
+        masses += grid.deposit(positions[experiment], scheme="ngp", check=False)
+    return masses / (positions.shape[0] * grid.cell_volume)
 
 
 def add_measurement_noise(trajectories: Union[Trajectories, torch.Tensor], ratio: float, seed: int = 0):

@@ -23,39 +23,39 @@ single rank-one piece. Quadrature is the trapezoidal rule in space and time.
 """
 from __future__ import annotations
 
-from typing import Dict, Tuple
+import math
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from ..grid import Grid, GridConvolution
+from ..grid import Grid
 from .library import Library
 from .test_functions import TestFunctions
 
-__all__ = ["build_system", "interaction_fields", "low_rank_factors"]
+__all__ = ["build_system", "interaction_columns", "interaction_fields", "low_rank_factors"]
 
 CONVOLUTIONS = ("fft", "svd")
 
 
 def build_system(density: torch.Tensor, grid: Grid, library: Library, test_functions: TestFunctions,
-                 convolution: str = "fft", svd_tolerance: float = 1e-10) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Assemble ``G (n, J)`` and ``b (n,)`` in the dtype and on the device of ``density`` ``(L, *G)``."""
+                 convolution: str = "fft", svd_tolerance: float = 1e-10,
+                 fft_dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Assemble ``G (n, J)`` and ``b (n,)`` in the dtype and on the device of ``density`` ``(L, *G)``.
+
+    ``fft_dtype``: real dtype of the interaction convolutions (default: the dtype of ``density``);
+    the products with ``U`` and all quadratures stay in the dtype of ``density``.
+    """
     if convolution not in CONVOLUTIONS:
         raise ValueError(f"convolution: expected one of {list(CONVOLUTIONS)}, but got {convolution!r}")
-    dim = grid.dim
     columns: Dict[int, torch.Tensor] = {}
     interaction = library.of_kind("interaction")
     if interaction:
         terms = [library.terms[i] for i in interaction]
-        for index, product in zip(interaction, interaction_fields(density, grid, terms, convolution, svd_tolerance)):
-            column = 0
-            for axis in range(dim):
-                orders = [0] * dim
-                orders[axis] = 1
-                column = column + test_functions.integrate(product[..., axis], 0, orders)
-            columns[index] = column
+        values = interaction_columns(density, grid, terms, test_functions, convolution, svd_tolerance, fft_dtype)
+        columns.update(zip(interaction, values))
     columns.update(_local_columns(density, grid, library, test_functions))
     matrix = torch.stack([columns[i] for i in range(len(library))], dim=1)
-    rhs = test_functions.integrate(density, 1, [0] * dim)
+    rhs = test_functions.integrate(density, 1, [0] * grid.dim)
     return matrix, rhs
 
 
@@ -135,65 +135,165 @@ def _support_box(density: torch.Tensor, grid: Grid):
     return ranges
 
 
+class _Box:
+    """The sub-box of C that holds the data (``U`` is zero elsewhere, and so is ``U (grad K * U)``):
+    its grid, the cropped density ``(L, *B)`` and the test-function matrices restricted to it."""
+
+    def __init__(self, density: torch.Tensor, grid: Grid):
+        self.ranges = _support_box(density, grid)
+        spacing = grid.spacing
+        self.grid = Grid([grid.lower[i] + lo * spacing[i] for i, (lo, _) in enumerate(self.ranges)],
+                         [grid.lower[i] + (lo + size - 1) * spacing[i] for i, (lo, size) in enumerate(self.ranges)],
+                         [size for _, size in self.ranges])
+        self.density = density.new_zeros((density.shape[0],) + self.grid.shape)
+        self.source, self.target = [slice(None)], [slice(None)]
+        for (lo, size), g in zip(self.ranges, grid.shape):
+            stop = min(lo + size, g)
+            self.source.append(slice(lo, stop))
+            self.target.append(slice(0, stop - lo))
+        self.source, self.target = tuple(self.source), tuple(self.target)
+        self.density[self.target] = density[self.source]
+        self._matrices = {}
+
+    def matrix(self, factor, axis: int, order: int, device, dtype) -> torch.Tensor:
+        """Test-function matrix ``(n_i, B_i)`` of the spatial ``factor`` along ``axis`` on the box's nodes
+        (zero past the grid), cached."""
+        key = (axis, order, str(device), dtype)
+        if key not in self._matrices:
+            lo, size = self.ranges[axis]
+            full = factor.matrix(order, device, dtype)
+            out = full.new_zeros(full.shape[0], size)
+            stop = min(lo + size, full.shape[1])
+            out[:, :stop - lo] = full[:, lo:stop]
+            self._matrices[key] = out
+        return self._matrices[key]
+
+    def contract_space(self, field: torch.Tensor, factors, orders) -> torch.Tensor:
+        """``(T, *B) -> (T, n_1, ..., n_d)``: the spatial quadrature of :meth:`TestFunctions.contract_space` on the box."""
+        result = field
+        for axis in range(len(factors) - 1, -1, -1):
+            matrix = self.matrix(factors[axis], axis, orders[axis], field.device, field.dtype)
+            result = torch.movedim(torch.tensordot(result, matrix, dims=([1 + axis], [1])), -1, 1 + axis)
+        return result
+
+
+def _time_block(box_shape, dtype, device) -> int:
+    """Time points per block of the interaction convolutions: on CPUs the block's spectra stay
+    within a few MB (cache-resident temporaries instead of page-faulting 50 MB arrays); on GPUs all."""
+    if torch.device(device).type != "cpu":
+        return 1 << 30
+    bytes_per_time = 2 * math.prod(2 * b for b in box_shape) * torch.finfo(dtype).bits // 8
+    return max(1, (4 << 20) // max(bytes_per_time, 1))
+
+
+def interaction_columns(density: torch.Tensor, grid: Grid, terms, test_functions: TestFunctions,
+                        convolution: str = "fft", svd_tolerance: float = 1e-10,
+                        fft_dtype: Optional[torch.dtype] = None) -> List[torch.Tensor]:
+    r"""Columns :math:`\sum_i\langle \partial_i\psi_k, U\,(\partial_i K_j * U)\rangle` ``(n,)`` of the interaction terms.
+
+    The convolutions run on the box that holds the data, zero-padded to twice its size (linear
+    convolution on the C - C offsets), block by block in time: per block one forward transform of
+    ``U`` serves every term and axis, each inverse transform is cropped to the box as it goes (the
+    padded half is never transformed back along the last axis), and the product with ``U`` is
+    contracted with the spatial test functions at once; the time quadrature follows at the end.
+    """
+    dtype = density.dtype
+    fft_dtype = dtype if fft_dtype is None else fft_dtype
+    box = _Box(density, grid)
+    convolver = _BoxConvolution(box.grid, terms, convolution, svd_tolerance, density.device, fft_dtype)
+    factors = test_functions.spatial
+    length = density.shape[0]
+    block = _time_block(box.grid.shape, fft_dtype, density.device)
+    partial = None  # (J, L, n_1, ..., n_d)
+    for start in range(0, length, block):
+        chunk = box.density[start:start + block]
+        for index, fields in enumerate(convolver(chunk.to(fft_dtype) * box.grid.cell_volume)):
+            total = 0
+            for axis in range(grid.dim):
+                orders = [0] * grid.dim
+                orders[axis] = 1
+                total = total + box.contract_space(chunk * fields[axis].to(dtype), factors, orders)
+            if partial is None:
+                partial = total.new_empty((len(terms), length) + tuple(total.shape[1:]))
+            partial[index, start:start + block] = total
+    time_matrix = test_functions.time.matrix(0, density.device, dtype)  # (n_t, L)
+    columns = torch.tensordot(partial, time_matrix, dims=([1], [1]))  # (J, n_1..n_d, n_t)
+    columns = torch.movedim(columns, -1, 1).reshape(len(terms), -1)
+    return list(columns)
+
+
+class _BoxConvolution:
+    """:math:`\partial_i K_j * m` on a (box) grid for blocks of masses ``(T, *B)``; calling yields, per
+    term, the ``d`` components ``(T, *B)`` each.
+
+    ``"fft"``: d-dimensional real FFT with the kernel spectra computed once (in float64, then cast).
+    ``"svd"`` (2-D): each kernel array split into rank-one pieces by :func:`low_rank_factors`,
+    convolved with 1-D FFTs along each axis.
+    """
+
+    def __init__(self, grid: Grid, terms, convolution: str, svd_tolerance: float, device, dtype):
+        if convolution == "svd" and grid.dim != 2:
+            if grid.dim != 1:
+                raise ValueError(f"convolution: 'svd' is implemented for d = 2, but the grid is {grid.dim}-D")
+            convolution = "fft"  # 1-D kernels are trivially rank one
+        self.grid, self.convolution, self.dtype = grid, convolution, dtype
+        self.fft_shape = grid.fft_shape()
+        complex_dtype = (torch.ones(1, dtype=dtype) * 1j).dtype
+        offsets = grid.offsets(device=device, dtype=torch.float64)
+        if convolution == "fft":
+            dims = tuple(range(-grid.dim, 0))
+            self.spectra = [torch.fft.rfftn(term.gradient(offsets).movedim(-1, 0), dim=dims).to(complex_dtype)
+                            for term in terms]  # (d, *freq) each
+            return
+        self.factors = []
+        for term in terms:
+            gradient = term.gradient(offsets)  # (2B1, 2B2, 2) float64
+            pieces = []
+            for axis in range(2):
+                left, right = low_rank_factors(gradient[..., axis], svd_tolerance)
+                pieces.append((torch.fft.fft(left, dim=0).to(complex_dtype).T.unsqueeze(-1),  # (Q, 2B1, 1)
+                               torch.fft.rfft(right, dim=0).to(complex_dtype).T))  # (Q, B2+1)
+            self.factors.append(pieces)
+
+    def __call__(self, masses: torch.Tensor):
+        shape, fft_shape, dim = self.grid.shape, self.fft_shape, self.grid.dim
+        if self.convolution == "fft":
+            transformed = torch.fft.rfft(masses, n=fft_shape[-1], dim=-1)  # shared by every term and axis
+            for axis in range(dim - 1):
+                transformed = torch.fft.fft(transformed, n=fft_shape[axis], dim=1 + axis)
+            for spectrum in self.spectra:
+                yield [self._inverse(transformed * spectrum[axis]) for axis in range(dim)]
+            return
+        first = torch.fft.fft(masses, n=fft_shape[0], dim=-2)  # along x1 once, (T, 2B1, B2)
+        for pieces in self.factors:
+            channels = []
+            for left_hat, right_hat in pieces:
+                # all rank-one pieces at once: (Q, T, 2B1, B2) -> crop x1 -> along x2 -> sum over Q
+                along_first = torch.fft.ifft(first.unsqueeze(0) * left_hat.unsqueeze(1), dim=-2)
+                along_first = along_first.real[..., :shape[0], :]
+                spectrum = torch.fft.rfft(along_first, n=fft_shape[1], dim=-1) * right_hat[:, None, None, :]
+                channels.append(torch.fft.irfft(spectrum.sum(0), n=fft_shape[1], dim=-1)[..., :shape[1]])
+            yield channels
+
+    def _inverse(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """Inverse of the padded transform, cropped to the box after each axis."""
+        shape, dim = self.grid.shape, self.grid.dim
+        for axis in range(dim - 1):
+            spectrum = torch.fft.ifft(spectrum, dim=1 + axis).narrow(1 + axis, 0, shape[axis])
+        return torch.fft.irfft(spectrum, n=self.fft_shape[-1], dim=-1)[..., :shape[-1]]
+
+
 def interaction_fields(density: torch.Tensor, grid: Grid, terms, convolution: str = "fft",
                        svd_tolerance: float = 1e-10):
-    r"""Yield :math:`U_t\,(\nabla K_j * U_t)` on C, ``(L, *G, d)``, for each interaction term.
-
-    The convolution runs on the box that holds the data (``U`` is zero elsewhere, and so is the
-    product), zero-padded to twice its size for a linear convolution on the C - C offsets.
-    """
-    ranges = _support_box(density, grid)
-    spacing = grid.spacing
-    box = Grid([grid.lower[i] + lo * spacing[i] for i, (lo, _) in enumerate(ranges)],
-               [grid.lower[i] + (lo + size - 1) * spacing[i] for i, (lo, size) in enumerate(ranges)],
-               [size for _, size in ranges])
-    cropped = density.new_zeros((density.shape[0],) + tuple(size for _, size in ranges))
-    source, target = [slice(None)], [slice(None)]
-    for (lo, size), g in zip(ranges, grid.shape):
-        stop = min(lo + size, g)
-        source.append(slice(lo, stop))
-        target.append(slice(0, stop - lo))
-    cropped[tuple(target)] = density[tuple(source)]
-    for fields in _box_fields(cropped, box, terms, convolution, svd_tolerance):
-        product = cropped.unsqueeze(-1) * fields
+    r"""Yield :math:`U_t\,(\nabla K_j * U_t)` on C, ``(L, *G, d)``, for each interaction term (the
+    integrands of :func:`interaction_columns`; for checks and plots, the system does not store them)."""
+    box = _Box(density, grid)
+    convolver = _BoxConvolution(box.grid, terms, convolution, svd_tolerance, density.device, density.dtype)
+    for fields in convolver(box.density * box.grid.cell_volume):
+        product = box.density.unsqueeze(-1) * torch.stack(fields, dim=-1)
         full = density.new_zeros(density.shape + (grid.dim,))
-        full[tuple(source)] = product[tuple(target)]
+        full[box.source] = product[box.target]
         yield full
-
-
-def _box_fields(density, grid, terms, convolution, svd_tolerance):
-    dims = tuple(range(-grid.dim, 0))
-    masses = density * grid.cell_volume
-    fft_shape = grid.fft_shape()
-    slices = (Ellipsis,) + tuple(slice(0, g) for g in grid.shape)
-    if convolution == "fft" or grid.dim == 1:
-        transformed = torch.fft.rfftn(masses, s=fft_shape, dim=dims)  # once for every kernel
-        for term in terms:
-            spectrum = GridConvolution(grid, term.gradient).spectrum(density.device, density.dtype)  # (d, *freq)
-            channels = []
-            for axis in range(grid.dim):
-                product = transformed * spectrum[axis]
-                channels.append(torch.fft.irfftn(product, s=fft_shape, dim=dims)[slices])
-            yield torch.stack(channels, dim=-1)
-        return
-    if grid.dim != 2:
-        raise ValueError(f"convolution: 'svd' is implemented for d = 2, but the grid is {grid.dim}-D")
-    offsets = grid.offsets(device=density.device, dtype=torch.float64)
-    first = torch.fft.fft(masses, n=fft_shape[0], dim=-2)  # transform along x1 once
-    for term in terms:
-        gradient = term.gradient(offsets).to(density.dtype)  # (2G1, 2G2, 2)
-        channels = []
-        for axis in range(2):
-            left, right = low_rank_factors(gradient[..., axis], svd_tolerance)
-            left_hat = torch.fft.fft(left, dim=0)  # (2G1, Q)
-            right_hat = torch.fft.rfft(right, dim=0)  # (G2+1, Q)
-            total = 0
-            for q in range(left.shape[1]):
-                along_first = torch.fft.ifft(first * left_hat[:, q].unsqueeze(-1), dim=-2).real[..., :grid.shape[0], :]
-                spectrum = torch.fft.rfft(along_first, n=fft_shape[1], dim=-1) * right_hat[:, q]
-                total = total + spectrum
-            channels.append(torch.fft.irfft(total, n=fft_shape[1], dim=-1)[..., :grid.shape[1]])
-        yield torch.stack(channels, dim=-1)
 
 
 def low_rank_factors(kernel: torch.Tensor, tolerance: float = 1e-10):
