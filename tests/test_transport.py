@@ -103,10 +103,10 @@ def test_warm_start_after_a_large_move_restarts_cold():
     x = torch.randn(1000, 2, generator=torch.Generator().manual_seed(8))
     shift = torch.tensor([0.3, -0.2])
     for method in ("sinkhorn-multiscale", "sinkhorn-online"):
-        solver = TransportSolver(method, debias=False)
+        solver = TransportSolver(method)
         solver(x, x - shift)
         mapped = solver(x, x + shift)  # before the restart rule: displacement 0.25, not 0.36 (30% off)
-        assert relative(mapped - x, shift.expand_as(x)) < 0.01, method
+        assert relative(mapped - x, shift.expand_as(x)) < 0.02, method
 
 
 def test_batches_dtype_and_device_follow_the_input():
