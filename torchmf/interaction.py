@@ -150,8 +150,11 @@ class InteractionForce(nn.Module):
             distributed.check_same("grid", (self.backend, repr(self.potential), repr(self.grid)))
             self._ranks_agree = True
         if weights is None:
-            total = distributed.global_count(y.shape[-2], y.device)
-            weights = y.new_full(y.shape[:-1], 1.0 / total)
+            # one all-reduce and host read per local size, not per step (sizes do not change in a run)
+            counts = self.__dict__.setdefault("_global_counts", {})
+            if y.shape[-2] not in counts:
+                counts[y.shape[-2]] = distributed.global_count(y.shape[-2], y.device)
+            weights = y.new_full(y.shape[:-1], 1.0 / counts[y.shape[-2]])
         if isinstance(self.potential, PowerPotential) and self.potential.exponent == 2 and self.backend != "grid":
             moments = torch.cat([(weights.unsqueeze(-1) * y).sum(-2), weights.sum(-1, keepdim=True)], dim=-1)
             distributed.all_reduce_sum(moments)
