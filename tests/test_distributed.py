@@ -70,6 +70,13 @@ def _worker(rank, world, init_file, out_dir):
             force_module("grid", True, grid_size=64 if rank == 0 else 128)(particles(1000)[shard_slice(1000)])
         except ValueError as error:
             (Path(out_dir) / f"mismatch{rank}.error").write_text(str(error))
+        try:  # ranks disagreeing on the system of a sharded simulation
+            from torchmf.commands.simulate import simulate_local
+
+            simulate_local({"system": "ou_linear" if rank == 0 else "double_well", "particles": 100, "t_end": 0.01},
+                           progress=False)
+        except ValueError as error:
+            (Path(out_dir) / f"system{rank}.error").write_text(str(error))
     finally:
         dist.destroy_process_group()
 
@@ -102,6 +109,9 @@ def test_ranks_disagreeing_on_the_grid_fail_clearly_without_hanging(sharded_resu
     for rank in range(2):
         message = (sharded_results / f"mismatch{rank}.error").read_text()
         assert "grid" in message and "disagree" in message
+    for rank in range(2):
+        message = (sharded_results / f"system{rank}.error").read_text()
+        assert message.startswith("recipe: processes disagree")
 
 
 def test_shard_slice_covers_everything_once():

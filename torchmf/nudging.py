@@ -382,7 +382,9 @@ class NudgedSDE(nn.Module):
             return None
         low, high = observations.bounds()
         if self._is_sharded():  # every rank's observed particles: one grid for all ranks
-            extremes = torch.tensor([[-v for v in low], high], dtype=torch.float64)
+            # on the observations' device: NCCL reduces CUDA tensors only
+            extremes = torch.tensor([[-v for v in low], high], dtype=torch.float64,
+                                    device=observations.snapshots.device)
             torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX)
             low, high = (-extremes[0]).tolist(), extremes[1].tolist()
         extent = [b - a for a, b in zip(low, high)]

@@ -129,7 +129,7 @@ def _nudge(args, sharded: bool) -> int:
                                         noise=args.noise, seed=args.seed + rank)
     x0 = reference.positions[:, 0]
     full_reference = gather_trajectories(reference, args.seed, "reference, sharded") if sharded else reference
-    n_total = distributed.global_count(reference.n_particles)
+    n_total = distributed.global_count(reference.n_particles, reference.positions.device)
     one_dimensional = reference.dim == 1
     metric = "w2" if one_dimensional or n_total <= 1000 else "mean_error"
     curves, summary, kept = {}, {}, None
