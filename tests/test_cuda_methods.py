@@ -135,14 +135,9 @@ def test_wsindy_coefficients_cpu_and_cuda_agree():
     data = systems.get("qanr_1d", diffusion="none").simulate(n_particles=2000, seed=0, progress=False,
                                                             dtype=torch.float64)
     cpu = wsindy.identify(data, "default")
-    gpu = wsindy.identify(data.to("cuda") if hasattr(data, "to") else _on_cuda(data), "default")
+    gpu = wsindy.identify(data.to("cuda"), "default")
     assert cpu.selected == gpu.selected
     assert torch.allclose(gpu.coefficients.cpu(), cpu.coefficients, rtol=1e-6, atol=1e-9)
-
-
-def _on_cuda(data):
-    return type(data)(data.positions.cuda(), data.times.cuda(), dict(data.meta), {k: v.cuda() for k, v in
-                                                                                  data.extras.items()})
 
 
 def test_cuda_marker_is_registered_and_skips_without_a_device(request):
