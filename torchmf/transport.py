@@ -494,7 +494,10 @@ def _uniform_log(points):
 
 def _exp_shifted(scores):
     """``exp`` of max-shifted scores (<= 0), in place. Scores below -60 weigh < 1e-26 and are
-    clamped first: exp of large negative float32 values takes a slow path on x86 CPUs (4x slower)."""
+    clamped first on CPU: exp of large negative float32 values takes a slow path on x86 CPUs (4x
+    slower). GPUs have no such path, and the clamp would be one more pass over the tile."""
+    if scores.is_cuda:
+        return scores.exp_()
     return scores.clamp_(min=-60.0).exp_()
 
 
