@@ -274,3 +274,13 @@ def test_pykeops_is_not_imported_by_the_sinkhorn_paths():
             "sinkhorn_potentials(x[:100], y[:100]); print('pykeops' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.stdout.strip() == "False", result.stderr[-2000:]
+
+
+def test_w2_sinkhorn_beyond_the_tensorized_limit_uses_the_online_solver(monkeypatch):
+    from torchmf import metrics
+
+    x, y = small_pair(3)
+    tensorized = metrics.w2(x, y, method="sinkhorn", blur=0.05)
+    monkeypatch.setattr(metrics, "_TENSORIZED_LIMIT", 1000)  # pretend 300 x 250 no longer fits
+    online = metrics.w2(x, y, method="sinkhorn", blur=0.05)
+    assert abs(float(online) - float(tensorized)) < 1e-12  # measured 1e-16

@@ -106,15 +106,25 @@ def _w2_sinkhorn(x, y, blur):
         blur = 0.01 * float(spread) if float(spread) > 0 else 1e-3
     blur = check_positive("blur", blur)
     if x.shape[-2] * y.shape[-2] > _TENSORIZED_LIMIT:
-        raise ValueError(
-            f"x: N x M = {x.shape[-2]} x {y.shape[-2]} is too large for the tensorized Sinkhorn; "
-            "subsample the clouds or use torchmf.transport's online backend"
-        )
+        return _w2_sinkhorn_online(x, y, blur)
     loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.7, debias=True, backend="tensorized")
     batch_shape = x.shape[:-2]
     xb, yb = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
     value = loss(xb.contiguous(), yb.contiguous())
     return (2 * value).clamp_min(0).sqrt().reshape(batch_shape)
+
+
+def _w2_sinkhorn_online(x, y, blur):
+    """The same debiased divergence without the N x M matrix: torchmf.transport's online solver
+    (geomloss' iterations, tiled): S = <a, f - f_aa> + <b, g - g_bb>."""
+    from .transport import sinkhorn_potentials
+
+    xb, yb = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
+    values = []
+    for a, b in zip(xb, yb):
+        f, g = sinkhorn_potentials(a, b, blur=blur, scaling=0.7, debias=True).debiased()
+        values.append(f.mean() + g.mean())
+    return (2 * torch.stack(values)).clamp_min(0).sqrt().reshape(x.shape[:-2])
 
 
 def smoothed_density(x: torch.Tensor, grid: Grid, bandwidth: float, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
