@@ -13,8 +13,8 @@ Simulation choices (documented deviations from the paper, for a 2-core CPU):
 - QANR 1-D: Euler step 1e-3 and records every 0.01 to t = 1, as in the paper; the initial mixture is
   the system's default (centres 0, 1.25, 4; spread 0.05).
 - Local 2-D: Euler step 2e-3 (omega = 1, instead of 1e-4) and 1e-4 (omega = 20, as in the paper; --quick:
-  4e-3 and 1e-3, which overestimates the homogenized diffusivity by several percent); N = 4096 for
-  omega = 20 (the acceptance line for omega = 20 concerns sigma only).
+  4e-3 and 1e-3, which overestimates the homogenized diffusivity by several percent); N = 16,384 for
+  both omegas (--quick: 4096 and 1024).
 - Keller-Segel 2-D: the exact dense O(N^2) force; sigma = 0: M = 2 experiments of N = 800, Euler step
   0.1 (the contraction rate of the disk is 1/(8 pi) per unit time); sigma = 1/sqrt(4 pi): 4 seeds of
   M = 4 x N = 1000, step 0.05 (metrics only); records every 0.1 to t = 8.
@@ -74,16 +74,24 @@ def qanr(report, quick, seeds, progress):
     metrics["simulate_seconds_sigma0"] = time.perf_counter() - started
     tolerance = 0.01
     passes = {}
-    for eps in (0.01, 0.0316, 0.1):
-        rows = []
-        for s, data in enumerate(runs):
-            noisy = wsindy.add_measurement_noise(data, eps, seed=1000 + s)
-            model = wsindy.identify(noisy, "qanr_1d", test_functions="qanr_1d")
-            rows.append(score(model, true_noiseless))
-        good = sum(r["tpr"] == 1.0 and r["error_K"] < tolerance for r in rows)
-        metrics[f"sigma0_eps{eps}"] = dict(summarize(rows, ["error_K"]), good=good, N=n, M=1)
-        passes[eps] = good
-        print(f"QANR sigma=0 eps={eps}: TPR=1 and err_K<{tolerance}: {good}/{len(rows)}", flush=True)
+    # noise scale: the RMS of each experiment over all times (the authors' generator; the check). The
+    # literal per-time reading ||X_t||_RMS is recorded as well (metrics only): its time-varying level
+    # acts as an extra (negative) diffusion, see add_measurement_noise.
+    for per_time in (False, True):
+        for eps in (0.01, 0.0316, 0.1):
+            rows = []
+            for s, data in enumerate(runs):
+                noisy = wsindy.add_measurement_noise(data, eps, seed=1000 + s, per_time=per_time)
+                model = wsindy.identify(noisy, "qanr_1d", test_functions="qanr_1d")
+                rows.append(score(model, true_noiseless))
+            good = sum(r["tpr"] == 1.0 and r["error_K"] < tolerance for r in rows)
+            key = f"sigma0_eps{eps}" + ("_per_time_rms" if per_time else "")
+            metrics[key] = dict(summarize(rows, ["error_K"]), good=good, N=n, M=1,
+                                selected_when_tpr_below_1=[r["selected"] for r in rows if r["tpr"] < 1][:3])
+            if not per_time:
+                passes[eps] = good
+            print(f"QANR sigma=0 eps={eps} (per-time RMS: {per_time}): TPR=1 and err_K<{tolerance}: {good}/{len(rows)}",
+                  flush=True)
     need = seeds - max(1, seeds // 20)
     worst = min(passes[e] for e in (0.01, 0.0316, 0.1))
     report.check(f"QANR sigma=0, eps<=0.1, N={n}, M=1: TPR=1 and rel. error K<{tolerance:.0%}",
@@ -113,34 +121,46 @@ def qanr(report, quick, seeds, progress):
     rows = [score(wsindy.identify(d, "qanr_1d", test_functions="qanr_1d"), true_variable) for d in runs]
     metrics["variable_sigma"] = dict(summarize(rows, ["error_K", "error_sigma"]), N=n // 2, M=2)
 
-    # convergence in N (constant diffusivity, M = 1)
-    sizes = [8000, 16000, 32000] if quick else [1000, 2000, 4000, 8000, 16000, 32000]
-    conv_seeds = 2 if quick else 8
+    # convergence in N (constant diffusivity, M = 1): median error of the correctly identified models
+    # (TPR = 1; at small N few are, and those that survive the thresholding are a biased sample),
+    # fitted over the sizes where at least half the seeds are correct
+    sizes = [8000, 16000, 32000] if quick else [4000, 8000, 16000, 32000, 64000, 128000]
+    conv_seeds = 3 if quick else 20
     system = systems.get("qanr_1d", diffusion="constant")
-    curve = {"N": sizes, "error_K": [], "error_sigma": [], "tpr": []}
+    curve = {"N": sizes, "error_K": [], "error_sigma": [], "error_K_all": [], "error_sigma_all": [], "tpr": [],
+             "tpr_one": []}
     for i, size in enumerate(sizes):
         runs = batch(system, size, conv_seeds, 1, 1e-3, seed=10 + i)
         rows = [score(wsindy.identify(d, "qanr_1d", test_functions="qanr_1d"), true_constant) for d in runs]
-        ok = [r for r in rows if r["tpr"] == 1.0]  # errors of correctly identified models only (as the paper)
-        curve["error_K"].append(float(np.mean([r["error_K"] for r in ok])) if ok else float("nan"))
-        curve["error_sigma"].append(float(np.mean([r["error_sigma"] for r in ok])) if ok else float("nan"))
+        ok = [r for r in rows if r["tpr"] == 1.0]
+        curve["error_K_all"].append([r["error_K"] for r in ok])
+        curve["error_sigma_all"].append([r["error_sigma"] for r in ok])
+        curve["error_K"].append(float(np.median([r["error_K"] for r in ok])) if ok else float("nan"))
+        curve["error_sigma"].append(float(np.median([r["error_sigma"] for r in ok])) if ok else float("nan"))
         curve["tpr"].append(float(np.mean([r["tpr"] for r in rows])))
-        print(f"QANR convergence N={size}: err_K={curve['error_K'][-1]:.4g} err_sigma={curve['error_sigma'][-1]:.4g}",
-              flush=True)
-    slope_K = _slope(sizes, curve["error_K"])
-    slope_sigma = _slope(sizes, curve["error_sigma"])
-    curve.update(slope_K=slope_K, slope_sigma=slope_sigma, seeds=conv_seeds)
+        curve["tpr_one"].append(len(ok))
+        print(f"QANR convergence N={size}: TPR=1 in {len(ok)}/{conv_seeds}, median err_K={curve['error_K'][-1]:.4g} "
+              f"err_sigma={curve['error_sigma'][-1]:.4g}", flush=True)
+    fitted = [i for i, count in enumerate(curve["tpr_one"]) if count >= max(2, conv_seeds // 2)]
+    fit_sizes = [sizes[i] for i in fitted]
+    slope_K = _slope(fit_sizes, [curve["error_K"][i] for i in fitted])
+    slope_sigma = _slope(fit_sizes, [curve["error_sigma"][i] for i in fitted])
+    curve.update(slope_K=slope_K, slope_sigma=slope_sigma, seeds=conv_seeds, fit_sizes=fit_sizes,
+                 statistic="median over seeds with TPR = 1")
     metrics["convergence"] = curve
     anchor = next(e for e in curve["error_K"] + [1.0] if np.isfinite(e))
     reference = [anchor * (s / sizes[0]) ** -0.5 for s in sizes]
     line_plot(report.path("wsindy_convergence.png"), sizes,
               {f"grad K (slope {slope_K:.2f})": curve["error_K"], f"sigma (slope {slope_sigma:.2f})": curve["error_sigma"],
-               "N^-1/2": reference}, "N (particles, M = 1)", "mean relative error",
+               "N^-1/2": reference}, "N (particles, M = 1)", "median relative error (TPR = 1 seeds)",
               "QANR 1-D, sigma = sqrt(2) 0.1: WSINDy error vs N", logx=True, logy=True,
               styles={"N^-1/2": "k--"})
     slope_tolerance = 0.25 if quick else 0.15
-    report.check("fitted slope of error (grad K) vs N", round(slope_K, 3), f"-0.5 +- {slope_tolerance}",
-                 abs(slope_K + 0.5) <= slope_tolerance)
+    report.check(f"fitted slope of the median error (grad K) vs N over N = {fit_sizes[0] if fit_sizes else '-'}.."
+                 f"{fit_sizes[-1] if fit_sizes else '-'} ({conv_seeds} seeds per N)", round(slope_K, 3),
+                 f"-0.5 +- {slope_tolerance}", abs(slope_K + 0.5) <= slope_tolerance)
+    report.check(f"fitted slope of the median error (sigma) vs N over the same sizes", round(slope_sigma, 3),
+                 f"-0.5 +- {slope_tolerance}", abs(slope_sigma + 0.5) <= slope_tolerance)
 
 
 def _slope(sizes, errors) -> float:
@@ -175,7 +195,7 @@ def local(report, quick, seeds, progress):
     truth_h = wsindy.TrueModel({"dV/dx1:cos(0x1)*cos(0x2)": -1.0, "dV/dx2:cos(0x1)*cos(0x2)": -1.0,
                                 "D:cos(0x1)*cos(0x2)": homogenized},
                                grad_V=lambda x: -torch.ones_like(x), sigma=lambda x: torch.full_like(x, sigma_h))
-    n20 = 1024 if quick else 4096
+    n20 = 1024 if quick else 16384
     # the Euler step must resolve the period 2 pi / 20 of D, or the walk sees an arithmetic mean of D
     runs = batch(system, n20, seeds, 1, 1e-3 if quick else 1e-4, seed=21)
     rows = [score(wsindy.identify(d, "local_2d", test_functions="local_2d"), truth_h) for d in runs]

@@ -69,11 +69,19 @@ def test_histogram_is_normalized_nearest_grid_point_count():
 
 
 def test_measurement_noise_has_the_requested_ratio():
-    data = torch.randn(1, 3, 20000, 1, dtype=torch.float64) + 2
+    data = (torch.randn(1, 3, 20000, 1, dtype=torch.float64) + 2) * torch.tensor([1.0, 2.0, 4.0]).reshape(1, 3, 1, 1)
     noisy = wsindy.add_measurement_noise(data, 0.1, seed=3)
     ratio = float((noisy - data).norm() / data.norm())
     assert abs(ratio - 0.1) < 0.003
     assert torch.equal(noisy, wsindy.add_measurement_noise(data, 0.1, seed=3))
+    # default: one noise level for all times (the RMS over the whole experiment)
+    level = (noisy - data).std(dim=(0, 2, 3))
+    expected = 0.1 * float(data.pow(2).mean().sqrt())
+    assert torch.allclose(level, torch.full_like(level, expected), rtol=0.03)
+    # per_time: the level follows the RMS of each time
+    per_time = wsindy.add_measurement_noise(data, 0.1, seed=3, per_time=True)
+    level = (per_time - data).std(dim=(0, 2, 3))
+    assert torch.allclose(level, 0.1 * data.pow(2).mean(dim=(0, 2, 3)).sqrt(), rtol=0.03)
 
 
 # -- convolutions -----------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Tried: NaN in the data; particles outside a given grid; too few time points for the support;
 non-uniform times; tensor data without times; wrong-dimension preset; unknown preset; unknown
 test-function key; duplicate library terms; all-zero and duplicate columns of G; a rank-deficient G
-(reported with its condition number); fewer test functions than terms; negative noise ratio;
+(reported with its condition number); fewer test functions than terms; negative noise ratio; a non-bool
+per_time noise flag;
 non-trajectory input; coefficients of the wrong length.
 """
 from __future__ import annotations
@@ -98,6 +99,8 @@ def test_rank_deficient_system_reports_condition_number():
 def test_other_bad_arguments():
     with pytest.raises(ValueError, match="ratio: expected a non-negative number"):
         wsindy.add_measurement_noise(_data(), -0.1)
+    with pytest.raises(TypeError, match="per_time: expected a bool"):
+        wsindy.add_measurement_noise(_data(), 0.1, per_time="yes")
     lib = wsindy.load_library("qanr_1d", 1)
     with pytest.raises(ValueError, match="coefficients: expected 24 entries"):
         wsindy.WSINDyModel(lib, torch.zeros(3))

@@ -110,7 +110,9 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
         max_condition: largest accepted condition number of the column-normalised G.
 
     Returns:
-        :class:`WSINDyModel`. Raises ``ValueError`` on bad data (NaN, particles outside ``grid``,
+        :class:`WSINDyModel` (coefficients ``(J,)`` float64 on the data's device; every step runs there,
+        host synchronisations: the data checks, the box of the data, and a few per MSTLS iteration --
+        the support test and the smallest minimiser of the loss). Raises ``ValueError`` on bad data (NaN, particles outside ``grid``,
         non-uniform or too few times), degenerate libraries, and :class:`RankDeficientError` (a
         ``ValueError`` carrying ``condition_number``) when G is rank deficient.
     """
@@ -152,4 +154,4 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
             "seconds": {"histogram": after_histogram - started, "system": after_system - after_histogram,
                         "regression": finished - after_system, "total": finished - started},
             "least_squares": result["least_squares"].tolist()}
-    return WSINDyModel(library, result["coefficients"].cpu(), grid, info)
+    return WSINDyModel(library, result["coefficients"], grid, info)  # on the data's device
