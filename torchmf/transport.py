@@ -38,7 +38,12 @@ the centred differences of :mod:`torchmf.lot`, the correction cancels exactly.)
 :class:`TransportSolver` keeps the dual potentials of its last solve and starts the next one
 from them (warm start): consecutive snapshots of a particle system carry the same particle labels,
 so the potentials of particle ``j`` at one snapshot are a good guess at the next, and the
-epsilon-annealing can be skipped.
+epsilon-annealing can be skipped. A warm start whose marginal error is still above 4x the
+tolerance after ``max_iterations`` (the clouds moved by many blurs) is redone from scratch.
+
+Host synchronisation: the torch solvers read the marginal error once per iteration at the final
+epsilon (to stop); the annealing levels, and :func:`sinkhorn_potentials` altogether, read nothing
+but the clouds' diameter, once. pykeops is imported only by ``method="sinkhorn-keops"``.
 
 Shapes: ``x`` ``(..., N, d)``, ``y`` ``(..., N, d)`` with equal batch dimensions; the map has
 ``x``'s shape, device and dtype.
