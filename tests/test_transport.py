@@ -252,16 +252,16 @@ def test_online_budget_too_small_is_a_clear_error():
 
 
 def test_sinkhorn_routing_never_picks_keops_and_follows_memory():
-    assert resolve_method("sinkhorn", 2000, 2, "cpu") == "sinkhorn-geomloss"
-    # the tensorized cost matrix must fit in 1/8 of the budget
-    assert resolve_method("sinkhorn", 2000, 2, "cpu", tiling=(None, 8 * 2000 ** 2 * 4)) == "sinkhorn-multiscale"
-    assert resolve_method("sinkhorn", 2000, 4, "cpu", tiling=(None, 8 * 2000 ** 2 * 4)) == "sinkhorn-online"
-    # CUDA (the budget given, so no device is queried): tensorized while small, then online
-    assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-geomloss"
-    assert resolve_method("sinkhorn", 100_000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-online"
+    # CPU: online up to N = 2000, then multiscale for d <= 3 (measured); online for d > 3
+    assert resolve_method("sinkhorn", 1500, 2, "cpu") == "sinkhorn-online"
     assert resolve_method("sinkhorn", 20_000, 2, "cpu") == "sinkhorn-multiscale"
     assert resolve_method("sinkhorn", 20_000, 5, "cpu") == "sinkhorn-online"
     assert resolve_method("auto", 20_000, 2, "cpu") == "sinkhorn-multiscale"
+    # CUDA (the budget given, so no device is queried): tensorized while small and within 1/8 of
+    # the budget, then online
+    assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-geomloss"
+    assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 8 * 2000 ** 2 * 4)) == "sinkhorn-online"
+    assert resolve_method("sinkhorn", 100_000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-online"
 
 
 def test_pykeops_is_not_imported_by_the_sinkhorn_paths():

@@ -16,7 +16,7 @@ chosen by the single ``method`` argument:
                           ``"sinkhorn-dense"`` is an accepted alias
 ``"sinkhorn-multiscale"`` torch coarse-to-fine Sinkhorn: grid clusters solved densely, then a
                           sparse (truncated) kernel around the predicted targets; d <= 3
-``"sinkhorn"``            the best torch/geomloss backend for the size, dimension and device (see
+``"sinkhorn"``            the fastest measured backend for the size, dimension and device (see
                           :func:`resolve_method`); never pykeops
 ``"auto"``                ``sort`` in 1-D, ``exact`` for N <= 1000, ``sinkhorn`` otherwise
 ========================  ====================================================================
@@ -66,7 +66,8 @@ METHODS = ("auto", "sort", "exact", "sinkhorn", "sinkhorn-geomloss", "sinkhorn-k
 _ALIASES = {"sinkhorn-dense": "sinkhorn-online"}
 _EXACT_LIMIT = 1000          # "auto" uses the assignment up to this size (same rule as metrics.w2)
 _EXACT_MAX = 5000            # an N x N float64 cost matrix and a cubic solver beyond this is impractical
-_GEOMLOSS_LIMIT = 2.5e7      # N * M entries the geomloss tensorized backend may hold at once
+_GEOMLOSS_LIMIT = 2.5e7      # N * M entries the geomloss tensorized backend may hold at once (CUDA)
+_CPU_ONLINE_LIMIT = 2000 ** 2  # "sinkhorn" on CPU, d <= 3: online up to N = 2000, multiscale beyond
 _MEMORY_FRACTION = 0.25     # the online backend's tiles use at most this share of the free memory
 _TENSORIZED_FRACTION = 0.125  # geomloss' tensorized backend only when N x M fits in this share of it
 _TILE_COPIES = 2            # live tile-sized buffers per row tile (scores, and a temporary of the matmul)
@@ -224,11 +225,17 @@ class TransportSolver:
 def resolve_method(method: str, n: int, dim: int, device=None, element_size: int = 4, tiling=(None, None)) -> str:
     """The concrete backend that ``method`` means for ``n`` particles in dimension ``dim`` on ``device``.
 
-    ``"sinkhorn"``: geomloss' tensorized backend while the ``n x n`` cost matrix is small
-    (``n^2 <= 2.5e7`` entries) and takes less than 1/8 of the free memory (or of
-    ``memory_budget``); beyond that the multiscale torch backend on CPU for ``d <= 3``
-    (measured faster there, docs/benchmarks.md "Scale"), otherwise (CUDA, or ``d > 3``) the
-    online backend. pykeops is never chosen here: ask for ``"sinkhorn-keops"`` explicitly.
+    ``"sinkhorn"`` (rule measured on the 2-core CPU, docs/benchmarks.md "Scale"):
+
+    - CPU: the online backend up to ``n = 2000``, then the multiscale backend for ``d <= 3``
+      (2-D affine case: geomloss' tensorized solver was never the fastest, 1.1-1.9x slower than
+      the online one at n = 1000-5000; multiscale overtakes online between 1000 and 3000);
+      online for ``d > 3``.
+    - CUDA: geomloss' tensorized solver while the ``n x n`` matrix is small (``n^2 <= 2.5e7``)
+      and takes less than 1/8 of the free memory (or of ``memory_budget``; the issue measured
+      0.08 s at n = 1e4 on an H100); the online backend beyond.
+
+    pykeops is never chosen here: ask for ``"sinkhorn-keops"`` explicitly.
     """
     method = _ALIASES.get(method, method)
     if method == "auto":
@@ -237,10 +244,12 @@ def resolve_method(method: str, n: int, dim: int, device=None, element_size: int
         method = "exact" if n <= _EXACT_LIMIT else "sinkhorn"
     if method == "sinkhorn":
         device = torch.device("cpu") if device is None else torch.device(device)
+        if device.type == "cpu":
+            return "sinkhorn-multiscale" if dim <= 3 and n * n > _CPU_ONLINE_LIMIT else "sinkhorn-online"
         budget = tiling[1] if tiling[1] is not None else free_memory(device)
         if n * n <= _GEOMLOSS_LIMIT and n * n * element_size < _TENSORIZED_FRACTION * budget:
             return "sinkhorn-geomloss"
-        return "sinkhorn-multiscale" if device.type == "cpu" and dim <= 3 else "sinkhorn-online"
+        return "sinkhorn-online"
     if method == "sort" and dim != 1:
         raise ValueError(f"method: 'sort' is exact only in 1-D, but the clouds have d = {dim}")
     if method == "exact" and n > _EXACT_MAX:
