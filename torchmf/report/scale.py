@@ -71,7 +71,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
                 f"400 x 300 points in float64: largest difference {gap:.1e}.")
 
     # 2. the 2-D affine case: the exact map is known
-    n = 1000 if quick else 3000
+    n = 1000 if quick else 2000
     x, y, exact = _affine_case(n)
     for method in ("sinkhorn-online", "sinkhorn"):
         solver = TransportSolver(method)
@@ -100,7 +100,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
                 f"A 1 MB budget: `{message}`")
 
     # 4. sharded ensemble: 2 gloo processes vs one
-    n = 20_000 if quick else 100_000
+    n = 20_000 if quick else 50_000
     with tempfile.TemporaryDirectory() as folder:
         mp.start_processes(_shard_worker, args=(2, str(Path(folder) / "init"), folder, n), nprocs=2, join=True,
                            start_method="spawn")
