@@ -185,3 +185,19 @@ def test_cli_rejects_cuda_where_there_is_none(tmp_path):
         assert result.returncode == 2
         assert "device: CUDA was asked for" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.rglob("*.h5")) and not (tmp_path / "nudge").exists()
+
+
+def test_sharding_bad_inputs_name_the_argument():
+    from torchmf.distributed import check_device
+
+    x, observed = nudging_case()
+    observations = ParticleObservations(observed[:, :100], times=[0.0, 1.0])
+    with pytest.raises(ValueError, match=r"^sharded: .*backend='grid'"):
+        NudgedSDE(McKeanVlasovSDE(2), observations, 0.3, 1.0, backend="pairwise", sharded=True)
+    with pytest.raises(TypeError, match=r"^sharded:"):
+        NudgedSDE(McKeanVlasovSDE(2), observations, 0.3, 1.0, sharded="yes")
+    with pytest.raises(ValueError, match=r"^device: expected a torch device"):
+        check_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device: CUDA was asked for"):
+            check_device("cuda:1")
