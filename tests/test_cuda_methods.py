@@ -129,6 +129,21 @@ def test_transport_map_cpu_and_cuda_agree():
 
 
 @pytest.mark.cuda
+def test_online_tiles_follow_the_gpu_free_memory_and_refuse_what_cannot_fit():
+    from torchmf.transport import free_memory, tile_rows, transport_map
+
+    free = free_memory("cuda")
+    assert 0 < free <= torch.cuda.get_device_properties(0).total_memory
+    rows = tile_rows(10 ** 6, 10 ** 6, 4, "cuda")
+    assert rows * 10 ** 6 * 4 * 2 <= free / 4 + 8 * 10 ** 6  # within 1/4 of the free memory
+    with pytest.raises(ValueError, match=r"^memory_budget: one row tile"):
+        tile_rows(10, 10 ** 13, 4, "cuda")  # 80 TB for one row: a clear error, never an out-of-memory hang
+    x = torch.randn(2000, 2, device="cuda")
+    with pytest.raises(ValueError, match=r"^memory_budget"):
+        transport_map(x, x + 1, "sinkhorn-online", memory_budget=1000)
+
+
+@pytest.mark.cuda
 def test_wsindy_coefficients_cpu_and_cuda_agree():
     from torchmf import wsindy
 
