@@ -252,8 +252,9 @@ def test_online_budget_too_small_is_a_clear_error():
 
 
 def test_sinkhorn_routing_never_picks_keops_and_follows_memory():
-    # CPU: online up to N = 2000, then multiscale for d <= 3 (measured); online for d > 3
-    assert resolve_method("sinkhorn", 1500, 2, "cpu") == "sinkhorn-online"
+    # CPU: online up to N = 1000, then multiscale for d <= 3 (measured); online for d > 3
+    assert resolve_method("sinkhorn", 1000, 2, "cpu") == "sinkhorn-online"
+    assert resolve_method("sinkhorn", 1001, 2, "cpu") == "sinkhorn-multiscale"
     assert resolve_method("sinkhorn", 20_000, 2, "cpu") == "sinkhorn-multiscale"
     assert resolve_method("sinkhorn", 20_000, 5, "cpu") == "sinkhorn-online"
     assert resolve_method("auto", 20_000, 2, "cpu") == "sinkhorn-multiscale"
