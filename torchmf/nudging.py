@@ -301,6 +301,8 @@ class NudgedSDE(nn.Module):
         stability: the bound's target :math:`dt_{sub} L` (default 1).
         observed_dims: the state coordinates the observations see (default all).
         n_experiments: ``M`` of torchsde's flattened ``(M*N, D)`` batches (default: the base's, else 1).
+        sharded: the particles (forecast and observed) are this rank's share of an ensemble split
+            over ``torch.distributed`` ranks; grid backend only (see the module docstring).
     """
 
     def __init__(self, base_sde, observations, bandwidth: float, strength: float, backend: str = "grid",
