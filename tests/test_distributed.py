@@ -160,7 +160,8 @@ def test_torchrun_nudge_shards_and_writes_one_dataset(tmp_path):
     result = _torchrun(arguments + ["--out", str(tmp_path / "two"), "-o", str(tmp_path / "two.h5")], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     single = subprocess.run([sys.executable, "-m", "torchmf", *arguments, "--out", str(tmp_path / "one")],
-                            capture_output=True, text=True, timeout=240, cwd=tmp_path)
+                            capture_output=True, text=True, timeout=240, cwd=tmp_path,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert single.returncode == 0, single.stderr[-2000:]
     data = Trajectories.load(tmp_path / "two.h5")
     assert data.positions.shape == (1, 11, 2000, 1) and data.meta["processes"] == 2
@@ -181,7 +182,7 @@ def test_cli_rejects_cuda_where_there_is_none(tmp_path):
                 ["nudge", "ou_linear", "--out", str(tmp_path / "nudge"), "--device", "cuda:0"])
     for arguments in commands:
         result = subprocess.run([sys.executable, "-m", "torchmf", *arguments], capture_output=True, text=True,
-                                timeout=120, cwd=tmp_path)
+                                timeout=120, cwd=tmp_path, env=dict(os.environ, OMP_NUM_THREADS="1"))
         assert result.returncode == 2
         assert "device: CUDA was asked for" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.rglob("*.h5")) and not (tmp_path / "nudge").exists()
