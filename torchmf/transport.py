@@ -270,11 +270,14 @@ def keops_available() -> bool:
 
 
 def free_memory(device) -> int:
-    """Bytes free on ``device``: ``torch.cuda.mem_get_info`` on CUDA; on CPU ``MemAvailable`` of
-    /proc/meminfo, or a conservative 2 GiB where that cannot be read."""
+    """Bytes free on ``device``: on CUDA ``torch.cuda.mem_get_info`` plus what torch's caching
+    allocator holds unused (reserved - allocated: earlier tiles, reusable, so the tile size does not
+    shrink from one solve to the next); on CPU ``MemAvailable`` of /proc/meminfo, or a conservative
+    2 GiB where that cannot be read."""
     device = torch.device(device)
     if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(0, int(cached))
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
