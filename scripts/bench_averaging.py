@@ -2,11 +2,13 @@
 
     flock /tmp/torchmf-bench.lock python scripts/bench_averaging.py [--out runs] [--quick]
 
-Trains the point-estimate model (trainers/configs/fastslow_cubic_flow.yaml settings, Lightning,
-CPU) and scores the drift every ``--every`` steps; records the wall time until the error first
-reaches the target, the total time of the schedule and the final error. The path is simulated
-(and cached) before the clock starts; its simulation time is recorded separately.
-Writes OUT/bench_averaging.json.
+Trains the point-estimate model (trainers/configs/fastslow_cubic_flow.yaml settings: the module's
+defaults, whole-path likelihood, 1000 steps; Lightning, CPU, 1 torch thread) and scores the drift
+every ``--every`` steps (scoring time excluded); records the wall time until the error first
+reaches the target, the total time of the schedule and the final error. The path (datasets/
+fastslow_cubic.yaml: T = 2500, the first 80% train) is simulated and cached before the clock
+starts; its simulation time is recorded separately. ``--seeds 0,1,2`` repeats the training with
+other model seeds on the same path. Writes OUT/bench_averaging.json.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ LIMIT_SECONDS = 300.0
 def main(argv=None) -> int:
     parser = standard_parser(__doc__.strip().splitlines()[0])
     parser.add_argument("--every", type=int, default=100, help="score the drift every this many steps")
+    parser.add_argument("--seeds", default="0", help="comma-separated model seeds (the first one is checked)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from lightning.pytorch import Callback
@@ -36,10 +39,12 @@ def main(argv=None) -> int:
     from trainers.slow_path_data import SlowPathDataModule
 
     recipe = "datasets/fastslow_cubic_small.yaml" if args.quick else "datasets/fastslow_cubic.yaml"
-    steps = 200 if args.quick else 1500
+    steps = 200 if args.quick else 1000
+    seeds = [int(seed) for seed in args.seeds.split(",")]
     report = Report("bench_averaging", args)
-    report.settings.update(recipe=recipe, steps=steps, batch_size=512, n_samples=32, every=args.every,
-                           threads=torch.get_num_threads())
+    report.settings.update(recipe=recipe, steps=steps, every=args.every, threads=torch.get_num_threads(), seeds=seeds,
+                           model="AveragedDynamicsModule defaults (likelihood=auto -> path, lr 5e-3, slow x20, "
+                                 "penalty_points 128, n_samples 32), theta_init (0.5, 0.5)")
     data = SlowPathDataModule(recipe=recipe, batch_size=512, progress=False)
     start = time.perf_counter()
     data.prepare_data()
@@ -64,17 +69,27 @@ def main(argv=None) -> int:
         def on_train_start(self, trainer, module):
             self.start = time.perf_counter()
 
-    scorer = Scorer()
-    module = AveragedDynamicsModule(system="fastslow_cubic", theta_init=[0.5, 0.5])
-    start = time.perf_counter()
-    fit_quietly(module, data, steps, callbacks=[scorer])
-    total = time.perf_counter() - start - scorer.scoring
-    final_error = scorer.history[-1][2]
-    report.metrics.update(simulation_seconds=simulation_seconds, train_seconds=total, final_drift_relative_l2=final_error,
-                          seconds_to_first_reach_target=scorer.first_hit, history_step_seconds_error=scorer.history)
+    runs = []
+    for seed in seeds:
+        scorer = Scorer()
+        module = AveragedDynamicsModule(system="fastslow_cubic", theta_init=[0.5, 0.5], seed=seed)
+        start = time.perf_counter()
+        fit_quietly(module, data, steps, callbacks=[scorer], seed=seed)
+        total = time.perf_counter() - start - scorer.scoring
+        runs.append(dict(seed=seed, train_seconds=total, final_drift_relative_l2=scorer.history[-1][2],
+                         seconds_to_first_reach_target=scorer.first_hit, theta=module.model.theta.tolist(),
+                         sigma=module.model.sigma.tolist(), history_step_seconds_error=scorer.history))
+    first = runs[0]
+    total, final_error = first["train_seconds"], first["final_drift_relative_l2"]
+    report.metrics.update(simulation_seconds=simulation_seconds, **{key: value for key, value in first.items()})
+    if len(runs) > 1:
+        report.metrics["seeds"] = runs
+        report.metrics["final_drift_relative_l2_all_seeds"] = [run["final_drift_relative_l2"] for run in runs]
     passed = final_error <= TARGET and total <= LIMIT_SECONDS
-    report.check("fastslow_cubic to the 5% drift target on the 2-core CPU (train seconds; final error)",
-                 f"{total:.1f} s; error {final_error:.4f}", f"<= {LIMIT_SECONDS:.0f} s with error <= {TARGET}",
+    report.check("fastslow_cubic to the 5% drift target on the 2-core CPU (train seconds of the whole schedule; "
+                 "seconds to first reach the target; final error)",
+                 f"{total:.1f} s; first <= 5% after {first['seconds_to_first_reach_target']} s; "
+                 f"final error {final_error:.4f}", f"<= {LIMIT_SECONDS:.0f} s with error <= {TARGET}",
                  passed if not args.quick else None,
                  skipped="quick size: short path, target not reachable" if args.quick else None)
     gpu = torch.cuda.is_available()

@@ -22,13 +22,13 @@ import torch  # noqa: E402
 
 SIZES = {  # full / quick
     "cubic_recipe": ("datasets/fastslow_cubic.yaml", "datasets/fastslow_cubic_small.yaml"),
-    "cubic_steps": (1500, 250),
+    "cubic_steps": (1000, 250),
     "tilted_t_end": (200.0, 40.0),
     "tilted_steps": (1500, 250),
     "coverage_datasets": (20, 6),
     "coverage_t_end": (100.0, 40.0),
-    "coverage_steps": (300, 100),
-    "penalty_pretrain_steps": (600, 150),
+    "coverage_steps": (300, 200),
+    "penalty_pretrain_steps": (1000, 300),
     "neural_steps": (800, 200),
 }
 CUBIC_TARGET = (0.05, 0.5)  # quick: a path of length 40, whose statistical drift error alone is ~25%
@@ -159,11 +159,11 @@ def coverage_section(report, args):
     # the fast-law flow depends on g and tau only: fit it once to the stationarity condition (no data)
     warm = AveragedDynamicsModule(system="fastslow_cubic", n_samples=32)
     warm.model.set_data_range(torch.tensor([[-1.8], [1.8]]))
-    optimizer = torch.optim.Adam(warm.model.density.parameters(), lr=1e-2)
+    optimizer = torch.optim.Adam(warm.model.density.parameters(), lr=3e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, size("penalty_pretrain_steps", quick))
     torch.manual_seed(0)
     for _ in range(size("penalty_pretrain_steps", quick)):
-        loss = warm.model.stationarity_penalty(warm.model.penalty_points(64))
+        loss = warm.model.stationarity_penalty(warm.model.penalty_points(128))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -73,11 +73,15 @@ def test_generator_residual_vanishes_for_true_invariant_law_only(kind):
     x = torch.tensor([[-1.0], [0.3], [1.2]], dtype=torch.float64)
     generator = torch.Generator().manual_seed(0)
     true_samples = system.sample_invariant(x, 8000, generator)
-    residual = generator_applied(system, tests, x, true_samples).mean(1)
+    applied = generator_applied(system, tests, x, true_samples)
     too_wide = x.unsqueeze(1) + (true_samples - x.unsqueeze(1)) * math.sqrt(2.0)
-    wrong = generator_applied(system, tests, x, too_wide).mean(1)
-    assert residual.abs().max() < 0.08 and wrong.abs().max() > 2.5 * residual.abs().max()
-    assert (wrong**2).sum() > 5 * (residual**2).sum()
+    wrong = generator_applied(system, tests, x, too_wide)
+    # residuals in units of their Monte-Carlo standard error (the y^3 term is large but noisy)
+    def standardized(values):
+        return values.mean(1) / (values.std(1) / math.sqrt(values.shape[1]) + 1e-12)
+    assert standardized(applied).abs().max() < 4.5
+    assert standardized(wrong).abs().max() > 5
+    assert (standardized(wrong) ** 2).sum() > 3 * (standardized(applied) ** 2).sum()
 
 
 def test_generator_autograd_matches_closed_form_for_square():

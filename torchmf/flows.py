@@ -13,6 +13,7 @@ outside the flow keeps randomness under an explicit ``torch.Generator``.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -21,11 +22,47 @@ from nflows.flows import Flow
 from nflows.transforms import (CompositeTransform, InverseTransform, MaskedAffineAutoregressiveTransform,
                                MaskedPiecewiseRationalQuadraticAutoregressiveTransform, PointwiseAffineTransform,
                                ReversePermutation)
+from nflows.transforms.base import Transform
 from torch import nn
 
-from ._validation import check_int, check_positive
+from ._validation import check_choice, check_int, check_positive
 
-__all__ = ["ConditionalFlow", "ConditionalGaussian", "conditional_spline_flow", "posterior_flow"]
+__all__ = ["ConditionalAffine", "ConditionalFlow", "ConditionalGaussian", "conditional_spline_flow", "posterior_flow"]
+
+
+class ConditionalAffine(Transform):
+    """Conditional elementwise affine map (nflows :class:`~nflows.transforms.Transform`), data-to-noise
+    ``z = (y - shift(x)) / exp(log_scale(x))``.
+
+    ``(shift, log_scale)(x) = A x + c + MLP(x)``: the linear part makes any law whose location and
+    log-spread are affine in ``x`` (e.g. an OU fast law) exactly representable, the MLP (last
+    layer zero, so it starts at nothing) bends them. Starts at ``N(0, initial_scale^2)`` for all
+    ``x``.
+    """
+
+    def __init__(self, features: int, context_features: int, hidden: int = 32, initial_scale: float = 1.0):
+        super().__init__()
+        self.features = features
+        self.linear = nn.Linear(context_features, 2 * features)
+        self.net = nn.Sequential(nn.Linear(context_features, hidden), nn.Tanh(), nn.Linear(hidden, hidden), nn.Tanh(),
+                                 nn.Linear(hidden, 2 * features))
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+        with torch.no_grad():
+            self.linear.bias.copy_(torch.cat((torch.zeros(features), torch.full((features,), math.log(initial_scale)))))
+
+    def shift_log_scale(self, context: torch.Tensor):
+        """``shift, log_scale``, each ``(B, k)``, for ``context (B, c)``."""
+        return (self.linear(context) + self.net(context)).chunk(2, dim=-1)
+
+    def forward(self, inputs, context=None):
+        shift, log_scale = self.shift_log_scale(context)
+        return (inputs - shift) * torch.exp(-log_scale), -log_scale.sum(-1)
+
+    def inverse(self, inputs, context=None):
+        shift, log_scale = self.shift_log_scale(context)
+        return inputs * torch.exp(log_scale) + shift, log_scale.sum(-1)
 
 
 class ConditionalFlow(nn.Module):
@@ -33,6 +70,8 @@ class ConditionalFlow(nn.Module):
 
     The transforms are written in the noise-to-sample direction as inverses, so that drawing a
     sample is one forward pass of each autoregressive network (inverse autoregressive flow).
+    With one feature the networks see the context only, so sampling ``S`` draws per context
+    evaluates each network once per context row, not once per draw.
     """
 
     def __init__(self, flow: Flow, features: int):
@@ -45,10 +84,31 @@ class ConditionalFlow(nn.Module):
         if context is None:
             samples, _ = self.flow._transform.inverse(noise)
             return samples
+        if self.features == 1:
+            return self._sample_one_feature(noise, context)
         batch, count = noise.shape[:2]
         repeated = context.unsqueeze(1).expand(batch, count, context.shape[-1]).reshape(batch * count, -1)
         samples, _ = self.flow._transform.inverse(noise.reshape(batch * count, -1), context=repeated)
         return samples.reshape(batch, count, -1)
+
+    def _sample_one_feature(self, noise: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        # same maps as flow._transform.inverse, with each network's output computed per context
+        # row and shared by that row's S draws (for k = 1 a masked network ignores its input)
+        batch, count = noise.shape[:2]
+        values = noise.reshape(batch * count, 1)
+        for transform in reversed(list(self.flow._transform._transforms)):
+            if isinstance(transform, ConditionalAffine):
+                shift, log_scale = transform.shift_log_scale(context)
+                values = (values.reshape(batch, count, 1) * log_scale.exp().unsqueeze(1) + shift.unsqueeze(1))
+                values = values.reshape(batch * count, 1)
+            elif isinstance(transform, InverseTransform) and hasattr(transform._transform, "autoregressive_net"):
+                inner = transform._transform
+                params = inner.autoregressive_net(context.new_zeros((batch, 1)), context)
+                params = params.repeat_interleave(count, dim=0)  # a copy: nflows edits its params in place
+                values, _ = inner._elementwise_forward(values, params)
+            else:
+                values, _ = transform.inverse(values)
+        return values.reshape(batch, count, 1)
 
     def sample_and_log_prob_from_noise(self, noise: torch.Tensor):
         """Unconditional samples ``(S, k)`` and their log densities ``(S,)`` from base noise ``(S, k)``."""
@@ -61,40 +121,58 @@ class ConditionalFlow(nn.Module):
 
 
 def conditional_spline_flow(features: int, context_features: int, hidden: int = 32, layers: int = 2,
-                            bins: int = 8, tail_bound: float = 4.0, scale: float = 1.5) -> ConditionalFlow:
+                            bins: int = 8, tail_bound: float = 4.0, scale: float = 1.5,
+                            affine: str = "linear") -> ConditionalFlow:
     """:math:`q_\\phi(y \\mid x)` over ``y (k,)`` given ``x (c,)``.
 
     Noise-to-sample: ``layers`` rational-quadratic spline layers on ``[-tail_bound, tail_bound]``
-    (linear tails; shape, e.g. several modes), alternating feature order, then a conditional
-    affine layer (location and contraction), then a fixed dilation by ``scale`` (the nflows
-    affine layer can only contract, so the fixed dilation sets the widest reachable law).
+    (linear tails; shape, e.g. several modes), alternating feature order, then a
+    :class:`ConditionalAffine` layer (location and spread, affine in ``x`` plus an MLP). Every
+    layer starts as the identity, so the flow starts as ``N(0, scale^2)`` at every ``x`` and a
+    Gaussian law with affine moments is representable from the first step.
+
+    ``affine="made"`` is the first session's structure, kept for the bimodal tilted-well runs whose
+    figures were tuned on it: an nflows masked (MADE) affine layer followed by a fixed dilation by
+    ``scale``, spline knot slopes starting at ``softplus(0)`` (a slightly wiggly start).
     """
     features = check_int("features", features, minimum=1)
     context_features = check_int("context_features", context_features, minimum=1)
     check_int("layers", layers, minimum=1)
     scale = check_positive("scale", scale)
     # written in the data-to-noise order nflows expects; sampling runs it backwards
-    transforms = [PointwiseAffineTransform(shift=0.0, scale=1.0 / scale),
-                  InverseTransform(MaskedAffineAutoregressiveTransform(features, hidden, context_features=context_features))]
+    affine = check_choice("affine", affine, ("linear", "made"))
+    if affine == "linear":
+        transforms = [ConditionalAffine(features, context_features, hidden, scale)]
+    else:
+        transforms = [PointwiseAffineTransform(shift=0.0, scale=1.0 / scale),
+                      InverseTransform(MaskedAffineAutoregressiveTransform(features, hidden,
+                                                                           context_features=context_features))]
     for index in range(layers):
         if index and features > 1:
             transforms.append(ReversePermutation(features))
         transforms.append(InverseTransform(MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
             features, hidden, context_features=context_features, num_bins=bins, tails="linear",
             tail_bound=float(tail_bound))))
-    _start_near_identity(transforms)
+    _start_near_identity(transforms, unit_slopes=affine == "linear")
     return ConditionalFlow(Flow(CompositeTransform(transforms), StandardNormal([features])), features)
 
 
-def _start_near_identity(transforms) -> None:
+def _start_near_identity(transforms, unit_slopes: bool = True) -> None:
     # zero output layers: every x starts from the same centred law, so no x begins far from its
-    # fast law (an offset start drives the stationarity penalty towards a collapsed, saturated flow)
+    # fast law (an offset start drives the stationarity penalty towards a collapsed, saturated flow);
+    # spline knot slopes start at exactly 1, which makes each spline layer the identity
     for transform in transforms:
         inner = getattr(transform, "_transform", transform)
         network = getattr(inner, "autoregressive_net", None)
-        if network is not None:
-            nn.init.zeros_(network.final_layer.weight)
-            nn.init.zeros_(network.final_layer.bias)
+        if network is None:
+            continue
+        nn.init.zeros_(network.final_layer.weight)
+        nn.init.zeros_(network.final_layer.bias)
+        bins = getattr(inner, "num_bins", None)
+        if unit_slopes and bins is not None and getattr(inner, "tails", None) == "linear":
+            unit_slope = math.log(math.expm1(1 - inner.min_derivative))
+            with torch.no_grad():
+                network.final_layer.bias.view(network.final_layer.bias.numel() // (3 * bins - 1), -1)[:, 2 * bins:] = unit_slope
 
 
 class ConditionalGaussian(nn.Module):

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ._validation import check_int, check_positive, check_tensor
-from .averaging import FlowAveragedDrift, em_negative_log_likelihood
+from .averaging import FlowAveragedDrift, PathStatistics, em_negative_log_likelihood
 from .flows import posterior_flow
 
 __all__ = ["VariationalAveragedDrift"]
@@ -116,12 +116,24 @@ class VariationalAveragedDrift(nn.Module):
             return (-0.5 * (value / std) ** 2 - math.log(std) - 0.5 * math.log(2 * math.pi)).sum(-1)
         return gaussian(theta, self.prior_theta_std) + gaussian(log_sigma, self.prior_log_sigma_std)
 
-    def negative_elbo(self, x: torch.Tensor, dx: torch.Tensor, dt: torch.Tensor, n_transitions: int) -> torch.Tensor:
-        """:math:`-\\mathrm{ELBO}/n` on a minibatch ``x, dx (B, d)``, ``dt (B,)`` of ``n_transitions`` (scalar)."""
+    def negative_elbo(self, x: torch.Tensor, dx: torch.Tensor, dt: torch.Tensor, n_transitions: int,
+                      statistics: Optional[PathStatistics] = None) -> torch.Tensor:
+        """:math:`-\\mathrm{ELBO}/n` on a minibatch ``x, dx (B, d)``, ``dt (B,)`` of ``n_transitions`` (scalar).
+
+        The log-likelihood term is the full path's: the mean per transition times ``n_transitions``
+        (an unbiased estimate from the minibatch, or exact from ``statistics``, the
+        :class:`~torchmf.averaging.PathStatistics` of the whole path, when given; then ``x, dx, dt``
+        are not used and ``n_transitions`` is the statistics' count).
+        """
         theta, log_sigma, log_q = self.sample_parameters(self.n_parameter_samples)
-        drift_a, drift_b = self.model.drift_pair(x, theta)  # (T, B, d), samples of y shared across theta
-        nll = em_negative_log_likelihood(dx, dt, drift_a, drift_b, log_sigma.exp().unsqueeze(1))  # (T, B)
-        log_likelihood = -nll.mean(-1) * n_transitions
+        if statistics is not None:
+            drift_a, drift_b = self.model.drift_pair(statistics.nodes.to(theta), theta)  # (T, G, 1)
+            nll = statistics.mean_nll(drift_a, drift_b, log_sigma.exp())  # (T,)
+            n_transitions = statistics.count
+        else:
+            drift_a, drift_b = self.model.drift_pair(x, theta)  # (T, B, d), samples of y shared across theta
+            nll = em_negative_log_likelihood(dx, dt, drift_a, drift_b, log_sigma.exp().unsqueeze(1)).mean(-1)  # (T,)
+        log_likelihood = -nll * n_transitions
         elbo = (log_likelihood + self.log_prior(theta, log_sigma) - log_q).mean()
         return -elbo / n_transitions
 

@@ -7,6 +7,17 @@
 Batches are ``(x (B, d), dx (B, d), dt (B,))`` transitions of one observed slow path. Both
 modules log ``train_loss``, ``val_nll`` and, where the system's averaged drift is cheap,
 ``val_drift_error`` (relative L2 on the 5-95% quantile range).
+
+``likelihood``: ``"path"`` -- every step uses the Euler-Maruyama likelihood of the *whole* training
+path through its sufficient statistics on an interpolation grid
+(:class:`~torchmf.averaging.PathStatistics`, one slow dimension; the batch only paces the
+steps), ``"minibatch"`` -- an unbiased minibatch estimate (any dimension), ``"auto"`` -- ``path``
+when ``d = 1``. Why: one observed transition carries about ``dt / sigma^2`` of information, so a
+minibatch gradient is mostly noise and Adam random-walks along the poorly determined
+directions of ``theta``; the full-path gradient is exact and costs ``n_nodes`` drift evaluations.
+
+No host synchronisation in ``training_step``: the finiteness of the loss is checked (and a
+NaN/inf reported as an error) every ``log_every_n_steps`` steps, after the step.
 """
 from __future__ import annotations
 
@@ -15,12 +26,14 @@ from typing import List, Optional
 import torch
 from lightning.pytorch import LightningModule
 
-from torchmf.averaging import FlowAveragedDrift, NeuralDrift, drift_error
+from torchmf._validation import check_choice
+from torchmf.averaging import FlowAveragedDrift, NeuralDrift, PathStatistics, drift_error
 from torchmf.variational import VariationalAveragedDrift
 
 __all__ = ["AveragedDynamicsModule", "VariationalAveragedDynamicsModule"]
 
 _CLASS_KEY = "torchmf_module_class"
+LIKELIHOODS = ("auto", "path", "minibatch")
 
 
 class _AveragedBase(LightningModule):
@@ -39,16 +52,35 @@ class _AveragedBase(LightningModule):
         progress = self.global_step / (float(self.hparams.get("anneal_fraction", 0.5)) * total)
         inner.penalty_temperature = 1.0 + (start - 1.0) * max(0.0, 1.0 - progress)
 
+    path_statistics = None
+
+    def _path_nll(self, x, dx, dt):
+        """Mean EM negative log-likelihood per transition: whole path (statistics) or minibatch."""
+        statistics = self.path_statistics
+        if statistics is None:
+            return self.model.path_nll(x, dx, dt)
+        nodes = statistics.nodes.to(self.model.data_range)
+        drift_a, drift_b = self.model.drift_pair(nodes)
+        return statistics.mean_nll(drift_a, drift_b, self.model.sigma)
+
     def training_step(self, batch, batch_index):
         x, dx, dt = batch
         self._anneal()
         loss, parts = self._loss(x, dx, dt)
-        if not bool(torch.isfinite(loss)):  # report, never train on NaN/inf
-            raise ValueError(f"loss: became {float(loss)} at step {self.global_step} ({ {k: float(v) for k, v in parts.items()} })")
+        self._last_parts = parts
         self.log("train_loss", loss, prog_bar=True)
         for name, value in parts.items():
             self.log(f"train_{name}", value)
         return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_index):
+        # report, never keep training on NaN/inf; checked at the logging cadence to avoid a
+        # device-to-host synchronisation every step
+        interval = max(1, int(getattr(self.trainer, "log_every_n_steps", 1) or 1))
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and self.global_step % interval == 0 and not bool(torch.isfinite(loss)):
+            parts = {name: float(value) for name, value in getattr(self, "_last_parts", {}).items()}
+            raise ValueError(f"loss: became {float(loss)} at step {self.global_step} ({parts})")
 
     def validation_step(self, batch, batch_index):
         x, dx, dt = batch
@@ -76,6 +108,17 @@ class _AveragedBase(LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "train_states", None) is not None:
             self.model.set_data_range(datamodule.train_states.to(self.device))
+        kind = self.hparams.get("likelihood", "auto")
+        train_set = getattr(datamodule, "train_set", None)
+        use_path = kind == "path" or (kind == "auto" and self.model.dim == 1)
+        if use_path and train_set is not None and self.model.dim == 1:
+            x, dx, dt = train_set.tensors
+            statistics = PathStatistics(x, dx, dt, self.hparams.get("path_nodes", 256)).to(self.device)
+            # not a registered submodule: data, not model state (kept out of checkpoints and state dicts)
+            object.__setattr__(self, "path_statistics", statistics)
+        elif kind == "path":
+            raise ValueError("likelihood: 'path' needs one slow dimension and a SlowPathDataModule, "
+                             f"but got d = {self.model.dim}")
 
     def _slow_parameters(self):
         """The slow-model parameters (theta, sigma, or the posterior flow over them)."""
@@ -124,17 +167,22 @@ class AveragedDynamicsModule(_AveragedBase):
     ``anneal_temperature`` (> 1: the penalty starts with ``tau^2`` times this, decreasing linearly
     to the model's ``tau`` at ``anneal_fraction`` of the steps; helps multimodal fast laws);
     ``slow_learning_rate_factor`` (theta and sigma, or the posterior flow, learn this many times faster);
-    the other arguments build :class:`~torchmf.averaging.FlowAveragedDrift` (or
-    :class:`~torchmf.averaging.NeuralDrift`, which has no penalty).
+    ``likelihood`` (``auto``, ``path``, ``minibatch``; see the module docstring) and ``path_nodes``
+    (interpolation nodes of the path statistics); the other arguments build
+    :class:`~torchmf.averaging.FlowAveragedDrift` (``test_degree``, ``normalize_penalty``: its
+    stationarity penalty) or :class:`~torchmf.averaging.NeuralDrift`, which has no penalty.
     """
 
     def __init__(self, system: str = "fastslow_cubic", system_params: Optional[dict] = None, density: str = "flow",
                  hidden: int = 32, layers: int = 1, bins: int = 8, tail_bound: float = 4.0, scale: float = 1.5,
                  n_samples: int = 32, theta_init: Optional[List[float]] = None, sigma_init: float = 1.0,
                  n_fourier: int = 16, test_length: float = 1.0, seed: int = 0, penalty_weight: float = 10.0,
-                 penalty_points: int = 64, learning_rate: float = 1e-2, anneal_temperature: float = 1.0,
-                 anneal_fraction: float = 0.5, test_kind: str = "fourier", slow_learning_rate_factor: float = 5.0):
+                 penalty_points: int = 128, learning_rate: float = 5e-3, anneal_temperature: float = 1.0,
+                 anneal_fraction: float = 0.5, test_kind: str = "fourier", slow_learning_rate_factor: float = 20.0,
+                 test_degree: int = 3, normalize_penalty: bool = True, likelihood: str = "auto", path_nodes: int = 256,
+                 flow_affine: str = "linear"):
         super().__init__()
+        check_choice("likelihood", likelihood, LIKELIHOODS)
         self.save_hyperparameters()
         if density == "neural":
             from torchmf.averaging import fast_system
@@ -143,10 +191,11 @@ class AveragedDynamicsModule(_AveragedBase):
             self.model.system = fast_system(system, system_params)
         else:
             self.model = FlowAveragedDrift(system, system_params, density, hidden, layers, bins, tail_bound, scale,
-                                           n_samples, theta_init, sigma_init, n_fourier, test_length, seed, test_kind)
+                                           n_samples, theta_init, sigma_init, n_fourier, test_length, seed, test_kind,
+                                           test_degree, normalize_penalty, flow_affine)
 
     def _loss(self, x, dx, dt):
-        nll = self.model.path_nll(x, dx, dt)
+        nll = self._path_nll(x, dx, dt)
         if not isinstance(self.model, FlowAveragedDrift) or self.hparams.penalty_weight == 0:
             return nll, {"nll": nll}
         penalty = self.model.stationarity_penalty(self.model.penalty_points(self.hparams.penalty_points))
@@ -166,19 +215,23 @@ class VariationalAveragedDynamicsModule(_AveragedBase):
                  prior_log_sigma_std: float = 2.0, posterior_hidden: int = 16, posterior_layers: int = 2,
                  posterior_init_std: float = 0.1, n_parameter_samples: int = 8, penalty_weight: float = 10.0,
                  penalty_points: int = 64, learning_rate: float = 1e-2, anneal_temperature: float = 1.0,
-                 anneal_fraction: float = 0.5, test_kind: str = "fourier", slow_learning_rate_factor: float = 5.0):
+                 anneal_fraction: float = 0.5, test_kind: str = "fourier", slow_learning_rate_factor: float = 5.0,
+                 test_degree: int = 3, normalize_penalty: bool = True, likelihood: str = "auto", path_nodes: int = 256,
+                 flow_affine: str = "linear"):
         super().__init__()
+        check_choice("likelihood", likelihood, LIKELIHOODS)
         self.save_hyperparameters()
         self.model = VariationalAveragedDrift(
             prior_theta_std, prior_log_sigma_std, posterior_hidden, posterior_layers, posterior_init_std,
             n_parameter_samples, system=system, system_params=system_params, hidden=hidden, layers=layers, bins=bins,
             tail_bound=tail_bound, scale=scale, n_samples=n_samples, theta_init=theta_init, sigma_init=sigma_init,
-            n_fourier=n_fourier, test_length=test_length, seed=seed, test_kind=test_kind)
+            n_fourier=n_fourier, test_length=test_length, seed=seed, test_kind=test_kind, test_degree=test_degree,
+            normalize_penalty=normalize_penalty, flow_affine=flow_affine)
 
     def _loss(self, x, dx, dt):
         datamodule = getattr(self.trainer, "datamodule", None)
         n_transitions = getattr(datamodule, "n_train_transitions", None) or x.shape[0]
-        negative_elbo = self.model.negative_elbo(x, dx, dt, n_transitions)
+        negative_elbo = self.model.negative_elbo(x, dx, dt, n_transitions, self.path_statistics)
         if self.hparams.penalty_weight == 0:  # fast-law flow held fixed (e.g. fitted once beforehand)
             return negative_elbo, {"negative_elbo": negative_elbo}
         penalty = self.model.stationarity_penalty(self.model.penalty_points(self.hparams.penalty_points))
