@@ -24,6 +24,7 @@ def train(args) -> dict:
     from trainers.averaged import VariationalAveragedDynamicsModule, fit_quietly
     from trainers.slow_path_data import SlowPathDataModule
 
+    torch.set_num_threads(1)  # small models: extra threads only contend on a shared CPU
     config = dict(CONFIG)
     if getattr(args, "quick", False):
         config.update(recipe="datasets/fastslow_cubic_small.yaml", max_steps=100)

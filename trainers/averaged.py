@@ -42,6 +42,15 @@ class _AveragedBase(LightningModule):
     def _loss(self, x, dx, dt):
         raise NotImplementedError
 
+    def _penalty_only(self) -> bool:
+        """True during the first ``penalty_warmup`` fraction of the steps: the fast-law flow learns the
+        stationarity condition alone (it does not depend on the data) before the likelihood can pull
+        it, with theta, into a mirrored basin (b < 0 with a reflected law, seen on the tilted well)."""
+        fraction = float(self.hparams.get("penalty_warmup", 0.0))
+        if fraction <= 0 or self.trainer is None:
+            return False
+        return self.global_step < fraction * max(1, int(self.trainer.estimated_stepping_batches))
+
     def _anneal(self):
         """Penalty temperature: ``anneal_temperature`` at step 0, linearly down to 1 at ``anneal_fraction`` of training."""
         start = float(self.hparams.get("anneal_temperature", 1.0))
@@ -167,6 +176,7 @@ class AveragedDynamicsModule(_AveragedBase):
     ``anneal_temperature`` (> 1: the penalty starts with ``tau^2`` times this, decreasing linearly
     to the model's ``tau`` at ``anneal_fraction`` of the steps; helps multimodal fast laws);
     ``slow_learning_rate_factor`` (theta and sigma, or the posterior flow, learn this many times faster);
+    ``penalty_warmup`` (fraction of the steps trained on the penalty alone, see :meth:`_penalty_only`);
     ``likelihood`` (``auto``, ``path``, ``minibatch``; see the module docstring) and ``path_nodes``
     (interpolation nodes of the path statistics); the other arguments build
     :class:`~torchmf.averaging.FlowAveragedDrift` (``test_degree``, ``normalize_penalty``: its
@@ -180,7 +190,7 @@ class AveragedDynamicsModule(_AveragedBase):
                  penalty_points: int = 128, learning_rate: float = 5e-3, anneal_temperature: float = 1.0,
                  anneal_fraction: float = 0.5, test_kind: str = "fourier", slow_learning_rate_factor: float = 20.0,
                  test_degree: int = 3, normalize_penalty: bool = True, likelihood: str = "auto", path_nodes: int = 256,
-                 flow_affine: str = "linear"):
+                 flow_affine: str = "linear", penalty_warmup: float = 0.0):
         super().__init__()
         check_choice("likelihood", likelihood, LIKELIHOODS)
         self.save_hyperparameters()
@@ -195,10 +205,13 @@ class AveragedDynamicsModule(_AveragedBase):
                                            test_degree, normalize_penalty, flow_affine)
 
     def _loss(self, x, dx, dt):
-        nll = self._path_nll(x, dx, dt)
         if not isinstance(self.model, FlowAveragedDrift) or self.hparams.penalty_weight == 0:
+            nll = self._path_nll(x, dx, dt)
             return nll, {"nll": nll}
         penalty = self.model.stationarity_penalty(self.model.penalty_points(self.hparams.penalty_points))
+        nll = self._path_nll(x, dx, dt)
+        if self._penalty_only():  # 0 * nll keeps every parameter in the graph (DDP expects gradients for all)
+            return self.hparams.penalty_weight * penalty + 0.0 * nll, {"penalty": penalty}
         return nll + self.hparams.penalty_weight * penalty, {"nll": nll, "penalty": penalty}
 
 
@@ -217,7 +230,7 @@ class VariationalAveragedDynamicsModule(_AveragedBase):
                  penalty_points: int = 64, learning_rate: float = 1e-2, anneal_temperature: float = 1.0,
                  anneal_fraction: float = 0.5, test_kind: str = "fourier", slow_learning_rate_factor: float = 5.0,
                  test_degree: int = 3, normalize_penalty: bool = True, likelihood: str = "auto", path_nodes: int = 256,
-                 flow_affine: str = "linear"):
+                 flow_affine: str = "linear", penalty_warmup: float = 0.0):
         super().__init__()
         check_choice("likelihood", likelihood, LIKELIHOODS)
         self.save_hyperparameters()
@@ -235,6 +248,8 @@ class VariationalAveragedDynamicsModule(_AveragedBase):
         if self.hparams.penalty_weight == 0:  # fast-law flow held fixed (e.g. fitted once beforehand)
             return negative_elbo, {"negative_elbo": negative_elbo}
         penalty = self.model.stationarity_penalty(self.model.penalty_points(self.hparams.penalty_points))
+        if self._penalty_only():
+            return self.hparams.penalty_weight * penalty + 0.0 * negative_elbo, {"penalty": penalty}
         return negative_elbo + self.hparams.penalty_weight * penalty, {"negative_elbo": negative_elbo, "penalty": penalty}
 
 
