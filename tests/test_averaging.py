@@ -7,7 +7,7 @@ import torch
 
 from torchmf import systems
 from torchmf.averaging import TestFunctions as PsiFamily
-from torchmf.averaging import (FlowAveragedDrift, NeuralDrift, em_negative_log_likelihood,
+from torchmf.averaging import (FlowAveragedDrift, NeuralDrift, PathStatistics, em_negative_log_likelihood,
                                generator_applied, path_transitions, simulate_reduced)
 from torchmf.variational import VariationalAveragedDrift
 
@@ -205,6 +205,19 @@ def test_bad_inputs_name_the_argument():
         systems.get("fastslow_cubic", eps=-1.0)
     with pytest.raises(ValueError, match="n_particles"):
         systems.get("fastslow_cubic").simulate(n_particles=2, t_end=0.1, progress=False)
+    with pytest.raises(ValueError, match="x"):
+        PathStatistics(torch.zeros(5, 2), torch.zeros(5, 2), torch.full((5,), 0.1))
+    with pytest.raises(ValueError, match="dt"):
+        PathStatistics(torch.zeros(5, 1), torch.zeros(5, 1), torch.tensor([0.1, 0.1, 0.0, 0.1, 0.1]))
+    with pytest.raises(ValueError, match="n_nodes"):
+        PathStatistics(torch.zeros(5, 1), torch.zeros(5, 1), torch.full((5,), 0.1), n_nodes=1)
+    with pytest.raises(ValueError, match="affine"):
+        FlowAveragedDrift(flow_affine="spline")
+    with pytest.raises(ValueError, match="degree"):
+        PsiFamily(1, degree=0)
+    from trainers.averaged import AveragedDynamicsModule
+    with pytest.raises(ValueError, match="likelihood"):
+        AveragedDynamicsModule(likelihood="batch")
 
 
 def test_lorenz96_model_losses_are_finite_and_differentiable():
@@ -215,3 +228,59 @@ def test_lorenz96_model_losses_are_finite_and_differentiable():
     loss.backward()
     assert torch.isfinite(loss) and model.theta.grad is not None and torch.isfinite(model.theta.grad).all()
     assert model.sample_fast(x, 3).shape == (8, 3, 16)
+
+
+# -- whole-path likelihood, flow structure, penalty weights ----------------------------------------------------
+def test_path_statistics_equal_the_transition_sum_for_a_piecewise_linear_drift():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 1, generator=generator, dtype=torch.float64)
+    dx = 0.1 * torch.randn(400, 1, generator=generator, dtype=torch.float64)
+    dt = 0.01 + 0.01 * torch.rand(400, generator=generator, dtype=torch.float64)
+    statistics = PathStatistics(x, dx, dt, n_nodes=17)
+    nodes = statistics.nodes[:, 0]
+    first, second = torch.randn(2, 17, 1, generator=generator, dtype=torch.float64)
+    sigma = torch.tensor([0.7], dtype=torch.float64)
+
+    def interpolate(values):  # F linear between nodes, evaluated at every observed state
+        index = torch.searchsorted(nodes, x[:, 0].contiguous(), right=True).clamp(1, 16) - 1
+        weight = (x[:, 0] - nodes[index]) / (nodes[index + 1] - nodes[index])
+        return ((1 - weight) * values[index, 0] + weight * values[index + 1, 0]).unsqueeze(-1)
+
+    direct = em_negative_log_likelihood(dx, dt, interpolate(first), interpolate(second), sigma).mean()
+    assert float(statistics.mean_nll(first, second, sigma)) == pytest.approx(float(direct), rel=1e-10)
+    batched = statistics.mean_nll(torch.stack((first, second)), torch.stack((second, first)), sigma.expand(2, 1))
+    assert batched.shape == (2,) and torch.allclose(batched[0], batched[1])
+
+
+def test_flow_starts_as_a_centred_gaussian_and_per_context_sampling_matches_nflows():
+    from torchmf.flows import conditional_spline_flow
+
+    flow = conditional_spline_flow(1, 1, hidden=8, layers=2, scale=1.5)
+    noise, context = torch.randn(4, 6, 1), torch.randn(4, 1)
+    assert torch.allclose(flow.sample_from_noise(noise, context), 1.5 * noise, atol=1e-5)  # identity start
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    fast = flow.sample_from_noise(noise, context)
+    repeated = context.unsqueeze(1).expand(4, 6, 1).reshape(24, 1)
+    reference, _ = flow.flow._transform.inverse(noise.reshape(24, 1), context=repeated)
+    assert torch.allclose(fast.reshape(24, 1), reference, atol=1e-5)
+    made = conditional_spline_flow(1, 1, hidden=8, layers=1, affine="made")
+    assert made.sample_from_noise(noise, context).shape == (4, 6, 1)
+
+
+def test_normalised_penalty_weighs_each_moment_by_its_spread():
+    torch.manual_seed(0)
+    plain = FlowAveragedDrift("fastslow_cubic", n_samples=64, normalize_penalty=False)
+    weighted = FlowAveragedDrift("fastslow_cubic", n_samples=64)
+    weighted.load_state_dict(plain.state_dict())
+    x = torch.linspace(-1.5, 1.5, 16).unsqueeze(-1)
+    torch.manual_seed(1)
+    raw = plain.stationarity_penalty(x)
+    torch.manual_seed(1)
+    applied = weighted._applied_test_functions(x)
+    first, second = applied.chunk(2, dim=1)
+    expected = (first.mean(1) * second.mean(1) / (applied.var(1).mean(0) + 1e-6)).sum(-1).mean()
+    torch.manual_seed(1)
+    assert float(weighted.stationarity_penalty(x)) == pytest.approx(float(expected), rel=1e-5)
+    assert float(raw) != pytest.approx(float(expected), rel=1e-2)  # the weights change it

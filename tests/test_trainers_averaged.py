@@ -216,3 +216,30 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path, slow_path):
     drift_two = (theta_two[0] - 1.5 * theta_two[1]) * grid - theta_two[1] * grid**3
     assert float((drift_one - drift_two).norm() / drift_one.norm()) < 0.15
     assert torch.allclose(sigma_one, sigma_two, rtol=0.03)
+
+
+def test_auto_likelihood_uses_the_whole_path_for_one_slow_dimension(slow_path):
+    from trainers.averaged import AveragedDynamicsModule, fit_quietly
+    from trainers.slow_path_data import SlowPathDataModule
+
+    torch.set_num_threads(1)
+    fitted = {}
+    for kind in ("auto", "minibatch"):
+        data = SlowPathDataModule(path=str(slow_path), batch_size=64, progress=False)
+        module = AveragedDynamicsModule(n_samples=8, penalty_points=8, likelihood=kind, penalty_warmup=0.5)
+        fit_quietly(module, data, 4)
+        fitted[kind] = module
+    statistics = fitted["auto"].path_statistics
+    assert statistics is not None and statistics.count == fitted["auto"].trainer.datamodule.n_train_transitions
+    assert fitted["minibatch"].path_statistics is None
+    # the whole-path term equals the mean EM likelihood of every training transition (F linear between nodes)
+    x, dx, dt = fitted["auto"].trainer.datamodule.train_set.tensors
+    model = fitted["auto"].model
+    with torch.no_grad():
+        constant = torch.full((statistics.nodes.shape[0], 1), 0.3)
+        from torchmf.averaging import em_negative_log_likelihood
+        direct = em_negative_log_likelihood(dx.double(), dt.double(), torch.full_like(dx, 0.3).double(),
+                                            torch.full_like(dx, 0.3).double(), model.sigma.double()).mean()
+        assert float(statistics.mean_nll(constant.double(), constant.double(), model.sigma.double())) == \
+            pytest.approx(float(direct), rel=1e-9)
+    assert not any("nodes" in key for key in fitted["auto"].state_dict())
