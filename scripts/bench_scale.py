@@ -104,28 +104,12 @@ def sharded_checks(report: Report, n: int, grid_size: int) -> None:
                  f"== {expected_bytes} (G^d x 4 bytes)", measured == expected_bytes)
 
 
-def affine_gaussian_case(n: int, device, generator_seed: int = 0):
-    """x ~ N(0, I_2) and y = the shuffled image of x under T(x) = b + S x with S symmetric positive definite.
-
-    T is the gradient of a convex function, so it is the optimal map between the two empirical
-    measures themselves: the exact map is the affine map, with no sampling error between them
-    (independent samples of N(b, S^2) would add an O(N^{-1/2 d}) discrepancy of several percent).
-    """
-    generator = torch.Generator(device="cpu").manual_seed(generator_seed)
-    x = torch.randn(n, 2, generator=generator, dtype=torch.float64)
-    stretch = torch.tensor([[1.5, 0.4], [0.4, 0.8]], dtype=torch.float64)
-    shift = torch.tensor([2.0, -1.0], dtype=torch.float64)
-    exact = shift + x @ stretch.T
-    y = exact[torch.randperm(n, generator=generator)]
-    return x.float().to(device), y.float().to(device), exact.float().to(device)
-
-
 def sinkhorn_check(report: Report, n: int, device, seconds_target: float, label: str,
                    method: str = "sinkhorn-online") -> float:
     """Time ``transport_map(x, y, method)`` on the affine case; check time and the 2% error. Returns seconds."""
-    from torchmf.transport import TransportSolver, resolve_method
+    from torchmf.transport import TransportSolver, affine_gaussian_case, resolve_method
 
-    x, y, exact = affine_gaussian_case(n, device)
+    x, y, exact = affine_gaussian_case(n, device=device)
     TransportSolver(method)(x[:256], y[:256])  # warm-up (kernels, allocator)
     _synchronize(device)
     solver = TransportSolver(method)

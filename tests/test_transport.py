@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from torchmf.transport import (METHODS, TransportSolver, barycentric_map, resolve_method, sinkhorn_potentials,
-                               tile_rows, transport_map)
+from torchmf.transport import (METHODS, TransportSolver, affine_gaussian_case, barycentric_map, resolve_method,
+                               sinkhorn_potentials, tile_rows, transport_map)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -223,17 +223,8 @@ def test_debiased_map_is_geomloss_debiased_gradient():
     assert relative(raw, reference) > 0.03
 
 
-def affine_case(n, seed=0):
-    """Target = shuffled image of x under a symmetric positive definite affine map (exactly optimal)."""
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 2, generator=generator, dtype=torch.float64)
-    exact = torch.tensor([2.0, -1.0], dtype=torch.float64) + x @ torch.tensor([[1.5, 0.4], [0.4, 0.8]],
-                                                                              dtype=torch.float64)
-    return x.float(), exact[torch.randperm(n, generator=generator)].float(), exact.float()
-
-
 def test_online_map_of_the_affine_gaussian_case_within_two_percent():
-    x, y, exact = affine_case(1500)
+    x, y, exact = affine_gaussian_case(1500)
     mapped = transport_map(x, y, "sinkhorn-online")
     assert mapped.dtype == torch.float32
     assert relative(mapped - x, exact - x) < 0.02  # measured 0.5%
@@ -242,7 +233,7 @@ def test_online_map_of_the_affine_gaussian_case_within_two_percent():
 
 
 def test_online_budget_too_small_is_a_clear_error():
-    x, y, _ = affine_case(200)
+    x, y, _ = affine_gaussian_case(200)
     with pytest.raises(ValueError, match=r"^memory_budget: one row tile .* needs 1,600 bytes .* budget .* is 1,000 bytes"):
         transport_map(x, y, "sinkhorn-online", memory_budget=1000)
     with pytest.raises(ValueError, match=r"^tile_entries: one row tile needs 200 entries"):

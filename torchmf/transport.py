@@ -59,7 +59,7 @@ import torch
 from ._validation import check_choice, check_int, check_points, check_positive, check_tensor
 
 __all__ = ["transport_map", "TransportSolver", "METHODS", "default_blur", "sinkhorn_potentials", "barycentric_map",
-           "SinkhornPotentials", "tile_rows", "free_memory", "resolve_method"]
+           "SinkhornPotentials", "tile_rows", "free_memory", "resolve_method", "affine_gaussian_case"]
 
 METHODS = ("auto", "sort", "exact", "sinkhorn", "sinkhorn-geomloss", "sinkhorn-keops", "sinkhorn-online",
            "sinkhorn-dense", "sinkhorn-multiscale")
@@ -105,6 +105,24 @@ def transport_map(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: 
     solver = TransportSolver(method, blur=blur, scaling=scaling, debias=debias, tile_entries=tile_entries,
                              memory_budget=memory_budget)
     return solver(x, y, warm_start=False)
+
+
+def affine_gaussian_case(n: int, seed: int = 0, device=None, dtype: torch.dtype = torch.float32):
+    """A 2-D case whose exact discrete map is known: ``(x, y, exact)``, each ``(n, 2)``.
+
+    ``x ~ N(0, I_2)`` and ``y`` is the shuffled image of ``x`` under :math:`T(x) = b + S x` with
+    :math:`S` symmetric positive definite. :math:`T` is the gradient of a convex function, so it is
+    the optimal map between the two empirical measures themselves and ``exact = T(x)`` row by row
+    (independent samples of :math:`N(b, S^2)` would add a sampling discrepancy of several percent).
+    Drawn in float64 on the CPU from ``seed``, then cast to ``dtype`` and moved to ``device``.
+    """
+    n = check_int("n", n, minimum=1)
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    stretch = torch.tensor([[1.5, 0.4], [0.4, 0.8]], dtype=torch.float64)
+    exact = torch.tensor([2.0, -1.0], dtype=torch.float64) + x @ stretch
+    y = exact[torch.randperm(n, generator=generator)]
+    return tuple(tensor.to(device=device, dtype=dtype) for tensor in (x, y, exact))
 
 
 def default_blur(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -42,21 +42,12 @@ def _periodic_force(sharded):
     return InteractionForce(kernel, "grid", grid=Grid(0, 4, 128, periodic=True, dim=2), sharded=sharded)
 
 
-def _affine_case(n):
-    """x ~ N(0, I_2); y = shuffled image of x under a symmetric positive definite affine map (exactly optimal)."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(n, 2, generator=generator, dtype=torch.float64)
-    exact = torch.tensor([2.0, -1.0], dtype=torch.float64) + x @ torch.tensor([[1.5, 0.4], [0.4, 0.8]],
-                                                                              dtype=torch.float64)
-    return x.float(), exact[torch.randperm(n, generator=generator)].float(), exact.float()
-
-
 def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
     import torch.multiprocessing as mp
     from geomloss import SamplesLoss
 
     from ..plots import scatter_panels
-    from ..transport import TransportSolver, resolve_method, sinkhorn_potentials, tile_rows
+    from ..transport import TransportSolver, affine_gaussian_case, resolve_method, sinkhorn_potentials, tile_rows
 
     figures, metrics, text = [], {}, []
     # 1. the online solver against geomloss' tensorized one (float64, debiased potentials)
@@ -72,7 +63,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
 
     # 2. the 2-D affine case: the exact map is known
     n = 1000 if quick else 2000
-    x, y, exact = _affine_case(n)
+    x, y, exact = affine_gaussian_case(n)
     for method in ("sinkhorn-online", "sinkhorn"):
         solver = TransportSolver(method)
         start = time.perf_counter()
