@@ -284,3 +284,56 @@ def test_normalised_penalty_weighs_each_moment_by_its_spread():
     torch.manual_seed(1)
     assert float(weighted.stationarity_penalty(x)) == pytest.approx(float(expected), rel=1e-5)
     assert float(raw) != pytest.approx(float(expected), rel=1e-2)  # the weights change it
+
+
+# -- the fast law fitted by reverse KL to the known fast log-density ------------------------------------------
+@pytest.mark.parametrize("name", ["fastslow_cubic", "fastslow_tilted_well"])
+def test_fast_log_density_is_the_invariant_law_up_to_a_constant(name):
+    system = systems.get(name)
+    x = torch.tensor([[-0.7], [0.3]], dtype=torch.float64)
+    y = torch.linspace(-2.0, 2.0, 41, dtype=torch.float64).reshape(1, -1, 1).expand(2, -1, -1)
+    log_density = system.fast_log_density(x.unsqueeze(1), y)  # (2, 41)
+    if name == "fastslow_cubic":  # N(x, tau^2 / 2)
+        exact = -(y[..., 0] - x) ** 2 / system.tau**2
+    else:  # quadrature density on its grid, interpolated at the grid points nearest to y
+        grid, values = system.invariant_density(x)
+        index = torch.searchsorted(grid, y[0, :, 0])
+        exact = torch.log(values[:, index]) + 0 * y[..., 0]
+        log_density = system.fast_log_density(x.unsqueeze(1), grid[index].reshape(1, -1, 1).expand(2, -1, -1))
+    difference = log_density - exact
+    assert torch.allclose(difference, difference[:, :1].expand_as(difference), atol=1e-6)
+    # the fast drift is the score: g = tau^2 / 2 * d/dy log rho_x
+    y = y.clone().requires_grad_(True)
+    (score,) = torch.autograd.grad(system.fast_log_density(x.unsqueeze(1), y).sum(), y)
+    assert torch.allclose(system.tau**2 / 2 * score, system.fast_drift(x.unsqueeze(1), y.detach()), atol=1e-9)
+
+
+def test_reverse_kl_gaussian_closure_reaches_the_cubic_fast_law():
+    from torchmf.averaging import fit_fast_law
+
+    model = FlowAveragedDrift("fastslow_cubic", density="gaussian", hidden=16, n_samples=16)
+    model.data_range.copy_(torch.tensor([[-1.0], [1.0], [-1.0], [1.0]]))
+    x = torch.tensor([[-0.6], [0.0], [0.6]])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        before = float(model.fast_law_divergence(x, 256))
+    last = fit_fast_law(model, 200, n_points=32, learning_rate=1e-2, temperature=2.0)
+    assert model.penalty_temperature == 1.0 and math.isfinite(last)
+    with torch.no_grad():
+        # the divergence drops towards -log Z (up to the normalizer); the law itself is checked below
+        assert float(model.fast_law_divergence(x, 256)) < before - 0.1
+        y = model.sample_fast(x, 20000, torch.Generator().manual_seed(0))
+    assert (y.mean(1) - x).abs().max() < 0.1  # rho_x = N(x, 1/2): the KL minimum of a Gaussian family
+    assert (y.var(1) - 0.5).abs().max() < 0.1
+
+
+def test_fast_law_fit_arguments_are_checked():
+    from torchmf.averaging import fit_fast_law
+
+    model = FlowAveragedDrift("fastslow_cubic", density="gaussian", hidden=8, n_samples=4)
+    with pytest.raises(ValueError, match="steps"):
+        fit_fast_law(model, 0)
+    with pytest.raises(ValueError, match="temperature"):
+        fit_fast_law(model, 1, temperature=-1.0)
+    with pytest.raises(ValueError, match="learning_rate"):
+        fit_fast_law(model, 1, learning_rate=0.0)

@@ -36,7 +36,8 @@ from .flows import ConditionalGaussian, conditional_spline_flow
 from .particles import Trajectories
 
 __all__ = ["FlowAveragedDrift", "NeuralDrift", "TestFunctions", "ReducedSDE", "simulate_reduced", "path_transitions",
-           "em_negative_log_likelihood", "PathStatistics", "fast_system", "drift_error", "build_pretrained"]
+           "em_negative_log_likelihood", "PathStatistics", "fast_system", "drift_error", "build_pretrained",
+           "fit_fast_law"]
 
 DENSITIES = ("flow", "gaussian")
 
@@ -370,6 +371,23 @@ class FlowAveragedDrift(_AveragedModel):
             products = products / (applied.detach().var(1).mean(0) + 1e-6)
         return products.sum(-1).mean()
 
+    def fast_law_divergence(self, x: torch.Tensor, n_samples: Optional[int] = None) -> torch.Tensor:
+        r"""Reverse Kullback-Leibler divergence :math:`E_x\,KL(q_\phi(\cdot|x)\,\|\,\rho_x^{1/T})` up to
+        each ``x``'s log normalizer (``T`` = ``penalty_temperature``), for ``x (B, d)``: a scalar.
+
+        Needs the system's unnormalized ``fast_log_density`` (known from ``g`` and ``tau``). Why
+        besides the stationarity penalty: moment conditions :math:`E_q[\mathcal L_x\psi_j] = 0`
+        are nearly met by a law sitting in one well of a double well (a metastable law is locally
+        stationary), so they barely see the weights of separated modes; the divergence does.
+        Reparameterized samples (stratified) and the density's ``log_prob``.
+        """
+        count = n_samples or self.n_samples
+        y = self.sample_fast(x, count, stratified=True)
+        batch, features = x.shape[0], self.system.fast_dim
+        log_q = self.density.log_prob(y.reshape(-1, features), x.repeat_interleave(count, 0)).reshape(batch, count)
+        log_rho = self.system.fast_log_density(x.unsqueeze(1), y)
+        return (log_q - log_rho / self.penalty_temperature).mean()
+
     def penalty_points(self, n_points: int, generator: Optional[torch.Generator] = None,
                        stratified: bool = True) -> torch.Tensor:
         """``(n_points, d)`` uniform points over the observed range widened by 10% (where the penalty is enforced).
@@ -410,6 +428,41 @@ class NeuralDrift(_AveragedModel):
     def drift_pair(self, x, theta=None):
         value = self.drift(x)
         return value, value
+
+
+def fit_fast_law(model: "FlowAveragedDrift", steps: int, n_points: int = 128, learning_rate: float = 5e-3,
+                 temperature: float = 3.0, seed: int = 0, progress: bool = False) -> float:
+    """Fit ``model``'s fast law :math:`q_\\phi(y|x)` alone (no data) by :meth:`FlowAveragedDrift.fast_law_divergence`.
+
+    ``steps`` Adam steps (cosine decay to 5%) on ``n_points`` stratified points per step over the
+    model's penalty range (call ``set_data_range`` first); the target is tempered, ``temperature``
+    times ``tau^2`` at step 0 down to ``tau^2`` at half the steps, so that the flow starts broad over
+    every mode and then sharpens instead of locking into one well. Only the density's parameters
+    move. Returns the last divergence value.
+    """
+    from tqdm.auto import tqdm
+
+    steps = check_int("steps", steps, minimum=1)
+    temperature = check_positive("temperature", temperature)
+    parameters = list(model.density.parameters())
+    optimizer = torch.optim.Adam(parameters, lr=check_positive("learning_rate", learning_rate))
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps, eta_min=0.05 * learning_rate)
+    generator = torch.Generator(device=model.data_range.device).manual_seed(seed)
+    value = float("nan")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for step in tqdm(range(steps), desc="fast law", disable=not progress):
+            model.penalty_temperature = 1.0 + (temperature - 1.0) * max(0.0, 1.0 - step / (0.5 * steps))
+            loss = model.fast_law_divergence(model.penalty_points(n_points, generator))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise ValueError(f"loss: the fast-law divergence became {value} at step {step}")
+    model.penalty_temperature = 1.0
+    return value
 
 
 # -- scoring ---------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 from lightning.pytorch import LightningModule
 
 from torchmf._validation import check_choice
-from torchmf.averaging import FlowAveragedDrift, NeuralDrift, PathStatistics, drift_error
+from torchmf.averaging import FlowAveragedDrift, NeuralDrift, PathStatistics, drift_error, fit_fast_law
 from torchmf.variational import VariationalAveragedDrift
 
 __all__ = ["AveragedDynamicsModule", "VariationalAveragedDynamicsModule"]
@@ -117,6 +117,7 @@ class _AveragedBase(LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "train_states", None) is not None:
             self.model.set_data_range(datamodule.train_states.to(self.device))
+        self._prefit_fast_law()
         kind = self.hparams.get("likelihood", "auto")
         train_set = getattr(datamodule, "train_set", None)
         use_path = kind == "path" or (kind == "auto" and self.model.dim == 1)
@@ -128,6 +129,18 @@ class _AveragedBase(LightningModule):
         elif kind == "path":
             raise ValueError("likelihood: 'path' needs one slow dimension and a SlowPathDataModule, "
                              f"but got d = {self.model.dim}")
+
+    def _prefit_fast_law(self):
+        """``fast_law_prefit_steps > 0``: fit q_phi to the known fast law first (reverse KL, no data, see
+        :func:`~torchmf.averaging.fit_fast_law`) and freeze it; training then moves theta and sigma only.
+        Why: q_phi does not depend on the path, and a law pinned to the right wells leaves the
+        likelihood no mirrored solution (b < 0 with a reflected law). Skipped on resume (restored)."""
+        steps = int(self.hparams.get("fast_law_prefit_steps", 0) or 0)
+        if steps <= 0 or not isinstance(self.model, FlowAveragedDrift) or self.global_step > 0:
+            return
+        fit_fast_law(self.model, steps, self.hparams.penalty_points, temperature=self.hparams.fast_law_temperature,
+                     seed=self.hparams.seed)
+        self.model.density.requires_grad_(False)
 
     def _slow_parameters(self):
         """The slow-model parameters (theta, sigma, or the posterior flow over them)."""
@@ -178,7 +191,9 @@ class AveragedDynamicsModule(_AveragedBase):
     ``slow_learning_rate_factor`` (theta and sigma, or the posterior flow, learn this many times faster);
     ``penalty_warmup`` (fraction of the steps trained on the penalty alone, see :meth:`_penalty_only`);
     ``likelihood`` (``auto``, ``path``, ``minibatch``; see the module docstring) and ``path_nodes``
-    (interpolation nodes of the path statistics); the other arguments build
+    (interpolation nodes of the path statistics); ``fast_law_prefit_steps`` (> 0: q_phi fitted first to
+    the known fast law by reverse KL with a tempered start ``fast_law_temperature``, then frozen;
+    needs the system's ``fast_log_density``); the other arguments build
     :class:`~torchmf.averaging.FlowAveragedDrift` (``test_degree``, ``normalize_penalty``: its
     stationarity penalty) or :class:`~torchmf.averaging.NeuralDrift`, which has no penalty.
     """
@@ -190,7 +205,8 @@ class AveragedDynamicsModule(_AveragedBase):
                  penalty_points: int = 128, learning_rate: float = 5e-3, anneal_temperature: float = 1.0,
                  anneal_fraction: float = 0.5, test_kind: str = "fourier", slow_learning_rate_factor: float = 20.0,
                  test_degree: int = 3, normalize_penalty: bool = True, likelihood: str = "auto", path_nodes: int = 256,
-                 flow_affine: str = "linear", penalty_warmup: float = 0.0):
+                 flow_affine: str = "linear", penalty_warmup: float = 0.0, fast_law_prefit_steps: int = 0,
+                 fast_law_temperature: float = 3.0):
         super().__init__()
         check_choice("likelihood", likelihood, LIKELIHOODS)
         self.save_hyperparameters()
@@ -205,7 +221,9 @@ class AveragedDynamicsModule(_AveragedBase):
                                            test_degree, normalize_penalty, flow_affine)
 
     def _loss(self, x, dx, dt):
-        if not isinstance(self.model, FlowAveragedDrift) or self.hparams.penalty_weight == 0:
+        frozen = isinstance(self.model, FlowAveragedDrift) and not any(
+            parameter.requires_grad for parameter in self.model.density.parameters())
+        if not isinstance(self.model, FlowAveragedDrift) or self.hparams.penalty_weight == 0 or frozen:
             nll = self._path_nll(x, dx, dt)
             return nll, {"nll": nll}
         penalty = self.model.stationarity_penalty(self.model.penalty_points(self.hparams.penalty_points))

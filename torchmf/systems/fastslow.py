@@ -58,6 +58,11 @@ class FastSlowSystem(ParticleSystem):
         """``n_samples`` draws of the true :math:`\\rho_x` for each ``x (B, d)``: ``(B, n_samples, k)``."""
         raise NotImplementedError
 
+    def fast_log_density(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Unnormalized :math:`\\log\\rho_x(y)` of the fast law, known from ``g`` and ``tau`` alone (a gradient
+        fast drift ``g = -grad U`` gives :math:`-2U/\\tau^2`): ``x (..., d)``, ``y (..., k)`` -> ``(...)``."""
+        raise NotImplementedError(f"{type(self).__name__} has no closed-form fast log-density")
+
     @property
     def true_theta(self) -> torch.Tensor:
         """The true parameters ``(P,)`` (float64) in the order of ``parameter_names``."""
@@ -130,6 +135,9 @@ class CubicFastSlow(FastSlowSystem):
     def averaged_drift(self, x):
         return self.a * x - self.b * (x**3 + 1.5 * self.tau**2 * x)
 
+    def fast_log_density(self, x, y):
+        return -((y - x) ** 2).sum(-1) / self.tau**2
+
     def sample_invariant(self, x, n_samples, generator=None):
         noise = torch.randn(tuple(x.shape[:-1]) + (n_samples, 1), generator=generator, device=x.device, dtype=x.dtype)
         return x.unsqueeze(-2) + self.tau / math.sqrt(2.0) * noise
@@ -173,6 +181,10 @@ class TiltedWellFastSlow(FastSlowSystem):
 
     def fast_drift(self, x, y):
         return y - y**3 + self.tilt * x
+
+    def fast_log_density(self, x, y):
+        y = y[..., 0]
+        return (y**2 / 2 - y**4 / 4 + self.tilt * x[..., 0] * y) * (2 / self.tau**2)
 
     def _density_grid(self, x: torch.Tensor):
         """Normalized :math:`\\rho_x` on a grid: ``x (B, 1)`` -> grid ``(G,)``, weights ``(B, G)`` (float64)."""
