@@ -10,13 +10,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from torchmf import Trajectories
+from torchmf import Trajectories, systems, wsindy
 from torchmf.distributed import shard_slice
 from torchmf.grid import Grid
 from torchmf.interaction import InteractionForce
 from torchmf.kernels import GaussianKernel, PeriodicKernel, PowerPotential
 from torchmf.nudging import NudgedSDE, ParticleObservations
 from torchmf.sde import McKeanVlasovSDE
+from torchmf.wsindy import histogram
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,6 +37,7 @@ def particles(n):
 
 CASES = {"grid": 200_000, "quadratic": 20_000, "pairwise": 3_000}
 NUDGE_N = 40_000
+WSINDY_N = 2_000
 
 
 def nudging_case():
@@ -77,8 +79,30 @@ def _worker(rank, world, init_file, out_dir):
                            progress=False)
         except ValueError as error:
             (Path(out_dir) / f"system{rank}.error").write_text(str(error))
+        wsindy_worker(rank, out_dir)
     finally:
         dist.destroy_process_group()
+
+
+def wsindy_data():
+    return systems.get("qanr_1d", diffusion="none").simulate(n_particles=WSINDY_N, seed=0, progress=False,
+                                                            dtype=torch.float64)
+
+
+def wsindy_worker(rank, out_dir):
+    """Sharded WSINDy: the histogram, the default grid and the model of each rank's half of the data."""
+    data = wsindy_data()
+    share = data.positions[:, :, shard_slice(WSINDY_N)]
+    model = wsindy.identify(share, "qanr_1d", times=data.times, test_functions="qanr_1d", sharded=True)
+    density = histogram(share, model.grid, sharded=True)
+    torch.save({"coefficients": model.coefficients, "density": density}, Path(out_dir) / f"wsindy{rank}.pt")
+    bad = share.clone()
+    if rank == 1:
+        bad[0, 3, 0, 0] = float("nan")
+    try:  # NaN on one rank only: every rank raises, nobody waits in the histogram's all-reduce
+        wsindy.identify(bad, "qanr_1d", times=data.times, sharded=True)
+    except ValueError as error:
+        (Path(out_dir) / f"wsindy_nan{rank}.error").write_text(str(error))
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +226,19 @@ def test_sharding_bad_inputs_name_the_argument():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match=r"^device: CUDA was asked for"):
             check_device("cuda:1")
+
+
+def test_sharded_wsindy_matches_one_process(sharded_results):
+    parts = [torch.load(sharded_results / f"wsindy{r}.pt", weights_only=True) for r in range(2)]
+    data = wsindy_data()
+    single = wsindy.identify(data, "qanr_1d", test_functions="qanr_1d")
+    density = histogram(data.positions, single.grid)
+    for part in parts:  # every rank holds the pooled histogram and the same model as one process
+        assert float((part["density"] - density).abs().max() / density.abs().max()) <= 1e-12
+        assert torch.allclose(part["coefficients"], single.coefficients, rtol=1e-9, atol=1e-12)
+    assert set(single.selected) == {"K:|x|^1", "K:|x|^2"}
+
+
+def test_nan_on_one_rank_fails_on_every_rank(sharded_results):
+    assert "NaN" in (sharded_results / "wsindy_nan1.error").read_text()
+    assert (sharded_results / "wsindy_nan0.error").read_text().startswith("rank 1 rejected its share of the data")

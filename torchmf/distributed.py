@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["check_device", "setup", "teardown", "is_sharded", "rank_and_size", "shard_slice", "all_reduce_sum", "global_count",
-           "gather_sources", "gather_to_root", "check_same", "traffic", "reset_traffic"]
+           "gather_sources", "gather_to_root", "check_same", "raise_together", "traffic", "reset_traffic"]
 
 # payload bytes this process handed to collectives (for the scaling benchmark and docs/scaling.md)
 _TRAFFIC = {"all_reduce_bytes": 0, "all_reduce_calls": 0, "all_gather_bytes": 0}
@@ -158,3 +158,25 @@ def check_same(name: str, value) -> None:
         mismatched = [rank for rank, d in enumerate(digests) if d != digests[0]]
         raise ValueError(f"{name}: processes disagree (ranks {mismatched} differ from rank 0); "
                          "every rank must use the same settings")
+
+
+def raise_together(error: Optional[BaseException]) -> None:
+    """Re-raise a local validation ``error`` on every rank.
+
+    A rank that raised on its own share of the data (NaN, a particle outside the grid) would leave
+    the others waiting in the next collective until the timeout; calling this on every rank after
+    the checks turns the failure into a ``ValueError`` on all of them. Without a process group it
+    simply raises ``error`` (when not None).
+    """
+    if not is_sharded():
+        if error is not None:
+            raise error
+        return
+    messages = [None] * dist.get_world_size()
+    dist.all_gather_object(messages, None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed = [(rank, message) for rank, message in enumerate(messages) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise ValueError(f"rank {rank} rejected its share of the data ({message})")

@@ -27,6 +27,7 @@ from typing import Optional, Union
 
 import torch
 
+from .. import distributed
 from .._validation import check_int, check_positive
 from ..grid import Grid
 from .histogram import add_measurement_noise, as_positions, default_grid, histogram
@@ -93,7 +94,7 @@ def make_test_functions(density: torch.Tensor, grid: Grid, dt: float, spec=None)
 def identify(trajectories, library: Union[str, dict, Library, None] = "default", *, times=None,
              grid: Optional[Grid] = None, grid_shape=None, test_functions=None, thresholds=None,
              convolution: str = "fft", dtype: torch.dtype = torch.float64, fft_dtype: Optional[torch.dtype] = None,
-             max_condition: float = 1e12) -> WSINDyModel:
+             max_condition: float = 1e12, sharded: bool = False) -> WSINDyModel:
     """Identify :math:`(K, V, \\sigma)` from particle data by WSINDy (Algorithm 4.1).
 
     Arguments:
@@ -108,6 +109,11 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
         dtype: precision of the regression (default float64; the histogram is built in the data's dtype).
         fft_dtype: precision of the interaction convolutions (default: ``dtype``), see :func:`.system.build_system`.
         max_condition: largest accepted condition number of the column-normalised G.
+        sharded: ``trajectories`` is this rank's share ``(M, L, N_r, d)`` of an ensemble split over a
+            ``torch.distributed`` process group (launch with ``torchrun``): the grid's box and the
+            histogram are pooled over ranks (one ``(L, *G)`` all-reduce, independent of ``N``) and
+            every rank then builds the same system and returns the same model. Ranks must agree on
+            ``M``, ``L``, ``d``, the times and ``grid``; a rank rejecting its data makes all raise.
 
     Returns:
         :class:`WSINDyModel` (coefficients ``(J,)`` float64 on the data's device; every step runs there,
@@ -117,7 +123,17 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
         ``ValueError`` carrying ``condition_number``) when G is rank deficient.
     """
     started = time.perf_counter()
-    positions = as_positions(trajectories)
+    if not isinstance(sharded, bool):
+        raise TypeError(f"sharded: expected a bool, but got {type(sharded).__name__}")
+    failure = None
+    try:
+        positions = as_positions(trajectories)
+    except (ValueError, TypeError) as error:
+        failure = error
+    if sharded:  # every rank raises when one rank's data are bad: no rank is left waiting in a collective
+        distributed.raise_together(failure)
+    elif failure is not None:
+        raise failure
     if times is None:
         if not hasattr(trajectories, "times"):
             raise ValueError("times: pass the recording times (L,) when trajectories is a tensor")
@@ -134,10 +150,13 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
                          "and test functions live on a regular time grid)")
     dim = positions.shape[-1]
     library = load_library(library, dim)
+    if sharded:
+        distributed.check_same("trajectories", (positions.shape[0], positions.shape[1], dim, times.tolist()))
+        distributed.check_same("grid", repr(grid))
     given = grid is not None
     if not given:
-        grid = default_grid(positions, grid_shape)  # contains every particle by construction
-    density = histogram(positions, grid, check=given)
+        grid = default_grid(positions, grid_shape, sharded=sharded)  # contains every particle by construction
+    density = histogram(positions, grid, check=given, sharded=sharded)
     after_histogram = time.perf_counter()
     density = density.to(dtype)
     tests = make_test_functions(density, grid, dt, test_functions)

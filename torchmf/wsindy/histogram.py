@@ -9,6 +9,11 @@ averaged over the ``M`` experiments (Algorithm 4.1, line 5) and divided by the c
 deviations from the mean of the data along each axis (widened further where data lie beyond),
 with 256 points in 1-D and 128 per axis otherwise.
 
+Sharded data (``sharded=True`` inside a ``torch.distributed`` process group, each rank holding
+``N/P`` particles of every experiment): the grid's box comes from the pooled statistics of all
+ranks and the histogram all-reduces only the ``(L, *G)`` density, so the result does not depend
+on ``P`` and the traffic is independent of ``N`` (see :mod:`torchmf.distributed`).
+
 :func:`add_measurement_noise` adds the extrinsic noise of section 5.2,
 :math:`\varepsilon \sim N(0, \varepsilon^2 \|X\|_{RMS}^2)` i.i.d., with an explicit seed.
 """
@@ -18,6 +23,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from .. import distributed
 from .._validation import check_int, check_nonnegative, check_tensor
 from ..grid import Grid
 from ..particles import Trajectories
@@ -48,7 +54,7 @@ def as_positions(trajectories) -> torch.Tensor:
 
 
 def default_grid(positions: torch.Tensor, shape: Optional[Union[int, Sequence[int]]] = None,
-                 width: float = 3.0) -> Grid:
+                 width: float = 3.0, sharded: bool = False) -> Grid:
     """The computational grid C of section 5: mean +- ``width`` standard deviations per axis (at least
     the data's range, plus half a cell so every particle has a nearest node inside).
 
@@ -56,11 +62,13 @@ def default_grid(positions: torch.Tensor, shape: Optional[Union[int, Sequence[in
         positions: ``(M, L, N, d)``.
         shape: nodes per axis (default 256 in 1-D, 128 otherwise).
         width: half-width in sample standard deviations.
+        sharded: pool the statistics of every rank's share (all ranks get the same grid).
     """
     dim = positions.shape[-1]
     if shape is None:
         shape = 256 if dim == 1 else 128
-    mean, std, smallest, largest = axis_statistics(positions.reshape(-1, dim))
+    statistics = _pooled_statistics if sharded else axis_statistics
+    mean, std, smallest, largest = statistics(positions.reshape(-1, dim))
     low = torch.minimum(mean - width * std, smallest).tolist()  # a few numbers: the box is built on the host
     high = torch.maximum(mean + width * std, largest).tolist()
     sizes = [shape] * dim if isinstance(shape, int) else list(shape)
@@ -92,7 +100,23 @@ def axis_statistics(points: torch.Tensor, chunk: int = 1 << 16):
             torch.stack(highs).amax(0) + reference)
 
 
-def histogram(positions: torch.Tensor, grid: Grid, check: bool = True) -> torch.Tensor:
+def _pooled_statistics(points: torch.Tensor):
+    """:func:`axis_statistics` of the union of every rank's ``points (n_r, d)`` (a few numbers per rank)."""
+    mean, std, low, high = axis_statistics(points)
+    if not distributed.is_sharded():
+        return mean, std, low, high
+    count = points.shape[0]
+    sums = torch.cat([mean.new_tensor([count]), count * mean])
+    distributed.all_reduce_sum(sums)
+    total, pooled_mean = sums[0], sums[1:] / sums[0]
+    spread = (count - 1) * std * std + count * (mean - pooled_mean) ** 2  # pooled sum of squared deviations
+    distributed.all_reduce_sum(spread)
+    torch.distributed.all_reduce(low, op=torch.distributed.ReduceOp.MIN)
+    torch.distributed.all_reduce(high, op=torch.distributed.ReduceOp.MAX)
+    return pooled_mean, (spread / (total - 1).clamp_min(1)).sqrt(), low, high
+
+
+def histogram(positions: torch.Tensor, grid: Grid, check: bool = True, sharded: bool = False) -> torch.Tensor:
     """Histogram density averaged over experiments.
 
     Arguments:
@@ -100,6 +124,9 @@ def histogram(positions: torch.Tensor, grid: Grid, check: bool = True) -> torch.
         grid: a free-space :class:`~torchmf.grid.Grid` whose box contains every particle.
         check: verify that every particle lies in the box (skip only for a grid built from these
             positions, e.g. by :func:`default_grid`).
+        sharded: ``positions`` is this rank's share ``(M, L, N_r, d)`` of a sharded ensemble: the
+            per-rank masses are weighted by ``N_r / N`` and all-reduced (one ``(L, *G)`` all-reduce);
+            a rank whose particles leave the box makes every rank raise.
 
     Returns:
         ``(L, G_1, ..., G_d)`` density in the dtype of ``positions``.
@@ -112,19 +139,33 @@ def histogram(positions: torch.Tensor, grid: Grid, check: bool = True) -> torch.
         raise ValueError("grid: expected a free-space grid (periodic=False); WSINDy convolves on the C - C grid")
     if grid.dim != positions.shape[-1]:
         raise ValueError(f"grid: expected a {positions.shape[-1]}-D grid for the data, but got {grid.dim}-D")
-    flat = positions.reshape(-1, positions.shape[-1])
-    lower, upper = flat.new_tensor(grid.lower), flat.new_tensor(grid.upper)
-    low, high = torch.aminmax(flat, dim=0) if check else (lower, upper)  # the count below only runs on failure
-    if bool((low < lower).any() | (high > upper).any()):
-        outside = ((flat < lower) | (flat > upper)).any(-1)
-        raise ValueError(
-            f"trajectories: {int(outside.sum())} particle positions lie outside the grid's domain "
-            f"lower={list(grid.lower)}, upper={list(grid.upper)}; widen the grid (nothing is clipped)")
+    failure = _outside_error(positions, grid) if check else None
+    if sharded:
+        distributed.raise_together(failure)
+    elif failure is not None:
+        raise failure
     # experiment by experiment into one (L, *G) array: a (M, L, *G) intermediate would be M times larger
     masses = grid.deposit(positions[0], scheme="ngp", check=False)  # (L, *G), each time sums to 1
     for experiment in range(1, positions.shape[0]):
         masses += grid.deposit(positions[experiment], scheme="ngp", check=False)
+    if sharded and distributed.is_sharded():
+        local = positions.shape[2]
+        masses *= local / distributed.global_count(local, device=positions.device)
+        distributed.all_reduce_sum(masses)
     return masses / (positions.shape[0] * grid.cell_volume)
+
+
+def _outside_error(positions: torch.Tensor, grid: Grid) -> Optional[ValueError]:
+    """The ``ValueError`` for particles outside ``grid``'s box, or None (one min/max pass; the count only on failure)."""
+    flat = positions.reshape(-1, positions.shape[-1])
+    lower, upper = flat.new_tensor(grid.lower), flat.new_tensor(grid.upper)
+    low, high = torch.aminmax(flat, dim=0)
+    if not bool((low < lower).any() | (high > upper).any()):
+        return None
+    outside = ((flat < lower) | (flat > upper)).any(-1)
+    return ValueError(
+        f"trajectories: {int(outside.sum())} particle positions lie outside the grid's domain "
+        f"lower={list(grid.lower)}, upper={list(grid.upper)}; widen the grid (nothing is clipped)")
 
 
 def add_measurement_noise(trajectories: Union[Trajectories, torch.Tensor], ratio: float, seed: int = 0,
