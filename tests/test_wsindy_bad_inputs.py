@@ -5,7 +5,7 @@ non-uniform times; tensor data without times; wrong-dimension preset; unknown pr
 test-function key; duplicate library terms; all-zero and duplicate columns of G; a rank-deficient G
 (reported with its condition number); fewer test functions than terms; negative noise ratio; a non-bool
 per_time noise flag;
-non-trajectory input; coefficients of the wrong length.
+a non-bool sharded flag; non-trajectory input; coefficients of the wrong length.
 """
 from __future__ import annotations
 
@@ -37,6 +37,11 @@ def test_nan_in_data_is_reported():
 def test_data_outside_the_grid_is_reported():
     with pytest.raises(ValueError, match="trajectories: .* outside the grid's domain"):
         wsindy.identify(_data(), grid=Grid(-1, 1, 64))
+
+
+def test_sharded_flag_must_be_a_bool():
+    with pytest.raises(TypeError, match="sharded: expected a bool"):
+        wsindy.identify(_data(), sharded="yes")
 
 
 def test_too_few_time_points():
