@@ -12,8 +12,9 @@ chosen by the single ``method`` argument:
                           backend; only when ``pykeops`` can be imported (imported lazily)
 ``"sinkhorn-online"``     torch log-domain Sinkhorn that never forms the N x M cost matrix: the
                           log-sum-exp runs over row tiles sized from the free memory (see
-                          :func:`tile_rows`); CPU and CUDA; supports warm starts.
-                          ``"sinkhorn-dense"`` is an accepted alias
+                          :func:`tile_rows`); CPU and CUDA; supports warm starts. In
+                          d <= 3 a cold start anneals the coarse scales on grid clusters
+                          first. ``"sinkhorn-dense"`` is an accepted alias
 ``"sinkhorn-multiscale"`` torch coarse-to-fine Sinkhorn: grid clusters solved densely, then a
                           sparse (truncated) kernel around the predicted targets; d <= 3
 ``"sinkhorn"``            the fastest measured backend for the size, dimension and device (see
@@ -675,14 +676,22 @@ def _sinkhorn_converge(kernel, a_log, b_log, eps, f, g, tolerance, max_iteration
 
 
 def _online_solve(x, y, eps, scaling, tolerance, max_iterations, previous, tiling=(None, None)):
+    """Dense tiled Sinkhorn. Cold starts in d <= 3 beyond ``_DENSE_LIMIT`` points anneal the
+    coarse scales on grid clusters (the multiscale backend's coarse stage, ``O(N)`` kernels) and
+    only the levels below the cluster scale on the full tiles: about 3x fewer full soft-mins."""
     kernel = _DenseKernel(x, y, tiling)
     a_log, b_log = _uniform_log(x), _uniform_log(y)
-    if previous is None:
+    if previous is not None:
+        (f, g), count = previous, 0
+    elif x.shape[1] <= 3 and max(x.shape[0], y.shape[0]) > _DENSE_LIMIT:
+        f, g, _, cell, count = _coarse_start(x, y, eps, scaling, tolerance, a_log, b_log)
+        levels = _epsilon_schedule(max(cell, math.sqrt(eps)), eps, scaling)[1:]
+        f, g = _sinkhorn_levels(kernel, a_log, b_log, levels, f, g)
+        count += len(levels)
+    else:
         levels = _epsilon_schedule(_diameter(x, y), eps, scaling)
         f, g = _sinkhorn_levels(kernel, a_log, b_log, levels)
         count = len(levels)
-    else:
-        (f, g), count = previous, 0
     f, g, iterations = _sinkhorn_converge(kernel, a_log, b_log, eps, f, g, tolerance, max_iterations)
     return kernel, f, g, count + iterations
 
@@ -773,17 +782,8 @@ def _multiscale_solve(x, y, eps, scaling, tolerance, max_iterations, previous, a
         f, g, iterations = _sinkhorn_converge(kernel, a_log, b_log, eps, f, g, tolerance, max_iterations)
         return kernel, f, g, len(levels) + iterations
     if previous is None:
-        cell = max(_occupied_cells_scale(torch.cat([x, y]), 2 * n / _CLUSTER_SIZE), math.sqrt(eps))
-        label_x, centre_x, count_x = _grid_clusters(x, cell, a_log.exp())
-        label_y, centre_y, count_y = _grid_clusters(y, cell, b_log.exp())
-        eps_coarse = max(eps, cell ** 2)
-        coarse, f_c, g_c, count = _multiscale_solve(centre_x, centre_y, eps_coarse, scaling, tolerance, 3, None,
-                                                    count_x.log(), count_y.log())
-        # extrapolate the coarse potentials and targets to the particles through the coarse kernel
-        f, predicted = _extrapolate(coarse, label_x, x, centre_y, count_y.log() + g_c / eps_coarse, eps_coarse)
-        g = _extrapolate(coarse.transpose(), label_y, y, centre_x, count_x.log() + f_c / eps_coarse, eps_coarse,
-                         targets=False)
-        fine_levels = _epsilon_schedule(math.sqrt(eps_coarse), eps, scaling)[1:]
+        f, g, predicted, cell, count = _coarse_start(x, y, eps, scaling, tolerance, a_log, b_log)
+        fine_levels = _epsilon_schedule(max(cell, math.sqrt(eps)), eps, scaling)[1:]
         margin = _MARGIN * cell
     else:
         f, g, predicted, margin = previous
@@ -794,6 +794,22 @@ def _multiscale_solve(x, y, eps, scaling, tolerance, max_iterations, previous, a
         kernel = kernel.prune(level, f, g, _TRUNCATE)
     f, g, iterations = _sinkhorn_converge(kernel, a_log, b_log, eps, f, g, tolerance, max_iterations)
     return kernel, f, g, count + len(fine_levels) + iterations
+
+
+def _coarse_start(x, y, eps, scaling, tolerance, a_log, b_log):
+    """Potentials ``f (N,)``, ``g (M,)`` and barycentric targets ``(N, d)`` at the scale of grid
+    clusters of about ``_CLUSTER_SIZE`` particles (annealed on the clusters, then extrapolated to
+    the particles through the coarse kernel); also the cluster side and the levels spent."""
+    cell = max(_occupied_cells_scale(torch.cat([x, y]), 2 * x.shape[0] / _CLUSTER_SIZE), math.sqrt(eps))
+    label_x, centre_x, count_x = _grid_clusters(x, cell, a_log.exp())
+    label_y, centre_y, count_y = _grid_clusters(y, cell, b_log.exp())
+    eps_coarse = max(eps, cell ** 2)
+    coarse, f_c, g_c, count = _multiscale_solve(centre_x, centre_y, eps_coarse, scaling, tolerance, 3, None,
+                                                count_x.log(), count_y.log())
+    f, predicted = _extrapolate(coarse, label_x, x, centre_y, count_y.log() + g_c / eps_coarse, eps_coarse)
+    g = _extrapolate(coarse.transpose(), label_y, y, centre_x, count_x.log() + f_c / eps_coarse, eps_coarse,
+                     targets=False)
+    return f, g, predicted, cell, count
 
 
 def _extrapolate(coarse, labels, points, centres, h, eps, targets=True):
