@@ -23,7 +23,9 @@ import torch  # noqa: E402
 SIZES = {  # full / quick
     "cubic_recipe": ("datasets/fastslow_cubic.yaml", "datasets/fastslow_cubic_small.yaml"),
     "cubic_steps": (1000, 250),
-    "tilted_t_end": (200.0, 40.0),
+    "tilted_t_end": (400.0, 40.0),
+    "tilted_eps": (1e-3, 1e-2),  # full: near the averaging limit (eps = 1e-2 lags the fast law by ~20% in theta)
+    "tilted_micro_dt": (1e-4, 5e-4),
     "tilted_steps": (600, 150),
     "tilted_fast_law_steps": (600, 300),
     "coverage_datasets": (20, 6),
@@ -75,11 +77,12 @@ def true_nll(system, data):
     return float(em_negative_log_likelihood(dx, dt, drift, drift, torch.tensor([system.sigma])).mean())
 
 
-def simulate_to(out, name, system_name, params, t_end, experiments=1, seed=0):
+def simulate_to(out, name, system_name, params, t_end, experiments=1, seed=0, dt=None):
     from torchmf import systems
 
     system = systems.get(system_name, **params)
-    data = system.simulate(t_end=t_end, n_experiments=experiments, seed=seed, dtype=torch.float64, progress=False)
+    data = system.simulate(t_end=t_end, n_experiments=experiments, seed=seed, dtype=torch.float64, progress=False,
+                           dt=dt)
     return data.save(Path(out) / "data" / f"{name}.npz"), system
 
 
@@ -119,7 +122,9 @@ def tilted_section(report, args):
     from torchmf.averaging_plots import fast_law_plot
 
     quick = args.quick
-    path, system = simulate_to(args.out, "tilted_well", "fastslow_tilted_well", {}, size("tilted_t_end", quick))
+    params = {"eps": size("tilted_eps", quick)}
+    path, system = simulate_to(args.out, "tilted_well", "fastslow_tilted_well", params, size("tilted_t_end", quick),
+                               dt=size("tilted_micro_dt", quick))
     models, errors, distances, per_point, times = {}, {}, {}, {}, {}
     for density in ("flow", "gaussian"):
         model, _, seconds = train_point(path=str(path), steps=size("tilted_steps", quick),
