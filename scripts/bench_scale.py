@@ -206,15 +206,19 @@ def _synchronize(device) -> None:
 
 def main(argv=None) -> int:
     parser = standard_parser(__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads of the Sinkhorn checks (default 1: on a shared 2-core machine a "
+                             "second OpenMP thread ran up to 10x slower; recorded in the JSON)")
     args = parser.parse_args(argv)
     report = Report("bench_scale", args)
+    report.settings["threads"] = args.threads
     n_sharded = 50_000 if args.quick else 200_000
     n_sinkhorn = 2_000 if args.quick else 10_000
     report.settings.update(sharded_particles=n_sharded, grid=256, cuda=torch.cuda.is_available(),
                            sinkhorn_particles_cpu=n_sinkhorn, pykeops_importable=_keops_importable())
 
     sharded_checks(report, n_sharded, 256)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     label = f"CPU N={n_sinkhorn:.0e}".replace("e+0", "e")
     sinkhorn_check(report, n_sinkhorn, "cpu", 2.0, f"online Sinkhorn {label}")
     # what method="sinkhorn" picks on CPU for d <= 3 (the multiscale torch backend): the routing rule's evidence

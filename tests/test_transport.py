@@ -243,12 +243,12 @@ def test_online_budget_too_small_is_a_clear_error():
 
 
 def test_sinkhorn_routing_never_picks_keops_and_follows_memory():
-    # CPU: online up to N = 1000, then multiscale for d <= 3 (measured); online for d > 3
-    assert resolve_method("sinkhorn", 1000, 2, "cpu") == "sinkhorn-online"
-    assert resolve_method("sinkhorn", 1001, 2, "cpu") == "sinkhorn-multiscale"
-    assert resolve_method("sinkhorn", 20_000, 2, "cpu") == "sinkhorn-multiscale"
-    assert resolve_method("sinkhorn", 20_000, 5, "cpu") == "sinkhorn-online"
-    assert resolve_method("auto", 20_000, 2, "cpu") == "sinkhorn-multiscale"
+    # CPU: online up to N = 30,000, then multiscale for d <= 3 (measured); online for d > 3
+    assert resolve_method("sinkhorn", 30_000, 2, "cpu") == "sinkhorn-online"
+    assert resolve_method("sinkhorn", 30_001, 2, "cpu") == "sinkhorn-multiscale"
+    assert resolve_method("sinkhorn", 50_000, 5, "cpu") == "sinkhorn-online"
+    assert resolve_method("auto", 20_000, 2, "cpu") == "sinkhorn-online"
+    assert resolve_method("auto", 50_000, 2, "cpu") == "sinkhorn-multiscale"
     # CUDA (the budget given, so no device is queried): tensorized while small and within 1/8 of
     # the budget, then online
     assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-geomloss"

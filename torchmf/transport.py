@@ -68,7 +68,7 @@ _ALIASES = {"sinkhorn-dense": "sinkhorn-online"}
 _EXACT_LIMIT = 1000          # "auto" uses the assignment up to this size (same rule as metrics.w2)
 _EXACT_MAX = 5000            # an N x N float64 cost matrix and a cubic solver beyond this is impractical
 _GEOMLOSS_LIMIT = 2.5e7      # N * M entries the geomloss tensorized backend may hold at once (CUDA)
-_CPU_ONLINE_LIMIT = 1000 ** 2  # "sinkhorn" on CPU, d <= 3: online up to N = 1000, multiscale beyond
+_CPU_ONLINE_LIMIT = 30_000 ** 2  # "sinkhorn" on CPU, d <= 3: online up to N = 30,000, multiscale beyond
 _MEMORY_FRACTION = 0.25     # the online backend's tiles use at most this share of the free memory
 _TENSORIZED_FRACTION = 0.125  # geomloss' tensorized backend only when N x M fits in this share of it
 _TILE_COPIES = 2            # live tile-sized buffers per row tile (scores, and a temporary of the matmul)
@@ -247,10 +247,11 @@ def resolve_method(method: str, n: int, dim: int, device=None, element_size: int
 
     ``"sinkhorn"`` (rule measured on the 2-core CPU, docs/benchmarks.md "Scale"):
 
-    - CPU: the online backend up to ``n = 1000``, then the multiscale backend for ``d <= 3``
-      (2-D affine case, one thread: online 0.074 s, multiscale 0.077 s at n = 1000; 1.09 s and
-      0.32 s at n = 3000; geomloss' tensorized solver 0.55 s and 8.8 s, never the fastest);
-      online for ``d > 3``.
+    - CPU: the online backend up to ``n = 30,000``, then the multiscale backend for ``d <= 3``
+      (2-D affine case, one thread: online 0.20 s, 1.22 s, 11.2 s at n = 3000, 1e4, 3e4 against
+      multiscale 0.33 s, 1.51 s, 18.8 s; the online solve costs O(n^2) per soft-min, the
+      multiscale one about O(n), so the latter wins beyond; geomloss' tensorized solver is never
+      the fastest); online for ``d > 3``.
     - CUDA: geomloss' tensorized solver while the ``n x n`` matrix is small (``n^2 <= 2.5e7``)
       and takes less than 1/8 of the free memory (or of ``memory_budget``; the issue measured
       0.08 s at n = 1e4 on an H100); the online backend beyond.
