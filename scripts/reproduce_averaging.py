@@ -23,9 +23,12 @@ import torch  # noqa: E402
 SIZES = {  # full / quick
     "cubic_recipe": ("datasets/fastslow_cubic.yaml", "datasets/fastslow_cubic_small.yaml"),
     "cubic_steps": (1000, 250),
-    "tilted_t_end": (400.0, 40.0),
-    "tilted_eps": (1e-3, 1e-2),  # full: near the averaging limit (eps = 1e-2 lags the fast law by ~20% in theta)
-    "tilted_micro_dt": (1e-4, 5e-4),
+    # full: a long path near the averaging limit. With eps = 1e-2 the fast law lags x (theta fitted
+    # with the exact rho_x comes out ~0.81 instead of 1), and on a path of T = 400 the statistical
+    # error of theta alone (~12%) is as large as the Gaussian closure's structural error (~14%)
+    "tilted_t_end": (2500.0, 40.0),
+    "tilted_eps": (2e-3, 1e-2),
+    "tilted_micro_dt": (2e-4, 5e-4),
     "tilted_steps": (600, 150),
     "tilted_fast_law_steps": (600, 300),
     "coverage_datasets": (20, 6),
@@ -148,7 +151,9 @@ def tilted_section(report, args):
                                      "train_seconds": times}
     drift_ratio = errors["gaussian"] / max(errors["flow"], 1e-12)
     w1_ratio = distances["gaussian"] / max(distances["flow"], 1e-12)
-    report.check("fastslow_tilted_well: Gaussian-closure / flow drift error", round(drift_ratio, 3), ">= 2",
+    report.check("fastslow_tilted_well: Gaussian-closure / flow drift error", round(drift_ratio, 3),
+                 ">= 2" + (" (quick size: on a path of T = 40 the statistical error of theta, ~30%, swamps the "
+                           "closure's structural ~14%; only the full size can separate them)" if quick else ""),
                  drift_ratio >= 2)
     report.check("fastslow_tilted_well: Gaussian-closure / flow W1 to true rho_x", round(w1_ratio, 3), ">= 2",
                  w1_ratio >= 2)
