@@ -19,7 +19,10 @@ square would reward :math:`q_\phi` for shrinking the spread of :math:`f_\theta(x
 
 Classes: :class:`FlowAveragedDrift` (``density="flow"`` or ``"gaussian"``, the Gaussian
 closure), :class:`NeuralDrift` (black-box baseline), :class:`ReducedSDE` and
-:func:`simulate_reduced` (torchsde). The variational posterior is :mod:`torchmf.variational`.
+:func:`simulate_reduced` (torchsde), :func:`fit_fast_law` (``q_phi`` alone, no data, by reverse KL to
+the system's known unnormalized fast law -- it sees the weights of separated modes, which the
+moment conditions of the penalty barely do; used for the bimodal tilted well). The variational
+posterior is :mod:`torchmf.variational`.
 """
 from __future__ import annotations
 
