@@ -159,7 +159,7 @@ def tilted_section(report, args):
     w1_ratio = distances["gaussian"] / max(distances["flow"], 1e-12)
     report.check("fastslow_tilted_well: Gaussian-closure / flow drift error", round(drift_ratio, 3),
                  ">= 2" + (" (quick size: on a path of T = 40 the statistical error of theta, ~30%, swamps the "
-                           "closure's structural ~14%; only the full size can separate them)" if quick else ""),
+                           "closure's structural 10-30%; only the full size can separate them)" if quick else ""),
                  drift_ratio >= 2)
     report.check("fastslow_tilted_well: Gaussian-closure / flow W1 to true rho_x", round(w1_ratio, 3), ">= 2",
                  w1_ratio >= 2)
