@@ -199,7 +199,7 @@ class ConditionalGaussian(nn.Module):
         """Log density of ``y (B, k)`` given ``context (B, c)``: ``(B,)``."""
         location, log_scale = self._location_log_scale(context)
         standardized = (y - location) / log_scale.exp()
-        return (-0.5 * standardized**2 - log_scale - 0.5 * torch.log(torch.tensor(2 * torch.pi))).sum(-1)
+        return (-0.5 * standardized**2 - log_scale - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def posterior_flow(features: int, location: Sequence[float], scale: Sequence[float], hidden: int = 32,
