@@ -143,6 +143,8 @@ BAD_INPUTS = [
     ("debias not bool", lambda: TransportSolver("sinkhorn", debias="yes"), TypeError, "debias"),
     ("tile_entries not int", lambda: TransportSolver("sinkhorn-online", tile_entries=1.5), TypeError, "tile_entries"),
     ("memory_budget zero", lambda: TransportSolver("sinkhorn-online", memory_budget=0), ValueError, "memory_budget"),
+    ("affine case of no points", lambda: affine_gaussian_case(0), ValueError, "n"),
+    ("affine case negative seed", lambda: affine_gaussian_case(10, seed=-1), ValueError, "seed"),
     ("potentials of different d", lambda: sinkhorn_potentials(torch.rand(5, 2), torch.rand(5, 3)), ValueError, "y"),
     ("potentials, negative weights",
      lambda: sinkhorn_potentials(torch.rand(3, 2), torch.rand(3, 2), a=torch.tensor([0.5, 0.6, -0.1])), ValueError,

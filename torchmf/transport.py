@@ -118,7 +118,7 @@ def affine_gaussian_case(n: int, seed: int = 0, device=None, dtype: torch.dtype 
     Drawn in float64 on the CPU from ``seed``, then cast to ``dtype`` and moved to ``device``.
     """
     n = check_int("n", n, minimum=1)
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
     x = torch.randn(n, 2, generator=generator, dtype=torch.float64)
     stretch = torch.tensor([[1.5, 0.4], [0.4, 0.8]], dtype=torch.float64)
     exact = torch.tensor([2.0, -1.0], dtype=torch.float64) + x @ stretch
