@@ -1,0 +1,114 @@
+"""The check schema of scripts/_report.py, and every check call of the reproduce scripts and benches.
+
+Each check is ``{"name", "value", "target", "pass", "baseline": {"name", "value", "pass"}}`` with
+the baseline computed in the same run; a baseline that passes its own target marks a defect.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+CHECKED_SCRIPTS = sorted(SCRIPTS.glob("reproduce_*.py")) + sorted(SCRIPTS.glob("bench_*.py"))
+
+
+def _load_report_module():
+    spec = importlib.util.spec_from_file_location("_report_under_test", SCRIPTS / "_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report_module = _load_report_module()
+
+
+def _report(tmp_path):
+    return report_module.Report("schema", argparse.Namespace(out=str(tmp_path), quick=True))
+
+
+def test_predicate_judges_value_and_baseline_alike(tmp_path):
+    report = _report(tmp_path)
+    assert report.check("ratio", 0.5, "<= 1", lambda v: v <= 1, baseline=("standing still", 2.0))
+    entry = report.checks[-1]
+    assert entry["pass"] is True and entry["baseline"] == {"name": "standing still", "value": 2.0, "pass": False}
+    assert report_module.schema_problems(entry) == [] and "defect" not in entry
+
+
+def test_a_passing_baseline_is_a_defect(tmp_path):
+    report = _report(tmp_path)
+    report.check("ratio", 0.5, "<= 1", lambda v: v <= 1, baseline=("trivial", 0.9))
+    entry = report.checks[-1]
+    assert entry["baseline"]["pass"] is True
+    assert "could not have failed" in entry["defect"]
+
+
+def test_missing_or_unjudged_baseline_is_a_defect(tmp_path):
+    report = _report(tmp_path)
+    report.check("no baseline", 0.5, "<= 1", True)
+    assert "missing key 'baseline'" in report.checks[-1]["defect"]
+    report.check("unjudged baseline", 0.5, "<= 1", True, baseline=("trivial", 3.0))
+    assert "unmeasured baseline" in report.checks[-1]["defect"]
+    report.check("explicit verdicts", 0.5, "<= 1", True, baseline=("trivial", 3.0, False))
+    assert "defect" not in report.checks[-1]
+
+
+def test_nan_fails_and_skipped_lines_conform(tmp_path):
+    report = _report(tmp_path)
+    assert not report.check("nan value", float("nan"), "<= 1", lambda v: v <= 1, baseline=("trivial", 3.0))
+    report.check("gpu line", None, "< 1 s", None, skipped="no CUDA device", baseline=("naive backend", None))
+    entry = report.checks[-1]
+    assert entry["pass"] is None and entry["baseline"]["pass"] is None
+    assert report_module.schema_problems(entry) == []
+    path = report.write()
+    written = json.loads(path.read_text())
+    assert [c["name"] for c in written["checks"]] == ["nan value", "gpu line"]
+
+
+def test_bad_baseline_specifications_raise(tmp_path):
+    report = _report(tmp_path)
+    with pytest.raises(TypeError, match="baseline"):
+        report.check("x", 1.0, "<= 1", True, baseline=3.0)
+    with pytest.raises(ValueError, match="baseline"):
+        report.check("x", 1.0, "<= 1", True, baseline={"value": 3.0})
+
+
+def test_schema_problems_lists_each_fault():
+    good = {"name": "a", "value": 1, "target": "<= 2", "pass": True,
+            "baseline": {"name": "b", "value": 3, "pass": False}}
+    assert report_module.schema_problems(good) == []
+    assert report_module.schema_problems({**good, "pass": "yes"})
+    assert report_module.schema_problems({**good, "pass": None})  # null without a skipped reason
+    assert report_module.schema_problems({**good, "baseline": {"name": "b", "value": 3}})
+    assert report_module.schema_problems({k: v for k, v in good.items() if k != "target"})
+
+
+def _check_calls(path: Path):
+    """Every ``<something>.check(...)`` call in a script, with its line number and keyword names."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "check":
+            yield node.lineno, {keyword.arg for keyword in node.keywords}
+
+
+@pytest.mark.parametrize("script", CHECKED_SCRIPTS, ids=lambda p: p.name)
+def test_every_check_of_the_script_names_a_baseline(script):
+    calls = list(_check_calls(script))
+    assert calls, f"{script.name}: no report.check calls found"
+    missing = [line for line, keywords in calls if "baseline" not in keywords]
+    assert not missing, f"{script.name}: report.check without baseline= at lines {missing}"
+
+
+@pytest.mark.parametrize("script", CHECKED_SCRIPTS, ids=lambda p: p.name)
+def test_no_check_is_a_bookkeeping_constant(script):
+    """A check's value must be measured: a literal number or string as the value could not fail."""
+    tree = ast.parse(script.read_text(), filename=str(script))
+    constant = [node.lineno for node in ast.walk(tree)
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "check"
+                and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and node.args[1].value is not None]
+    assert not constant, f"{script.name}: check values that are literals at lines {constant}"
