@@ -5,26 +5,38 @@ An interrupted run never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Union
 
-__all__ = ["atomic_path", "write_json", "write_text"]
+__all__ = ["atomic_path", "write_json", "write_text", "sweep_stale_temporaries", "read_hdf5_array"]
 
 PathLike = Union[str, os.PathLike]
+_ORPHAN_SECONDS = 3600.0
 
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
+    """Yield a temporary path beside ``path``; on success it is flushed to disk (``fsync``) and
+    renamed to ``path``.
 
-    On an exception the temporary file is removed and the final file is left untouched.
+    On an exception the temporary file is removed and the final file is left untouched; an
+    ``OSError`` names ``path``, never the temporary. Temporary files of the same target left by
+    a killed writer (``.NAME.<pid>.*`` of a process that no longer runs) are removed first.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise NotADirectoryError(errno.ENOTDIR, "a parent of the output is an existing file, not a folder",
+                                 str(path)) from None
+    sweep_stale_temporaries(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or ".tmp",
+                                         dir=path.parent)
     os.close(handle)
     temporary = Path(temporary)
     # mkstemp creates 0600 files; give the final file the usual permissions (0666 less the umask)
@@ -32,11 +44,85 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)
     try:
-        yield temporary
-        os.replace(temporary, path)
+        try:
+            yield temporary
+            _fsync(temporary)
+            os.replace(temporary, path)
+            _fsync_directory(path.parent)
+        except OSError as error:
+            raise _naming_target(error, temporary, path) from None
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def sweep_stale_temporaries(path: PathLike) -> List[Path]:
+    """Remove ``.NAME.<pid>.*`` temporaries of ``path`` whose writer process is gone; returns them.
+
+    Temporaries of a live process (another writer of the same target) are kept; ones without a
+    process id (older torchmf versions) are removed once they are older than ``_ORPHAN_SECONDS``.
+    """
+    path = Path(path)
+    removed = []
+    if not path.parent.is_dir():
+        return removed
+    prefix = f".{path.name}."
+    for candidate in path.parent.iterdir():
+        if not candidate.name.startswith(prefix) or not candidate.is_file():
+            continue
+        owner = candidate.name[len(prefix):].split(".", 1)[0]
+        try:
+            stale = not _process_alive(int(owner)) if owner.isdigit() else \
+                time.time() - candidate.stat().st_mtime > _ORPHAN_SECONDS
+            if stale:
+                candidate.unlink()
+                removed.append(candidate)
+        except OSError:  # raced with another sweeper or the writer's own rename
+            continue
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # a write in progress in this process (another thread)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _fsync_directory(folder: Path) -> None:
+    # the rename itself is durable only once the folder's entry is on disk (not possible on every OS)
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def _naming_target(error: OSError, temporary: Path, path: Path) -> OSError:
+    """The same error, naming the user's ``path`` instead of the hidden temporary file."""
+    message = error.strerror or str(error)
+    for name in (str(temporary), temporary.name):
+        message = message.replace(name, str(path))
+    return type(error)(error.errno or 0, message, str(path)) if error.errno else OSError(
+        errno.EIO, f"cannot write the file ({message})", str(path))
 
 
 def write_text(path: PathLike, text: str) -> Path:
@@ -56,3 +142,29 @@ def _json_default(value):
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def read_hdf5_array(group, name: str, path: PathLike):
+    """The array stored under ``name`` in an open ``h5py`` group, as numpy.
+
+    Only data held inside the file is read: external links, soft links, virtual datasets and
+    datasets with external raw storage are refused (they would read other files), as are
+    non-numeric datasets. Raises ``ValueError`` naming ``path``.
+    """
+    import h5py
+
+    link = group.get(name, getlink=True)
+    if link is None:
+        raise ValueError(f"path: {str(path)!r} lacks dataset {name!r}")
+    if not isinstance(link, h5py.HardLink):
+        raise ValueError(f"path: {str(path)!r}: {name!r} is an HDF5 {type(link).__name__} to another location; "
+                         "only data stored in the file itself is read")
+    dataset = group[name]
+    if not isinstance(dataset, h5py.Dataset):
+        raise ValueError(f"path: {str(path)!r}: {name!r} is a {type(dataset).__name__}, expected a dataset")
+    if dataset.is_virtual or dataset.external:
+        raise ValueError(f"path: {str(path)!r}: {name!r} keeps its data in other files (virtual or external "
+                         "storage); only data stored in the file itself is read")
+    if dataset.dtype.kind not in "fiub":
+        raise ValueError(f"path: {str(path)!r}: {name!r} holds {dataset.dtype} values, expected numbers")
+    return dataset[()]

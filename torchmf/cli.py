@@ -2,7 +2,8 @@
 
 Sub-commands live one per module in :mod:`torchmf.commands`; each module defines ``NAME``,
 ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``, and is discovered here. Bad input
-(``ValueError``/``TypeError``/missing files) is printed as one line and exits with status 2.
+(every user-caused error of :data:`torchmf._errors.USER_ERRORS`: bad values, missing or malformed
+files, YAML errors, requests too large for memory) is printed as one line and exits with status 2.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from typing import List, Optional
 
 __all__ = ["main", "build_parser"]
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, KeyError, IsADirectoryError, PermissionError)
+from ._errors import USER_ERRORS, user_message  # noqa: F401  (USER_ERRORS: the shared list, re-exported)
 
 
 def _command_modules():
@@ -44,13 +45,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except USER_ERRORS as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"torchmf {args.command}: error: {message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"torchmf {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        message = user_message(error)
+        if message is None:
+            raise  # a bug: keep the traceback
+        print(f"torchmf {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,14 +6,17 @@ and ``NAME.json`` (the manifest: description, the builder that turns the payload
 the SHA-256 of ``NAME.pt``, the training config and final metrics). :func:`load` verifies the
 hash before reading the payload, so a truncated or foreign file is refused with a clear error.
 
-Builders are named ``"module:function"`` and must live in ``torchmf`` or ``trainers``; they take
-``(payload, manifest)`` and return an ``nn.Module``.
+Builders are named ``"module:function"`` and must be one of :data:`BUILDERS` (an allow-list
+inside the package); they take ``(payload, manifest)`` and return an ``nn.Module``. Only the
+registered names (:func:`names`) load, and a manifest's ``file`` is a bare file name in
+``CHECKPOINT_DIR`` (no path separators), so neither a name nor a manifest can point elsewhere.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -21,10 +24,12 @@ import torch
 
 from ._io import atomic_path, write_json
 
-__all__ = ["names", "load", "info", "save", "CHECKPOINT_DIR"]
+__all__ = ["names", "load", "info", "save", "CHECKPOINT_DIR", "BUILDERS"]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-_ALLOWED_PACKAGES = ("torchmf", "trainers")
+#: The only functions a manifest may name to turn a payload into a model.
+BUILDERS = ("torchmf.averaging:build_pretrained", "trainers.drift:build_drift_model")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def names() -> List[str]:
@@ -34,18 +39,30 @@ def names() -> List[str]:
 
 def info(name: str) -> Dict:
     """The manifest of ``name`` (description, config, metrics, sha256)."""
-    path = CHECKPOINT_DIR / f"{name}.json"
-    if not isinstance(name, str) or not path.is_file():
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a string, one of {names()}, but got {type(name).__name__}")
+    if name not in names():  # never a path: "../x", "/abs/x" and "a/b" are not registered names
         raise ValueError(f"name: expected one of {names()}, but got {name!r}")
+    path = CHECKPOINT_DIR / f"{name}.json"
     with open(path) as handle:
         try:
             manifest = json.load(handle)
         except json.JSONDecodeError as error:
             raise ValueError(f"name: manifest of {name!r} is not valid JSON ({error})") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"name: manifest of {name!r} is not a JSON object")
     for key in ("builder", "sha256", "file"):
-        if key not in manifest:
-            raise ValueError(f"name: manifest of {name!r} lacks {key!r}")
+        if not isinstance(manifest.get(key), str):
+            raise ValueError(f"name: manifest of {name!r} lacks a string {key!r}")
+    _check_file_name(manifest["file"], name)
     return manifest
+
+
+def _check_file_name(file_name: str, name: str) -> None:
+    if Path(file_name).name != file_name or "\\" in file_name or not _NAME.match(file_name) \
+            or not file_name.endswith(".pt"):
+        raise ValueError(f"name: manifest of {name!r} names the file {file_name!r}; expected a bare '.pt' file "
+                         "name inside the checkpoint folder (no path separators)")
 
 
 def sha256(path: Path) -> str:
@@ -57,9 +74,9 @@ def sha256(path: Path) -> str:
 
 
 def _builder(spec: str):
+    if spec not in BUILDERS:
+        raise ValueError(f"builder: expected one of {list(BUILDERS)}, but got {spec!r}")
     module_name, _, function_name = spec.partition(":")
-    if not function_name or module_name.split(".")[0] not in _ALLOWED_PACKAGES:
-        raise ValueError(f"builder: expected 'module:function' inside {_ALLOWED_PACKAGES}, but got {spec!r}")
     return getattr(importlib.import_module(module_name), function_name)
 
 
@@ -90,6 +107,8 @@ def save(name: str, payload: dict, builder: str, description: str, config: dict,
          directory: Optional[Path] = None) -> Path:
     """Write ``NAME.pt`` and ``NAME.json`` atomically (used by scripts/train_pretrained.py)."""
     _builder(builder)  # fail early on a bad builder name
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"name: expected letters, digits, '.', '_' or '-' (no path separators), but got {name!r}")
     directory = Path(directory or CHECKPOINT_DIR)
     checkpoint = directory / f"{name}.pt"
     with atomic_path(checkpoint, suffix=".pt") as temporary:

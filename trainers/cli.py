@@ -8,6 +8,8 @@ path with NaN or non-increasing times) print one line and exit with status 2.
 """
 from __future__ import annotations
 
+import pickle
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -15,14 +17,21 @@ from typing import List, Optional
 __all__ = ["main"]
 
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
+_CKPT_NAMES = ("last", "best", "hpc")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
-def _one_line(error: BaseException) -> str:
+def _cause(error: BaseException) -> BaseException:
     # jsonargparse wraps the error a class raised while being built: report the original one
     seen = set()
     while error.__cause__ is not None and id(error) not in seen:
         seen.add(id(error))
         error = error.__cause__
+    return error
+
+
+def _one_line(error: BaseException) -> str:
+    error = _cause(error)
     text = str(error).strip()
     if not text:
         return type(error).__name__
@@ -56,6 +65,12 @@ def _cli_class():
             # LightningCLI would silently switch to the checkpoint's own model class: refuse instead
             subcommand = self.config.get("subcommand")
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path is not None:
+                _check_ckpt_path(ckpt_path)
+            weights_only = self.config[subcommand].get("weights_only") if subcommand else None
+            if weights_only is False:
+                raise ValueError("weights_only: a checkpoint is data, never code: expected true (the default), "
+                                 "but got false")
             if ckpt_path and Path(ckpt_path).is_file():
                 import torch
 
@@ -64,18 +79,49 @@ def _cli_class():
                 except Exception as error:
                     raise ValueError(f"ckpt_path: {ckpt_path!r} is not a readable Lightning checkpoint "
                                      f"({type(error).__name__})") from None
+                if not isinstance(checkpoint, dict):
+                    raise ValueError(f"ckpt_path: {ckpt_path!r} is not a Lightning checkpoint (no dictionary inside)")
                 stored = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", "")).rsplit(".", 1)[-1]
                 wanted = str(self.config[subcommand]["model"].get("class_path", "")).rsplit(".", 1)[-1]
                 if stored and wanted and stored != wanted:
                     raise ValueError(f"ckpt_path: the checkpoint was written by {stored}, but the config trains {wanted}")
             return super()._parse_ckpt_path()
 
+        def _prepare_subcommand_kwargs(self, subcommand):
+            # every checkpoint Lightning reads (a local file, "last", "best") is loaded without unpickling code
+            kwargs = super()._prepare_subcommand_kwargs(subcommand)
+            if "weights_only" in self._subcommand_method_arguments[subcommand]:
+                kwargs["weights_only"] = True
+            return kwargs
+
     return TorchmfCLI
+
+
+def _check_ckpt_path(ckpt_path) -> None:
+    """Only a local file or Lightning's own names: a URL (``http://``, ``s3://``, ``registry:``) is
+    refused before anything is fetched, since Lightning would download it and cache it for later runs."""
+    if not isinstance(ckpt_path, (str, Path)):
+        raise TypeError(f"ckpt_path: expected a local file path or one of {list(_CKPT_NAMES)}, "
+                        f"but got {type(ckpt_path).__name__}")
+    text = str(ckpt_path)
+    if text in _CKPT_NAMES:
+        return
+    if _URL.match(text) or text.startswith("registry"):
+        raise ValueError(f"ckpt_path: expected a local file (checkpoints are data, never fetched), but got "
+                         f"the remote location {text!r}; download it yourself and pass the local path")
+    path = Path(text)
+    if path.is_dir():
+        raise ValueError(f"ckpt_path: expected a checkpoint file, but {text!r} is a directory")
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path: no such checkpoint file {text!r}")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     from jsonargparse import ArgumentError
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch import LightningDataModule, LightningModule
+
+    from torchmf._errors import ALLOCATION_PATTERNS, user_message
 
     LightningCLI = _cli_class()
 
@@ -87,8 +133,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                      parser_kwargs=parser_kwargs)
     except SystemExit as exit_request:  # --help, or an argparse error that still exits
         return int(exit_request.code or 0) if isinstance(exit_request.code, int) else 2
-    except (ValueError, TypeError, FileNotFoundError, KeyError, ArgumentError, RuntimeError) as error:
-        print(f"torchmf-train: error: {_one_line(error)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("torchmf-train: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        cause = _cause(error)
+        # Lightning reports its configuration problems as RuntimeError/MisconfigurationException
+        extra = (ArgumentError, MisconfigurationException, RuntimeError, pickle.UnpicklingError)
+        message = user_message(cause, extra)
+        if message is None:
+            raise
+        generic = isinstance(cause, (ValueError, TypeError, ArgumentError, MisconfigurationException)) or (
+            isinstance(cause, RuntimeError) and not ALLOCATION_PATTERNS.search(str(cause)))
+        # jsonargparse's messages span several lines: _one_line keeps the most specific one
+        print(f"torchmf-train: error: {_one_line(error) if generic else message}", file=sys.stderr)
         return 2
     return 0
 
