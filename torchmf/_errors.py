@@ -19,7 +19,7 @@ USER_ERRORS: Tuple[Type[BaseException], ...] = (ValueError, TypeError, KeyError,
                                                  OverflowError, zipfile.BadZipFile)
 
 #: Messages of ``RuntimeError`` that mean "the request does not fit" rather than a bug.
-ALLOCATION_PATTERNS = re.compile(r"can't allocate|out of memory|not enough memory|Overflow when unpacking|"
+ALLOCATION_PATTERNS = re.compile(r"can't allocate|out of memory|not enough memory|"
                                  r"invalid number of elements|numel: integer multiplication overflow|"
                                  r"Trying to create tensor with negative dimension", re.IGNORECASE)
 

@@ -20,6 +20,8 @@ __all__ = [
     "check_nonnegative",
     "check_int",
     "check_choice",
+    "check_seed",
+    "parse_key_values",
     "as_float_tensor",
 ]
 
@@ -94,13 +96,47 @@ def check_nonnegative(name: str, value) -> float:
     return value
 
 
-def check_int(name: str, value, minimum: Optional[int] = None) -> int:
+def check_int(name: str, value, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name}: expected an integer, but got {type(value).__name__} {value!r}")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, but got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected an integer <= {maximum}, but got {value}")
     return value
+
+
+#: torch seeds are unsigned 64-bit; keep them in the signed range every backend accepts
+SEED_MAX = 2 ** 63 - 1
+
+
+def check_seed(name: str, value) -> int:
+    """A seed: an integer in ``[0, 2^63 - 1]``."""
+    return check_int(name, value, minimum=0, maximum=SEED_MAX)
+
+
+def parse_key_values(items: Sequence[str], option: str) -> dict:
+    """``["a=0.5", "b=[1, 2]"]`` -> ``{"a": 0.5, "b": [1, 2]}``: each value read as safe YAML.
+
+    Raises ``ValueError`` naming ``option`` and the item for a missing ``=``, an empty key or
+    invalid YAML (python tags included: safe YAML builds no objects).
+    """
+    import yaml
+
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{option}: expected KEY=VALUE, but got {item!r}")
+        key, value = item.split("=", 1)
+        if not key.strip():
+            raise ValueError(f"{option}: expected a non-empty KEY in KEY=VALUE, but got {item!r}")
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or type(error).__name__
+            raise ValueError(f"{option}: {item!r} is not a valid YAML value ({problem})") from None
+    return params
 
 
 def check_choice(name: str, value, choices: Sequence[str]) -> str:

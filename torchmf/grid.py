@@ -22,6 +22,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from ._memory import check_fits
 from ._validation import check_int, check_points, check_tensor
 
 __all__ = ["Grid", "GridConvolution"]
@@ -52,6 +53,8 @@ class Grid:
                 raise ValueError(f"upper: expected upper > lower in every dimension, but got lower={lower}, upper={upper}")
         if not isinstance(periodic, bool):
             raise TypeError(f"periodic: expected a bool, but got {type(periodic).__name__}")
+        # one float32 field of this grid must fit somewhere (a 300000^2 grid is refused at once)
+        check_fits("shape", 4.0 * math.prod(shape), "any", f"a grid of shape {shape} (one float32 field)")
         self.lower: Tuple[float, ...] = tuple(lower)
         self.upper: Tuple[float, ...] = tuple(upper)
         self.shape: Tuple[int, ...] = tuple(shape)
@@ -342,6 +345,10 @@ class GridConvolution:
     def spectrum(self, device, dtype) -> torch.Tensor:
         key = (str(device), dtype)
         if key not in self._spectra:
+            # float64 offsets (d), kernel values and their spectrum (up to d + 1 channels each)
+            nodes = math.prod(self.grid.fft_shape())
+            check_fits("grid", 8.0 * nodes * (3 * self.grid.dim + 3), device,
+                       f"the kernel spectrum of {self.grid!r} ({nodes} FFT nodes)")
             offsets = self.grid.offsets(device=device, dtype=torch.float64)
             values = self.kernel(offsets)
             if values.ndim == self.grid.dim:

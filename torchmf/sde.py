@@ -22,13 +22,17 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._validation import as_float_tensor, check_int, check_points, check_positive, check_tensor
+from ._memory import check_simulation_fits
+from ._validation import as_float_tensor, check_int, check_points, check_positive, check_seed, check_tensor
 from .interaction import InteractionForce
 from .particles import Trajectories
 
-__all__ = ["McKeanVlasovSDE", "ReflectingBox", "PeriodicBox", "simulate", "make_generator", "record_loop"]
+__all__ = ["McKeanVlasovSDE", "ReflectingBox", "PeriodicBox", "simulate", "make_generator", "record_loop",
+           "DivergenceGuard", "DIVERGENCE_FACTOR"]
 
 NOISE_TYPES = ("diagonal", "scalar")
+#: A recorded particle farther than this many initial spreads from the initial centre means divergence.
+DIVERGENCE_FACTOR = 1e6
 SDE_TYPES = ("ito",)
 
 
@@ -164,9 +168,51 @@ def make_generator(seed: Optional[int], device) -> Optional[torch.Generator]:
     """A ``torch.Generator`` on ``device`` seeded with ``seed`` (None: torch's global generator)."""
     if seed is None:
         return None
+    seed = check_seed("seed", seed)
     generator = torch.Generator(device=device)
-    generator.manual_seed(check_int("seed", seed, minimum=0))
+    generator.manual_seed(seed)
     return generator
+
+
+class DivergenceGuard:
+    """Stop a run that blows up, before its positions overflow to inf.
+
+    The bound: a recorded state diverges when some particle lies farther than
+    ``factor`` (default :data:`DIVERGENCE_FACTOR` = 1e6) times the initial spread from the
+    initial centre of its experiment, where the spread is the larger of the initial ensemble's
+    extent (largest coordinate range), the box size (``boundary``) and 1 (absolute units, so
+    a point start can still spread by diffusion). Explicit Euler with too large a ``dt`` grows
+    geometrically or faster (``dt = 5`` on the double well reaches 1e28 in four steps), far
+    beyond any physical spreading, so the message suggests a smaller ``dt``. NaN/inf are
+    reported the same way.
+
+    Arguments:
+        initial: positions ``(M, N, d)`` at the start.
+        dt: the run's step (for the message).
+        name: what is simulated (for the message).
+        boundary: optional box with ``lower``/``upper``.
+    """
+
+    def __init__(self, initial: torch.Tensor, dt: float, name: str = "the simulation", boundary=None,
+                 factor: Optional[float] = None):
+        flat = initial.detach().reshape(initial.shape[0], -1, initial.shape[-1])
+        self.centre = flat.mean(1, keepdim=True)
+        extent = float((flat.amax(1) - flat.amin(1)).max()) if flat.numel() else 0.0
+        box = float((boundary.upper - boundary.lower).max()) if hasattr(boundary, "upper") else 0.0
+        self.spread = max(extent, box, 1.0)
+        self.factor = DIVERGENCE_FACTOR if factor is None else factor
+        self.dt, self.name = dt, name
+
+    def __call__(self, positions: torch.Tensor, t: float) -> None:
+        """Raise ``ValueError`` (naming ``dt``) if ``positions (M, N, d)`` diverged by time ``t``."""
+        flat = positions.reshape(positions.shape[0], -1, positions.shape[-1])
+        distance = float((flat - self.centre.to(flat)).abs().amax()) if flat.numel() else 0.0
+        if not math.isfinite(distance):
+            raise ValueError(f"dt: {self.name} produced NaN/inf by t={t:g}; reduce dt={self.dt:g}")
+        if distance > self.factor * self.spread:
+            raise ValueError(f"dt: {self.name} diverged by t={t:g}: a particle is {distance:.3g} from the initial "
+                             f"centre, more than {self.factor:g} x the initial spread {self.spread:.3g}; "
+                             f"reduce dt={self.dt:g}")
 
 
 def record_loop(step: Callable, state, times: Sequence[float], dt: float, record: Callable,
@@ -219,15 +265,16 @@ def simulate(sde: McKeanVlasovSDE, x0: torch.Tensor, times, dt: float, seed: Opt
         generator = make_generator(seed, x0.device)
     if boundary is not None and not hasattr(boundary, "apply"):
         raise TypeError(f"boundary: expected ReflectingBox, PeriodicBox or None, but got {type(boundary).__name__}")
+    check_simulation_fits(x0.shape[0], times.numel(), x0.shape[-2], x0.shape[-1], x0.dtype, x0.device, "x0")
     record = torch.empty((x0.shape[0], times.numel()) + tuple(x0.shape[1:]), dtype=x0.dtype, device=x0.device)
+    guard = DivergenceGuard(x0, dt, "the simulation", boundary)
 
     def step(t, x, h):
         x = sde.step(t, x, h, generator)
         return boundary.apply(x) if boundary is not None else x
 
     def store(index, x):
-        if not bool(torch.isfinite(x).all()):
-            raise ValueError(f"dt: the simulation produced NaN/inf by t={float(times[index]):g}; reduce dt={dt:g}")
+        guard(x, float(times[index]))
         record[:, index] = x
 
     with torch.no_grad():

@@ -14,9 +14,13 @@ import torch
 
 from .._validation import check_int, check_positive
 from ..particles import Trajectories
-from ..sde import McKeanVlasovSDE, make_generator, record_loop
+from .._memory import check_simulation_fits
+from ..sde import DivergenceGuard, McKeanVlasovSDE, make_generator, record_loop
 
-__all__ = ["ParticleSystem", "SDESystem"]
+__all__ = ["ParticleSystem", "SDESystem", "MAX_RECORDED_TIMES"]
+
+#: More recorded snapshots than this is a mistake in t_end / record_dt, not a dataset.
+MAX_RECORDED_TIMES = 10_000_000
 
 
 class ParticleSystem:
@@ -56,6 +60,9 @@ class ParticleSystem:
         t_end = check_positive("t_end", self.default_t_end if t_end is None else t_end)
         record_dt = check_positive("record_dt", self.default_record_dt if record_dt is None else record_dt)
         count = max(1, round(t_end / record_dt))
+        if count > MAX_RECORDED_TIMES:
+            raise ValueError(f"record_dt: t_end / record_dt = {count} recorded times, more than {MAX_RECORDED_TIMES}; "
+                             f"record less often")
         return torch.linspace(0.0, t_end, count + 1, dtype=torch.float64)
 
     def simulate(self, n_particles: Optional[int] = None, n_experiments: int = 1, times=None,
@@ -88,6 +95,8 @@ class ParticleSystem:
         device = torch.device(device) if device is not None else torch.device("cpu")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError("device: CUDA was asked for, but torch.cuda.is_available() is False")
+        if initial_state is None:  # sized before anything is allocated (1e10 particles are refused at once)
+            check_simulation_fits(n_experiments, times.numel(), n_particles, self.dim, dtype, device)
         if generator is None:
             generator = make_generator(seed, device)
         state = initial_state
@@ -96,11 +105,11 @@ class ParticleSystem:
         positions = self.positions(state)
         record = positions.new_empty((positions.shape[0], times.numel()) + tuple(positions.shape[1:]))
         extra_records: Dict[str, torch.Tensor] = {}
+        guard = DivergenceGuard(positions, dt, self.registered_name, getattr(self, "boundary", None))
 
         def store(index, current):
             current_positions = self.positions(current)
-            if not bool(torch.isfinite(current_positions).all()):
-                raise ValueError(f"dt: {self.registered_name} produced NaN/inf by t={float(times[index]):g}; reduce dt={dt:g}")
+            guard(current_positions, float(times[index]))
             record[:, index] = current_positions
             for name, value in self.extras(current).items():
                 if name not in extra_records:
