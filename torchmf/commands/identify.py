@@ -39,6 +39,13 @@ def run(args) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: CUDA was asked for, but torch.cuda.is_available() is False")
     data = Trajectories.load(Path(args.data), device=device)
+    if args.grid_shape is not None:  # the (L, G^d) histogram and its weak-form products, sized before building
+        from .._memory import check_fits
+
+        if args.grid_shape < 2:
+            raise ValueError(f"--grid-shape: expected an integer >= 2, but got {args.grid_shape}")
+        check_fits("--grid-shape", 8.0 * 4 * data.n_experiments * data.n_times * float(args.grid_shape) ** data.dim,
+                   device, f"a {args.grid_shape}^{data.dim} histogram of {data.n_times} times")
     if args.noise:
         data = wsindy.add_measurement_noise(data, args.noise, seed=args.seed)
     model = wsindy.identify(data, args.library, test_functions=args.test_functions, grid_shape=args.grid_shape)

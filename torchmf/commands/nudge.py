@@ -18,6 +18,7 @@ Examples:
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 NAME = "nudge"
@@ -51,18 +52,25 @@ def add_arguments(parser) -> None:
 
 
 def _params(items, option):
-    import yaml
+    from .._validation import parse_key_values
 
-    params = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"{option}: expected KEY=VALUE, but got {item!r}")
-        key, value = item.split("=", 1)
-        params[key.strip()] = yaml.safe_load(value)
-    return params
+    return parse_key_values(items, option)
 
 
 def _check_args(args):
+    # a bad value is an error, never replaced by the default (--dt 0 used to run with the system's dt)
+    for option, value in (("--dt", args.dt), ("--t-end", args.t_end)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{option}: expected a positive number, but got {value}")
+    if args.particles is not None and args.particles < 1:
+        raise ValueError(f"--particles: expected an integer >= 1, but got {args.particles}")
+    if args.seed < 0:
+        raise ValueError(f"--seed: expected an integer >= 0, but got {args.seed}")
+    if not math.isfinite(args.noise) or args.noise < 0:
+        raise ValueError(f"--noise: expected a non-negative number, but got {args.noise}")
+    for value in args.strength:
+        if not math.isfinite(value):
+            raise ValueError(f"--strength: expected a finite number, but got {value}")
     if args.obs_every < 1:
         raise ValueError(f"--obs-every: expected an integer >= 1, but got {args.obs_every}")
     for value in args.strength:
@@ -113,7 +121,7 @@ def _nudge(args, sharded: bool) -> int:
         raise ValueError(f"system: a sharded nudge needs an SDE system and --backend grid, but got {args.system!r} "
                          f"with --backend {args.backend}")
     base = getattr(biased_system, "sde", None) or biased_system.pic
-    dt = args.dt or reference_system.default_dt
+    dt = reference_system.default_dt if args.dt is None else args.dt
     if sharded:
         recipe = {"system": args.system, "params": reference_params, "particles": args.particles,
                   "t_end": args.t_end, "dt": dt, "seed": args.seed}

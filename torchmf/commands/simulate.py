@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from .._validation import parse_key_values
+
 NAME = "simulate"
 HELP = "simulate a registered system or dataset recipe and write an HDF5/npz dataset"
 ORDER = 10
@@ -42,9 +44,19 @@ def load_recipe(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"system: recipe file {str(path)!r} does not exist")
     with open(path) as handle:
-        recipe = yaml.safe_load(handle)
+        try:
+            recipe = yaml.safe_load(handle)
+        except yaml.YAMLError as error:  # a syntax error or a python tag: one line naming the file
+            problem = getattr(error, "problem", None) or type(error).__name__
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"system: recipe {str(path)!r} is not valid safe YAML ({problem}{where})") from None
     if not isinstance(recipe, dict) or "system" not in recipe:
         raise ValueError(f"system: recipe {str(path)!r} must be a mapping with a 'system' key")
+    if recipe.get("dtype", "float32") not in ("float32", "float64"):
+        raise ValueError(f"system: recipe {str(path)!r} has dtype {recipe['dtype']!r}; expected 'float32' or 'float64'")
+    if not isinstance(recipe.get("params") or {}, dict):
+        raise ValueError(f"system: recipe {str(path)!r} has 'params' that is not a mapping")
     unknown = set(recipe) - _RECIPE_KEYS
     if unknown:
         raise ValueError(f"system: recipe {str(path)!r} has unknown keys {sorted(unknown)}; expected {sorted(_RECIPE_KEYS)}")
@@ -56,12 +68,7 @@ def recipe_from_args(args) -> dict:
         recipe = load_recipe(Path(args.system))
     else:
         recipe = {"system": args.system}
-    params = dict(recipe.get("params") or {})
-    for item in args.param:
-        if "=" not in item:
-            raise ValueError(f"--param: expected KEY=VALUE, but got {item!r}")
-        key, value = item.split("=", 1)
-        params[key.strip()] = yaml.safe_load(value)
+    params = dict(recipe.get("params") or {}, **parse_key_values(args.param, "--param"))
     recipe["params"] = params
     for key in ("particles", "experiments", "t_end", "dt", "record_dt", "seed", "dtype"):
         value = getattr(args, key, None)
