@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
 NAME = "lot"
 HELP = "LOT projective integration of a registered system (large Euler steps from transport maps)"
 ORDER = 30
@@ -48,18 +46,22 @@ def run(args) -> int:
 
     from .. import systems
     from .._io import write_json
+    from .._memory import STATE_COPIES, check_fits
+    from .._validation import parse_key_values
     from ..lot import AdaptiveStep, ProjectiveIntegrator, SystemSimulator, w2_distance
     from ..plots import line_plot
 
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:  # 0 used to be ignored silently, negative ones ended in a traceback
+            raise ValueError(f"--threads: expected an integer >= 1, but got {args.threads}")
         torch.set_num_threads(args.threads)
-    params = {}
-    for item in args.param:
-        if "=" not in item:
-            raise ValueError(f"--param: expected KEY=VALUE, but got {item!r}")
-        key, value = item.split("=", 1)
-        params[key.strip()] = yaml.safe_load(value)
+    if args.particles < 1:
+        raise ValueError(f"--particles: expected an integer >= 1, but got {args.particles}")
+    params = parse_key_values(args.param, "--param")
     system = systems.get(args.system, **params)
+    # the projective run, two controls and the 2k+1 snapshot window, each (N, d): sized before any run
+    check_fits("--particles", 4.0 * args.particles * system.dim * (2 * args.k + 1 + 3 * STATE_COPIES),
+               "cpu", f"LOT with N={args.particles} particles and k={args.k}")
     adaptive = None
     if args.adaptive_tolerance is not None:
         adaptive = AdaptiveStep(args.adaptive_tolerance, min_step=args.step, max_step=(args.t_end or args.step) / 2)
