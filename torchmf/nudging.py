@@ -61,8 +61,10 @@ grid reads the particles' extent (one read per sub-step; none on a periodic grid
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -186,43 +188,143 @@ class GridObservations(_Observations):
     """Smoothed densities given on a grid (images), with the grid's spatial extent.
 
     Arguments:
-        densities: ``(L, G_1, ..., G_d)`` or ``(M, L, G_1, ..., G_d)``: the values of
-            :math:`K_h * \\mu^{obs}` at the nodes (a density: it integrates to about 1).
-        extent: a :class:`~torchmf.grid.Grid` (its nodes are where the values sit), or
-            ``(lower, upper)`` corners of the node box (nodes ``lower + j (upper - lower)/(G - 1)``;
-            on a torus, ``periodic=True``, ``lower + j (upper - lower)/G``).
+        densities: tensor or numpy array ``(L, *image)`` or ``(M, L, *image)``: the values of
+            :math:`K_h * \\mu^{obs}` at the pixels (a density: it integrates to about 1, see ``normalize``).
+        extent: the window the images cover, either a :class:`~torchmf.grid.Grid` (its nodes are where
+            the values sit, in the grid's axis order) or ``(lower, upper)``: the outer *edges* of the
+            image in coordinate order ``(x, y, ...)``, numbers or ``d``-sequences. Pixel ``j`` along an
+            axis with ``G`` pixels covers ``[lower + j h, lower + (j + 1) h]``, ``h = (upper - lower) / G``,
+            and its value sits at the pixel centre ``lower + (j + 1/2) h`` (matplotlib's
+            ``imshow(extent=...)`` convention).
         times: observation times ``(L,)``.
         periodic: torus (only with ``(lower, upper)``).
         interpolation: ``"hold"`` or ``"linear"``.
         noise: standard deviation of Gaussian noise added once to the values (absolute, density units).
         seed: seed of that noise.
+        indexing: ``"xy"``: the image axes are ``(rows = y, columns = x)`` as numpy, matplotlib and
+            scikit-image store images (for 3-D stacks ``(y, x, z)``, numpy's ``meshgrid`` convention);
+            ``"ij"``: axis ``k`` of the array is coordinate ``k``. Default: ``"xy"`` with a
+            ``(lower, upper)`` extent (an image), ``"ij"`` with a :class:`~torchmf.grid.Grid` (torchmf's
+            own density grids, e.g. :func:`density_observations`). Irrelevant in 1-D.
+        origin: ``"lower"`` (row 0 at the smallest y, ``imshow(origin="lower")``) or ``"upper"`` (row 0 at
+            the largest y, how an image file is displayed); ``"xy"`` only.
+        normalize: ``False`` (values used as given; a warning when an image's mass
+            :math:`\\sum \\rho\\, h^d` is more than 10% away from 1), ``True`` (each image scaled to mass 1)
+            or a number in (0, 1] (each image scaled to that mass: the fraction of the population inside
+            the field of view).
+        field_of_view: ``False`` (the images cover every particle: a forecast particle outside is an
+            error), ``True`` (the image window is the observed region: the misfit is measured only
+            inside it, particles outside feel no nudging and are not an error) or a boolean mask of the
+            image shape (same axis order as ``densities``) marking the observed pixels.
     """
 
     kind = "density"
 
     def __init__(self, densities, extent, times, periodic: bool = False, interpolation: str = "hold",
-                 noise: float = 0.0, seed: int = 0):
+                 noise: float = 0.0, seed: int = 0, indexing: Optional[str] = None, origin: str = "lower",
+                 normalize=False, field_of_view=False):
+        if isinstance(densities, np.ndarray):
+            densities = torch.from_numpy(np.ascontiguousarray(densities))
         densities = check_tensor("densities", densities)
         if isinstance(extent, Grid):
             grid = extent
+            dim = grid.dim
         else:
             if not isinstance(extent, (tuple, list)) or len(extent) != 2:
-                raise TypeError(f"extent: expected a Grid or a (lower, upper) pair, but got {extent!r}")
+                raise TypeError(f"extent: expected a Grid or a (lower, upper) pair of edges, but got {extent!r}")
             lower, upper = extent
             dim = max(len(lower) if isinstance(lower, (list, tuple)) else 1,
                       len(upper) if isinstance(upper, (list, tuple)) else 1)
-            if densities.ndim < dim + 1:
-                raise ValueError(f"densities: expected (L, G_1..G_{dim}), but got shape {tuple(densities.shape)}")
-            grid = Grid(lower, upper, list(densities.shape[-dim:]), periodic=periodic, dim=dim)
-        shape = tuple(densities.shape[-grid.dim:]) if densities.ndim >= grid.dim else ()
-        if shape != grid.shape or densities.ndim not in (grid.dim + 1, grid.dim + 2):
+        if densities.ndim not in (dim + 1, dim + 2):
+            raise ValueError(f"densities: expected (L, G_1..G_{dim}) or (M, L, G_1..G_{dim}) for a {dim}-D extent, "
+                             f"but got shape {tuple(densities.shape)}")
+        indexing = check_choice("indexing", indexing if indexing is not None else
+                                ("ij" if isinstance(extent, Grid) else "xy"), ("xy", "ij"))
+        origin = check_choice("origin", origin, ("lower", "upper"))
+        if origin == "upper" and indexing != "xy":
+            raise ValueError("origin: 'upper' (row 0 at the largest y) applies to indexing='xy' images only")
+        self.indexing, self.origin = indexing, origin
+        densities = self._to_coordinate_order(densities, dim)
+        if not isinstance(extent, Grid):
+            grid = _pixel_grid(lower, upper, list(densities.shape[-dim:]), periodic, dim)
+        shape = tuple(densities.shape[-grid.dim:])
+        if shape != grid.shape:
             raise ValueError(f"densities: expected shape (L, {', '.join(map(str, grid.shape))}) or (M, L, ...) "
                              f"to match the extent's grid, but got {tuple(densities.shape)}")
         if densities.ndim == grid.dim + 1:
             densities = densities.unsqueeze(0)
         self.grid = grid
         self._set_times(times, densities.shape[1], interpolation)
+        self.window = self._window(field_of_view, dim, densities.device)
+        densities = self._normalized(densities, normalize)
         self.densities = self._with_noise(densities, noise, seed)
+
+    @classmethod
+    def from_file(cls, path, extent=None, times=None, key: Optional[str] = None, **options) -> "GridObservations":
+        """Images from a ``.npz``/``.h5`` (arrays ``images`` or ``densities``, optionally ``times`` and
+        ``extent`` = ``(lower, upper)`` edges) or a TIFF stack (``tifffile``, the ``images`` extra);
+        ``extent``/``times`` given here win over the file's. Other options as in the constructor."""
+        from .images import read_images
+
+        images, stored = read_images(path, key=key)
+        if extent is None and "extent" in stored:
+            extent = (stored["extent"][0].tolist(), stored["extent"][1].tolist())  # (2, d): lower and upper edges
+        times = times if times is not None else stored.get("times")
+        if extent is None:
+            raise ValueError(f"extent: {str(path)!r} holds no 'extent' array; pass extent=(lower, upper) (image edges)")
+        if times is None:
+            raise ValueError(f"times: {str(path)!r} holds no 'times' array; pass the observation times (L,)")
+        return cls(images, extent, times, **options)
+
+    def _to_coordinate_order(self, densities: torch.Tensor, dim: int) -> torch.Tensor:
+        """``xy`` images ``(..., rows = y, columns = x, ...)`` to coordinate order ``(..., x, y, ...)``."""
+        if self.indexing == "ij" or dim < 2:
+            return densities
+        row_axis = densities.ndim - dim  # y
+        if self.origin == "upper":
+            densities = densities.flip(row_axis)
+        return densities.transpose(row_axis, row_axis + 1).contiguous()
+
+    def _window(self, field_of_view, dim: int, device) -> Optional[torch.Tensor]:
+        """``None`` (no field of view) or the observed pixels ``(G_1..G_d)`` bool in coordinate order."""
+        if field_of_view is False or field_of_view is None:
+            return None
+        if field_of_view is True:
+            return torch.ones(self.grid.shape, dtype=torch.bool, device=device)
+        mask = field_of_view
+        if isinstance(mask, np.ndarray):
+            mask = torch.from_numpy(np.ascontiguousarray(mask))
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"field_of_view: expected False, True or a boolean image mask, but got "
+                            f"{type(field_of_view).__name__}")
+        mask = self._to_coordinate_order(mask.to(device) != 0, dim)
+        if tuple(mask.shape) != self.grid.shape:
+            raise ValueError(f"field_of_view: expected a mask of the image shape, but got {tuple(field_of_view.shape)}")
+        if not bool(mask.any()):
+            raise ValueError("field_of_view: the mask marks no observed pixel")
+        return mask
+
+    def masses(self) -> torch.Tensor:
+        """Mass :math:`\\sum_j \\rho_j h^d` of every image: ``(M, L)``."""
+        return self.densities.flatten(2).sum(-1) * self.grid.cell_volume
+
+    def _normalized(self, densities: torch.Tensor, normalize) -> torch.Tensor:
+        masses = densities.flatten(2).sum(-1) * self.grid.cell_volume
+        if normalize is False or normalize is None:
+            far = (masses - 1).abs() > 0.1
+            if bool(far.any()):
+                warnings.warn(f"densities: {int(far.sum())} of {masses.numel()} images have a mass "
+                              f"(sum of values x pixel area {self.grid.cell_volume:.3g}) far from 1 "
+                              f"(range {float(masses.min()):.4g}..{float(masses.max()):.4g}); the nudging compares "
+                              f"them with a probability density: pass normalize=True (or the fraction of the "
+                              f"population in the field of view)", UserWarning, stacklevel=3)
+            return densities
+        target = 1.0 if normalize is True else check_positive("normalize", normalize)
+        if target > 1:
+            raise ValueError(f"normalize: expected True, False or a mass fraction in (0, 1], but got {normalize!r}")
+        if not bool((masses > 0).all()):
+            raise ValueError("normalize: an image has zero or negative total mass; it cannot be normalized")
+        return densities * (target / masses).reshape(*masses.shape, *([1] * self.grid.dim))
 
     @property
     def dim(self) -> int:
@@ -241,6 +343,22 @@ class GridObservations(_Observations):
 
     def bounds(self):
         return list(self.grid.lower), list(self.grid.upper)
+
+
+def _pixel_grid(lower, upper, shape, periodic: bool, dim: int) -> Grid:
+    """The grid of pixel centres of an image whose outer edges are ``lower`` and ``upper``."""
+    lower = [float(v) for v in (lower if isinstance(lower, (list, tuple)) else [lower] * dim)]
+    upper = [float(v) for v in (upper if isinstance(upper, (list, tuple)) else [upper] * dim)]
+    if len(lower) != dim or len(upper) != dim:
+        raise ValueError(f"extent: expected lower and upper edges of {dim} coordinates, but got {lower}, {upper}")
+    if any(not (b > a) for a, b in zip(lower, upper)):
+        raise ValueError(f"extent: expected upper > lower edges in every coordinate, but got {lower}, {upper}")
+    if any(g < 2 for g in shape):
+        raise ValueError(f"densities: expected at least 2 pixels per axis, but got image shape {tuple(shape)}")
+    half = [(b - a) / (2 * g) for a, b, g in zip(lower, upper, shape)]
+    if periodic:  # torus [lower, upper) with nodes at the pixel centres
+        return Grid([a + h for a, h in zip(lower, half)], [b + h for b, h in zip(upper, half)], shape, periodic=True)
+    return Grid([a + h for a, h in zip(lower, half)], [b - h for b, h in zip(upper, half)], shape)
 
 
 def density_observations(trajectories: Trajectories, grid: Grid, bandwidth: float, every: int = 1,
@@ -280,6 +398,67 @@ class _ValueAndGradient:
 
     def __call__(self, offsets):
         return torch.cat([self.kernel.value(offsets).unsqueeze(-1), self.kernel._gradient_unchecked(offsets)], -1)
+
+
+class _FieldOfView:
+    r"""Misfit measured only inside the observed window :math:`W` (a field of view).
+
+    :math:`F(\mu) = \tfrac12 \sum_{x_n \in W} (K_h * \mu - \rho^{obs})(x_n)^2\, h^d`, whose
+    Wasserstein-gradient velocity is :math:`v = -\lambda\, \nabla K_h * (1_W (K_h * \mu - \rho^{obs}) h^d)`
+    (with :math:`W` everything this is the usual velocity, as :math:`K_h * K_h = K_{\sqrt2 h}`).
+    The computation grid is the image grid widened by the kernel's reach (same spacing, nodes on the
+    pixel centres); particles beyond it are too far to touch :math:`W` (Gaussian tail below
+    :math:`e^{-18}`): they carry no mass here and feel no nudging -- not an error.
+    """
+
+    def __init__(self, grid: Grid, observations: "GridObservations", smoothing: RadialKernel):
+        self.grid = grid
+        self.observations = observations
+        pad = [round((a - b) / h) for a, b, h in zip(observations.grid.lower, grid.lower, grid.spacing)]
+        self.slices = (Ellipsis,) + tuple(slice(p, p + g) for p, g in zip(pad, observations.grid.shape))
+        self.value = GridConvolution(grid, smoothing.value)
+        self.gradient = GridConvolution(grid, smoothing._gradient_unchecked)
+        self._targets: Dict[tuple, torch.Tensor] = {}
+
+    @staticmethod
+    def widened(image: Grid, bandwidth: float, margin: Optional[float]) -> Grid:
+        """``image`` grid extended by ``max(6 h, margin)`` on every side, on the same node lattice."""
+        reach = 6 * bandwidth if margin is None else max(6 * bandwidth, check_nonnegative("margin", margin))
+        extra = [max(1, math.ceil(reach / h)) for h in image.spacing]
+        return Grid([a - k * h for a, k, h in zip(image.lower, extra, image.spacing)],
+                    [b + k * h for b, k, h in zip(image.upper, extra, image.spacing)],
+                    [g + 2 * k for g, k in zip(image.shape, extra)])
+
+    def target(self, index: int, like: torch.Tensor) -> torch.Tensor:
+        """Observed density inside the window, zero elsewhere, on the widened grid: ``(M_obs, *G)``."""
+        key = (index, like.device, like.dtype)
+        if key not in self._targets:
+            for old in [k for k in self._targets if k[0] < index - 1]:
+                del self._targets[old]
+            observed = self.observations.densities[:, index].to(like)
+            full = like.new_zeros(observed.shape[0], *self.grid.shape)
+            full[self.slices] = observed * self.observations.window.to(like.device)
+            self._targets[key] = full
+        return self._targets[key]
+
+    def velocity(self, rule, points: torch.Tensor, want_peak: bool):
+        """``(v / lambda (M, N, d), model peak or None, observation peak)`` for observed coordinates ``(M, N, d)``."""
+        lower, upper = points.new_tensor(self.grid.lower), points.new_tensor(self.grid.upper)
+        inside = ((points >= lower) & (points <= upper)).all(-1)  # NaN counts as outside
+        safe = torch.where(inside.unsqueeze(-1), points, lower)  # placeholders of weight 0 (index safety only)
+        weights = inside.to(points.dtype) / points.shape[-2]
+        smoothed = self.value(self.grid.deposit(safe, weights, check=False))[..., 0]  # K_h * mu at the nodes
+        window = points.new_zeros(self.grid.shape)
+        window[self.slices] = self.observations.window.to(points)
+        residual = window * smoothed
+        observation_peak = 0.0
+        for index, weight in rule:
+            target = self.target(index, points)
+            residual = residual - weight * target
+            observation_peak = max(observation_peak, float(target.max()))
+        field = self.gradient(residual * self.grid.cell_volume)
+        velocity = self.grid.interpolate(field, safe, check=False) * inside.unsqueeze(-1)
+        return velocity, (float(smoothed.max()) if want_peak else None), observation_peak
 
 
 class NudgedSDE(nn.Module):
@@ -359,6 +538,12 @@ class NudgedSDE(nn.Module):
         self.observation_kernel = combined if observations.kind == "particles" else smoothing
         self._fields: Dict[tuple, torch.Tensor] = {}
         self._peaks: Dict[int, float] = {}
+        self._field_of_view = None
+        if isinstance(observations, GridObservations) and observations.window is not None:
+            if self.backend != "grid" or sharded or grid is not None:
+                raise ValueError("observations: a field of view needs backend='grid', no sharding and the default "
+                                 "grid (the image window widened by the kernel's reach)")
+            self._field_of_view = _FieldOfView(self.grid, observations, smoothing)
         if self.backend == "grid":
             self._model_gradient = GridConvolution(self.grid, combined._gradient_unchecked)
             self._model_both = GridConvolution(self.grid, _ValueAndGradient(combined))
@@ -378,6 +563,8 @@ class NudgedSDE(nn.Module):
             if grid.dim != observations.dim:
                 raise ValueError(f"grid: expected a {observations.dim}-D grid like the observations, but got {grid.dim}-D")
             return grid
+        if isinstance(observations, GridObservations) and observations.window is not None:
+            return _FieldOfView.widened(observations.grid, self.bandwidth, margin)
         if isinstance(observations, GridObservations):
             return observations.grid
         if self.backend == "pairwise":
@@ -494,6 +681,9 @@ class NudgedSDE(nn.Module):
         batch = points.shape[0]
         if not rule or self.strength == 0:
             return torch.zeros_like(points), None, 0.0
+        if self._field_of_view is not None:
+            velocity, peak, observation_peak = self._field_of_view.velocity(rule, points, want_peak)
+            return -self.strength * velocity, peak, observation_peak
         if self.backend == "grid":
             self._check_inside("grid", points, self.grid, "forecast particles")
             masses = self._reduce_masses(self.grid.deposit(points, check=False), points.shape[-2])

@@ -4,11 +4,15 @@ Examples:
     torchmf identify runs/qanr.h5
     torchmf identify runs/qanr.h5 --library qanr_1d --test-functions qanr_1d --json runs/qanr_model.json
     torchmf identify data.h5 --library my_library.yaml --noise 0.05
+    torchmf identify tracks.csv --id particle --time frame --columns x y --frame-dt 0.1   # long-format tracks
+    torchmf identify data.npz          # a plain npz/h5 holding positions (M, L, N, d) or (L, N, d) and times (L,)
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from ..runs import add_table_arguments
 
 NAME = "identify"
 HELP = "identify the mean-field PDE (K, V, sigma) of a particle dataset by weak-form sparse regression (WSINDy)"
@@ -16,7 +20,10 @@ ORDER = 40
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data", help="trajectories file (.h5, .hdf5 or .npz) written by `torchmf simulate`")
+    parser.add_argument("data", help="particle data: .h5/.hdf5/.npz (written by `torchmf simulate`, or plain with "
+                        "arrays 'positions' (M, L, N, d) or (L, N, d), NaN = lost, and 'times' (L,)) or a "
+                        "long-format .csv of tracks (one row per particle and frame)")
+    add_table_arguments(parser)
     parser.add_argument("--library", default="default",
                         help="library preset (default, local_2d, qanr_1d, keller_segel_2d) or a .yaml/.json spec")
     parser.add_argument("--test-functions", default=None,
@@ -33,12 +40,12 @@ def run(args) -> int:
     import torch
 
     from .. import wsindy
-    from ..particles import Trajectories
+    from ..runs import read_particle_data
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device: CUDA was asked for, but torch.cuda.is_available() is False")
-    data = Trajectories.load(Path(args.data), device=device)
+    data = read_particle_data(Path(args.data), args).to(device)
     if args.grid_shape is not None:  # the (L, G^d) histogram and its weak-form products, sized before building
         from .._memory import check_fits
 
@@ -50,7 +57,8 @@ def run(args) -> int:
         data = wsindy.add_measurement_noise(data, args.noise, seed=args.seed)
     model = wsindy.identify(data, args.library, test_functions=args.test_functions, grid_shape=args.grid_shape)
     info = model.info
-    print(f"# {args.data}: M={data.n_experiments}, L={data.n_times}, N={data.n_particles}, d={data.dim}; "
+    missing = "" if data.mask is None else f" ({int((~data.mask).sum())} missing entries, masked)"
+    print(f"# {args.data}: M={data.n_experiments}, L={data.n_times}, N={data.n_particles}, d={data.dim}{missing}; "
           f"library {model.library.name!r} ({len(model.library)} terms), G {info['size_G'][0]}x{info['size_G'][1]}, "
           f"cond {info['condition_number']:.3g}, lambda {info['threshold']:.3g}, {info['seconds']['total']:.2f} s")
     print(model.equation())

@@ -105,7 +105,7 @@ def _nudge(args, sharded: bool) -> int:
     from ..metrics import w2
     from ..nudging import NudgedSDE, ParticleObservations
     from ..plots import line_plot
-    from .simulate import gather_trajectories, simulate_local
+    from ..runs import gather_trajectories, simulate_local
 
     rank, size = distributed.rank_and_size()
     device = distributed.check_device(args.device)

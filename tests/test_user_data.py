@@ -1,0 +1,274 @@
+"""Users' own data: arrays, long-format tracks with lost entries, plain files, images in numpy axis order.
+
+Bad inputs tried (each raises naming the argument): a repeated (particle, frame) row (``table``),
+a missing column (``table``), a frame with no observed particle (``mask``), a mask of the wrong
+shape (``mask``), a plain file without ``times`` (``path``), a field-of-view mask of the wrong
+shape (``field_of_view``), ``origin="upper"`` with ``indexing="ij"`` (``origin``), a mass fraction
+above 1 (``normalize``), an image file without an image array (``key``).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from torchmf import Trajectories, systems, wsindy
+from torchmf.grid import Grid
+from torchmf.metrics import w2
+from torchmf.nudging import GridObservations, NudgedSDE
+from torchmf.sde import McKeanVlasovSDE
+
+
+# -- data in --------------------------------------------------------------------------------------------
+def _write_tracks(path, positions, keep):
+    """Long-format CSV ``particle,frame,x[,y]`` of ``positions (L, N, d)``, rows only where ``keep (L, N)``."""
+    names = ["x", "y", "z"][:positions.shape[-1]]
+    lines = ["particle,frame," + ",".join(names)]
+    for frame in range(positions.shape[0]):
+        for particle in np.flatnonzero(keep[frame]):
+            lines.append(f"cell{particle},{frame}," + ",".join(repr(float(v)) for v in positions[frame, particle]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_from_arrays_reads_numpy_keeps_float64_times_and_masks_nan():
+    rng = np.random.default_rng(0)
+    positions = rng.normal(size=(6, 5, 2)).astype(np.float32)
+    positions[2, 3] = np.nan
+    times = 1e4 + 1e-3 * np.arange(6)  # float32 would round these to the same value
+    data = Trajectories.from_arrays(positions, times)
+    assert data.positions.shape == (1, 6, 5, 2) and data.positions.dtype == torch.float32
+    assert data.times.dtype == torch.float64 and torch.equal(data.times, torch.from_numpy(times))
+    assert data.mask.shape == (1, 6, 5) and int((~data.mask).sum()) == 1 and not bool(data.mask[0, 2, 3])
+    assert data.counts().tolist() == [[5, 5, 4, 5, 5, 5]]
+    weights = data.weights()
+    assert torch.allclose(weights.sum(-1), torch.ones(1, 6)) and float(weights[0, 2, 3]) == 0.0
+    with pytest.raises(ValueError, match="needs complete tracks"):
+        data.require_complete("this method")
+    complete = Trajectories.from_arrays(np.nan_to_num(positions), times)
+    assert complete.mask is None and complete.complete
+
+
+def test_frames_with_different_counts_are_padded_and_masked():
+    frames = [np.zeros((3, 2)), np.ones((5, 2)), np.full((4, 2), 2.0)]
+    data = Trajectories.from_arrays(frames, [0.0, 1.0, 2.0])
+    assert data.positions.shape == (1, 3, 5, 2) and data.counts().tolist() == [[3, 5, 4]]
+    assert torch.allclose(data.weights()[0, 0, :3], torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+def test_csv_tracks_equal_the_arrays_they_were_written_from(tmp_path):
+    rng = np.random.default_rng(1)
+    positions = rng.normal(size=(7, 12, 2))
+    keep = rng.random((7, 12)) > 0.1
+    keep[:, 0] = True
+    path = _write_tracks(tmp_path / "tracks.csv", positions, keep)
+    data = Trajectories.from_tracks(path, dt=0.5)
+    order = np.argsort([f"cell{i}" for i in range(12)])  # identities are sorted as text
+    expected = np.where(keep[..., None], positions, np.nan)[:, order]
+    assert data.positions.shape == (1, 7, 12, 2)
+    assert np.allclose(data.positions[0].numpy(), expected, equal_nan=True)
+    assert torch.allclose(data.times, 0.5 * torch.arange(7, dtype=torch.float64))
+    table = {"id": np.repeat(np.arange(12), 7), "t": np.tile(np.arange(7), 12),
+             "x": positions[:, :, 0].T.reshape(-1), "y": positions[:, :, 1].T.reshape(-1)}
+    from_dict = Trajectories.from_tracks(table, id="id", time="t")
+    assert from_dict.mask is None and from_dict.positions.shape == (1, 7, 12, 2)
+    with pytest.raises(ValueError, match="table"):
+        Trajectories.from_tracks({"particle": [0, 0], "frame": [1, 1], "x": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="table"):
+        Trajectories.from_tracks(table, id="cell", time="t")
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5"])
+def test_plain_files_and_masked_round_trip(tmp_path, suffix):
+    rng = np.random.default_rng(2)
+    positions = rng.normal(size=(2, 4, 6, 1))
+    positions[1, 2, 5] = np.nan
+    times = np.linspace(0.0, 0.3, 4)
+    path = tmp_path / f"plain{suffix}"
+    if suffix == ".npz":
+        np.savez(path, positions=positions, times=times)
+    else:
+        import h5py
+
+        with h5py.File(path, "w") as handle:
+            handle["positions"], handle["times"] = positions, times
+    data = Trajectories.load(path)
+    assert data.positions.shape == (2, 4, 6, 1) and int((~data.mask).sum()) == 1
+    assert data.times.dtype == torch.float64
+    again = Trajectories.load(data.save(tmp_path / f"again{suffix}"))
+    assert torch.equal(again.mask, data.mask)
+    assert torch.allclose(again.filled_positions(), data.filled_positions())
+    np.savez(tmp_path / "bad.npz", positions=positions)
+    with pytest.raises(ValueError, match="times"):
+        Trajectories.load(tmp_path / "bad.npz")
+
+
+def test_bad_masks_are_refused():
+    with pytest.raises(ValueError, match="mask"):
+        Trajectories(torch.zeros(3, 4, 1), torch.arange(3.0), mask=torch.ones(3, 5, dtype=torch.bool))
+    empty = torch.ones(3, 4, dtype=torch.bool)
+    empty[1] = False
+    with pytest.raises(ValueError, match="mask"):
+        Trajectories(torch.zeros(3, 4, 1), torch.arange(3.0), mask=empty)
+
+
+def test_masked_histogram_equals_each_frames_own_histogram():
+    rng = np.random.default_rng(3)
+    positions = rng.uniform(-1, 1, size=(5, 40, 1))
+    keep = rng.random((5, 40)) > 0.3
+    data = Trajectories.from_arrays(np.where(keep[..., None], positions, np.nan), np.arange(5.0))
+    grid = Grid(-1.2, 1.2, 25)
+    from torchmf.wsindy.histogram import masked_positions
+
+    filled, weights, observed = masked_positions(data)
+    density = wsindy.histogram(filled, grid, weights=weights)
+    for frame in range(5):
+        own = wsindy.histogram(torch.from_numpy(positions[frame, keep[frame]]).reshape(1, 1, -1, 1), grid)
+        assert torch.allclose(density[frame], own[0], atol=1e-12)
+    assert observed.shape == (int(keep.sum()), 1)
+
+
+@pytest.fixture(scope="module")
+def qanr():
+    return systems.get("qanr_1d", diffusion="none").simulate(n_particles=2000, seed=0, progress=False,
+                                                            dtype=torch.float64)
+
+
+def test_identify_on_csv_with_lost_entries_matches_complete_data(tmp_path, qanr, capsys):
+    # acceptance: 5% lost entries recover the same terms as the complete data, coefficients within 5%
+    import json
+
+    from torchmf.cli import main
+
+    positions = qanr.positions[0].numpy()
+    rng = np.random.default_rng(4)
+    keep = rng.random(positions.shape[:2]) > 0.05
+    complete_path = _write_tracks(tmp_path / "complete.csv", positions, np.ones_like(keep))
+    lost_path = _write_tracks(tmp_path / "lost.csv", positions, keep)
+    models = {}
+    for name, path in (("complete", complete_path), ("lost", lost_path)):
+        assert main(["identify", str(path), "--frame-dt", str(float(qanr.times[1] - qanr.times[0])),
+                     "--json", str(tmp_path / f"{name}.json")]) == 0
+        models[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    assert "missing" in capsys.readouterr().out
+    assert set(models["lost"]["selected"]) == set(models["complete"]["selected"]) == {"K:|x|^1", "K:|x|^2"}
+    for term, value in models["complete"]["selected"].items():
+        assert abs(models["lost"]["selected"][term] - value) < 0.05 * abs(value)
+    # baseline: keeping only the complete tracks (the workaround without masks) leaves too few particles
+    complete_tracks = keep.all(0)
+    assert complete_tracks.sum() < 0.05 * keep.shape[1]
+
+
+# -- images ---------------------------------------------------------------------------------------------
+def _images(points, centres, bandwidth):
+    """Smoothed density images ``(L, rows = y, columns = x)`` of ``points (L, N, 2)`` in plain numpy."""
+    gx = np.exp(-(centres[None, None, :] - points[..., 0:1]) ** 2 / (2 * bandwidth ** 2))
+    gy = np.exp(-(centres[None, None, :] - points[..., 1:2]) ** 2 / (2 * bandwidth ** 2))
+    return np.einsum("lny,lnx->lyx", gy, gx) / (points.shape[1] * 2 * np.pi * bandwidth ** 2)
+
+
+@pytest.fixture(scope="module")
+def image_case():
+    rng = np.random.default_rng(0)
+    target, dt = np.array([1.2, -0.6]), 0.01
+    x = rng.normal(size=(600, 2)) * 0.5
+    frames = [x]
+    for step in range(100):
+        x = x - (x - target) * dt + 0.5 * np.sqrt(dt) * rng.normal(size=x.shape)
+        if (step + 1) % 10 == 0:
+            frames.append(x)
+    reference = np.stack(frames)
+    edges = np.linspace(-3, 3, 65)
+    images = _images(reference, 0.5 * (edges[1:] + edges[:-1]), 0.3)
+    return reference, images, np.linspace(0.0, 1.0, 11)
+
+
+def _forecast(observations, reference, times, strength=20.0):
+    base = McKeanVlasovSDE(2, external_force=lambda z: -z, diffusion=0.5)  # biased: relaxes to 0, not (1.2, -0.6)
+    run = NudgedSDE(base, observations, 0.3, strength).simulate(torch.from_numpy(reference[0]).unsqueeze(0), times,
+                                                                0.01, seed=3, progress=False)
+    return float(w2(run.positions[0, -1], torch.from_numpy(reference[-1])))
+
+
+def test_images_in_numpy_axis_order_give_the_transposed_forecast(image_case):
+    reference, images, times = image_case
+    extent = ((-3.0, -3.0), (3.0, 3.0))
+    default = _forecast(GridObservations(images, extent, times), reference, times)
+    transposed = _forecast(GridObservations(np.ascontiguousarray(images.transpose(0, 2, 1)), extent, times,
+                                            indexing="ij"), reference, times)
+    wrong_axes = _forecast(GridObservations(images, extent, times, indexing="ij"), reference, times)
+    unnudged = _forecast(GridObservations(images, extent, times), reference, times, strength=0.0)
+    assert abs(default - transposed) <= 0.05 * transposed
+    assert default < 0.6 * unnudged  # the nudging helps ...
+    assert wrong_axes > 1.5 * default  # ... and the old (x, y) reading of a numpy image does not
+    flipped = GridObservations(images[:, ::-1], extent, times, origin="upper")
+    assert torch.equal(flipped.densities, GridObservations(images, extent, times).densities)
+
+
+def test_extent_is_the_image_edges_and_mass_far_from_one_warns(image_case):
+    _, images, times = image_case
+    observations = GridObservations(images, ((-3.0, -3.0), (3.0, 3.0)), times)
+    assert observations.grid.lower == (-3 + 3 / 64, -3 + 3 / 64) and observations.grid.spacing[0] == 6 / 64
+    assert torch.allclose(observations.masses(), torch.ones(1, 11, dtype=torch.float64), atol=1e-3)
+    with pytest.warns(UserWarning, match="far from 1"):
+        GridObservations(images * 255, ((-3.0, -3.0), (3.0, 3.0)), times)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scaled = GridObservations(images * 255, ((-3.0, -3.0), (3.0, 3.0)), times, normalize=True)
+    assert torch.allclose(scaled.masses(), torch.ones(1, 11, dtype=torch.float64))
+    half = GridObservations(images * 255, ((-3.0, -3.0), (3.0, 3.0)), times, normalize=0.5, field_of_view=True)
+    assert torch.allclose(half.masses(), torch.full((1, 11), 0.5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="normalize"):
+        GridObservations(images, ((-3.0, -3.0), (3.0, 3.0)), times, normalize=2.0)
+    with pytest.raises(ValueError, match="origin"):
+        GridObservations(images, ((-3.0, -3.0), (3.0, 3.0)), times, indexing="ij", origin="upper")
+    with pytest.raises(ValueError, match="field_of_view"):
+        GridObservations(images, ((-3.0, -3.0), (3.0, 3.0)), times, field_of_view=np.ones((3, 3), bool))
+
+
+def test_field_of_view_ignores_particles_outside_and_matches_the_full_window_inside(image_case):
+    reference, images, times = image_case
+    extent = ((-3.0, -3.0), (3.0, 3.0))
+    base = McKeanVlasovSDE(2)
+    x = torch.from_numpy(reference[0]).unsqueeze(0)
+    plain = NudgedSDE(base, GridObservations(images, extent, times), 0.3, 5.0).velocity(0.5, x)
+    windowed = NudgedSDE(base, GridObservations(images, extent, times, field_of_view=True), 0.3, 5.0)
+    # with every particle inside, the windowed misfit is the usual one (K_h * K_h = K_sqrt2h on the grid)
+    assert float((windowed.velocity(0.5, x) - plain).norm() / plain.norm()) < 1e-3
+    # particles far outside the window: no error, no nudging
+    far = torch.cat([x, torch.tensor([[[9.0, 0.0], [-20.0, 40.0]]], dtype=torch.float64)], 1)
+    velocity = windowed.velocity(0.5, far)
+    assert torch.equal(velocity[0, -2:], torch.zeros(2, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="grid"):
+        NudgedSDE(base, GridObservations(images, extent, times), 0.3, 5.0).velocity(0.5, far)
+    # a half window: the forecast still improves on the unnudged run, with cells leaving the window
+    right = np.zeros(images.shape[1:], bool)
+    right[:, 32:] = True  # columns = x >= 0
+    windowed = GridObservations(images, extent, times, field_of_view=right)
+    assert _forecast(windowed, reference, times) < 0.8 * _forecast(windowed, reference, times, strength=0.0)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".h5", ".tif"])
+def test_image_readers(tmp_path, image_case, suffix):
+    _, images, times = image_case
+    path = tmp_path / f"images{suffix}"
+    if suffix == ".npz":
+        np.savez(path, images=images, times=times, extent=np.array([[-3.0, -3.0], [3.0, 3.0]]))
+    elif suffix == ".h5":
+        import h5py
+
+        with h5py.File(path, "w") as handle:
+            handle["images"], handle["times"] = images, times
+            handle["extent"] = np.array([[-3.0, -3.0], [3.0, 3.0]])
+    else:
+        tifffile = pytest.importorskip("tifffile", reason="TIFF stacks need the optional tifffile package")
+        tifffile.imwrite(path, images.astype(np.float32))
+    options = {} if suffix != ".tif" else {"extent": ((-3.0, -3.0), (3.0, 3.0)), "times": times}
+    observations = GridObservations.from_file(path, **options)
+    direct = GridObservations(images, ((-3.0, -3.0), (3.0, 3.0)), times)
+    assert torch.allclose(observations.densities, direct.densities, rtol=1e-6)
+    np.savez(tmp_path / "other.npz", frames=images)
+    with pytest.raises(ValueError, match="key"):
+        GridObservations.from_file(tmp_path / "other.npz", extent=((-3.0, -3.0), (3.0, 3.0)), times=times)
