@@ -272,3 +272,24 @@ def test_image_readers(tmp_path, image_case, suffix):
     np.savez(tmp_path / "other.npz", frames=images)
     with pytest.raises(ValueError, match="key"):
         GridObservations.from_file(tmp_path / "other.npz", extent=((-3.0, -3.0), (3.0, 3.0)), times=times)
+
+
+# -- speed where users wait ------------------------------------------------------------------------------
+def test_wsindy_simulate_defaults_to_the_grid_backend_and_matches_the_exact_one():
+    # the model of scripts/bench_wsindy_simulate.py (log attraction, confinement, diffusion) at N = 300
+    import math
+
+    library = wsindy.load_library("keller_segel_2d", 2)
+    coefficients = torch.zeros(len(library), dtype=torch.float64)
+    for name, value in {"K:[log|x|]_0.01": 1 / (2 * math.pi), "V:x1^2*x2^0": 0.25, "V:x1^0*x2^2": 0.25,
+                        "D11:cos(0x1)*cos(0x2)": 0.05, "D22:cos(0x1)*cos(0x2)": 0.05}.items():
+        coefficients[library.names.index(name)] = value
+    model = wsindy.WSINDyModel(library, coefficients)
+    x0 = torch.randn(1, 300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    times = torch.arange(11, dtype=torch.float64) * 0.05
+    default = model.simulate(x0, times, 0.05, seed=1, progress=False)
+    exact = model.simulate(x0, times, 0.05, seed=1, progress=False, backend="dense")
+    coefficients[library.names.index("K:[log|x|]_0.01")] = 0.0
+    without = wsindy.WSINDyModel(library, coefficients).simulate(x0, times, 0.05, seed=1, progress=False)
+    error = float(w2(default.positions[0, -1], exact.positions[0, -1]))
+    assert error < 0.1 * float(w2(without.positions[0, -1], exact.positions[0, -1]))
