@@ -337,3 +337,71 @@ def test_fast_law_fit_arguments_are_checked():
         fit_fast_law(model, 1, temperature=-1.0)
     with pytest.raises(ValueError, match="learning_rate"):
         fit_fast_law(model, 1, learning_rate=0.0)
+
+
+# -- calibrated uncertainty (issue 14) ------------------------------------------------------------------------
+def _exact_fast_law_posterior(posterior_init_std=0.1, theta=(1.0, 1.0), sigma=1.0):
+    """A variational cubic model whose q_phi is exactly rho_x = N(x, 1/2) (the flow's affine layer set,
+    its spline layers the identity at start) and whose posterior is N(theta, std^2) per parameter."""
+    model = VariationalAveragedDrift(system="fastslow_cubic", n_samples=16, theta_init=list(theta), sigma_init=sigma,
+                                     posterior_init_std=posterior_init_std)
+    affine = model.model.density.flow._transform._transforms[0]
+    with torch.no_grad():
+        affine.linear.weight.copy_(torch.tensor([[1.0], [0.0]]))
+        affine.linear.bias.copy_(torch.tensor([0.0, 0.5 * math.log(0.5)]))
+    return model.eval()
+
+
+def _exact_band(model, x, n_parameter_samples, seed, level=0.9):
+    """The band with E_q in closed form (E[y^3] = x^3 + 1.5 x for N(x, 1/2)) and the same posterior draws."""
+    theta, _, _ = model.sample_parameters(n_parameter_samples, torch.Generator().manual_seed(seed))
+    exact = theta[:, None, 0:1] * x - theta[:, None, 1:2] * (x**3 + 1.5 * x)  # (T, B, 1)
+    tail = (1 - level) / 2
+    return torch.quantile(exact, torch.tensor([tail, 0.5, 1 - tail]), dim=0)
+
+
+def test_credible_band_matches_the_exact_band_and_the_old_plain_sampling_did_not():
+    model = _exact_fast_law_posterior()
+    x = torch.linspace(-1.3, 1.3, 40).unsqueeze(-1)  # even: x = 0, where every draw gives F = 0, left out
+    with torch.no_grad():
+        exact = _exact_band(model, x, 400, seed=3)
+        band = torch.stack(model.credible_band(x, n_parameter_samples=400, generator=torch.Generator().manual_seed(3)))
+        # the previous estimate: one plain (unstratified) set of 512 draws shared by every theta
+        generator = torch.Generator().manual_seed(3)
+        theta, _, _ = model.sample_parameters(400, generator)
+        values = model.model.drift_samples(x, model.sample_fast(x, 512, generator), theta).mean(-2)
+        plain = torch.quantile(values, torch.tensor([0.05, 0.5, 0.95]), dim=0)
+    width = exact[2] - exact[0]  # F(0) = 0 for every theta: the band pinches to nothing at x = 0
+    assert float(((band - exact).abs() - 0.05 * width).max()) < 1e-3
+    assert float(((plain - exact).abs() - 0.3 * width).max()) > 0  # the defect this replaces
+    inside = ((exact[1] >= band[0]) & (exact[1] <= band[2])).double().mean()
+    assert float(inside) == 1.0
+
+
+def test_fluctuation_variance_matches_the_hermite_closed_form_for_the_cubic():
+    system = systems.get("fastslow_cubic", tau=1.0, eps=0.004)
+    x = torch.tensor([[-1.2], [0.0], [0.7]], dtype=torch.float64)
+    theta = torch.tensor([[1.0, 1.0], [0.3, 2.0]], dtype=torch.float64)
+    # y^3 - E y^3 = c1 H1 + c2 H2 + c3 H3 in z = (y - x)/s, s^2 = 1/2; an OU mode H_n decorrelates at rate n,
+    # so 2 int Cov = 2 b^2 sum_n c_n^2 n! / n
+    s = math.sqrt(0.5)
+    c1, c2, c3 = 3 * x**2 * s + 3 * s**3, 3 * x * s**2, s**3
+    expected = 2 * system.eps * theta[:, 1:2, None] ** 2 * (c1**2 + c2**2 + 2 * c3**2)
+    assert torch.allclose(system.fluctuation_variance(x, theta), expected, rtol=1e-3)
+
+
+def test_corrected_sigma_recovers_the_true_slow_noise_where_the_euler_estimate_does_not():
+    system = systems.get("fastslow_cubic")
+    data = system.simulate(t_end=200.0, n_experiments=20, seed=3, dtype=torch.float64, progress=False)
+    path = data.positions[:, :, 0, :]  # (M, L, 1)
+    x, dx, step = path[:, :-1].reshape(-1, 1), path.diff(dim=1).reshape(-1, 1), 0.01
+    drift = system.averaged_drift(x)
+    effective = float(((dx - drift * step) ** 2 / step).mean().sqrt())  # the EM estimate with the true drift
+    model = _exact_fast_law_posterior(posterior_init_std=1e-4, sigma=effective)
+    model.set_data_range(x.float())
+    model.set_observation_step(step)
+    with torch.no_grad():
+        lower, upper = model.credible_intervals(0.9, n_parameter_samples=200, generator=torch.Generator().manual_seed(0))
+    corrected = float(lower[2].exp())
+    assert effective > 1.015 * system.sigma  # 400,000 transitions: the bias is ~10 standard errors
+    assert abs(corrected - system.sigma) < 0.005 * system.sigma

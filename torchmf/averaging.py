@@ -40,7 +40,7 @@ from .particles import Trajectories
 
 __all__ = ["FlowAveragedDrift", "NeuralDrift", "TestFunctions", "ReducedSDE", "simulate_reduced", "path_transitions",
            "em_negative_log_likelihood", "PathStatistics", "fast_system", "drift_error", "build_pretrained",
-           "fit_fast_law"]
+           "fit_fast_law", "fast_base_noise"]
 
 DENSITIES = ("flow", "gaussian")
 
@@ -208,6 +208,25 @@ def generator_applied(system, test_functions: TestFunctions, x: torch.Tensor, y:
     return applied.reshape(batch, count, -1)
 
 
+def fast_base_noise(shape, generator: Optional[torch.Generator], like: torch.Tensor, stratified: bool = False):
+    """Standard normal base noise ``shape = (B, S, k)`` on ``like``'s device and dtype.
+
+    ``stratified`` (``k = 1``, even ``S``): each half of the ``S`` draws takes one draw per
+    equal-probability stratum, still unbiased for means, with far smaller Monte-Carlo noise; the two
+    halves stay independent (the unbiased two-halves products rely on it). Otherwise plain draws.
+    """
+    batch, count, features = shape
+    if stratified and features == 1 and count % 2 == 0:
+        half = count // 2
+        uniform = torch.rand(shape, generator=generator, device=like.device, dtype=torch.float64)
+        strata = torch.arange(half, device=like.device, dtype=torch.float64).repeat(2).reshape(1, count, 1)
+        # in float64 and kept strictly inside (0, 1): torch.rand can return 0, and (strata + u) / half
+        # rounds to exactly 1 for large strata counts; ndtri(0 or 1) is -inf or inf
+        probability = ((strata + uniform) / half).clamp(1e-300, 1 - 2**-53)
+        return torch.special.ndtri(probability).to(like.dtype)
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
 # -- the averaged drift ---------------------------------------------------------------------------------
 class _AveragedModel(nn.Module):
     """Shared pieces: slow noise ``sigma (d,)`` as ``exp(log_sigma)``, the data range, the EM loss."""
@@ -312,17 +331,7 @@ class FlowAveragedDrift(_AveragedModel):
         per equal-probability stratum, still unbiased for means, with far smaller Monte-Carlo noise.
         """
         x = check_tensor("x", x, ndim=2, last_dim=self.dim)
-        shape = (x.shape[0], n_samples, self.system.fast_dim)
-        if stratified and self.system.fast_dim == 1 and n_samples % 2 == 0:
-            half = n_samples // 2
-            uniform = torch.rand(shape, generator=generator, device=x.device, dtype=torch.float64)
-            strata = torch.arange(half, device=x.device, dtype=torch.float64).repeat(2).reshape(1, n_samples, 1)
-            # in float64 and kept strictly inside (0, 1): torch.rand can return 0, and (strata + u) / half
-            # rounds to exactly 1 for large strata counts; ndtri(0 or 1) is -inf or inf
-            probability = ((strata + uniform) / half).clamp(1e-300, 1 - 2**-53)
-            noise = torch.special.ndtri(probability).to(x.dtype)
-        else:
-            noise = torch.randn(shape, generator=generator, device=x.device, dtype=x.dtype)
+        noise = fast_base_noise((x.shape[0], n_samples, self.system.fast_dim), generator, x, stratified)
         return self.density.sample_from_noise(noise, x)
 
     def drift_samples(self, x: torch.Tensor, y: torch.Tensor, theta: Optional[torch.Tensor] = None) -> torch.Tensor:

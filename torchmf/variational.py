@@ -12,6 +12,20 @@ estimated on a minibatch), minus ``penalty_weight`` times the stationarity penal
 :math:`q_\phi`. The prior is independent Gaussian: :math:`\theta_i \sim N(0, s_\theta^2)`,
 :math:`\log\sigma_i \sim N(0, s_\sigma^2)`. Posterior samples of :math:`\vartheta` give credible
 bands for :math:`F(x)` and for predicted paths.
+
+Two corrections make the posterior's statements calibrated (issue 14):
+
+* :meth:`VariationalAveragedDrift.credible_band` computes :math:`E_{q_\phi}` once per grid point
+  from many stratified fast samples and combines it with every posterior draw; the earlier
+  version reused one plain set of 512 draws, whose Monte-Carlo noise (sd of F about 0.1 on
+  ``fastslow_cubic``) was larger than the band itself.
+* The likelihood's ``sigma`` is the *effective* noise of the observed increments: at finite
+  ``eps`` the fast fluctuations of :math:`f_\theta(x, Y) - F(x)` add :math:`\varepsilon D_\theta(x)`
+  per unit time (:meth:`~torchmf.systems.fastslow.FastSlowSystem.fluctuation_variance`), and an
+  Euler step of length :math:`\Delta t` sees :math:`\sigma^2(1 + F'(x)\Delta t)`. The corrected
+  estimator maps every posterior draw to
+  :math:`\sigma^2 = (\sigma_\mathrm{eff}^2 - \overline{\varepsilon D_\theta}) / \overline{(1 + F_\theta'\Delta t)}`,
+  averages over the observed path's occupation histogram (one slow and one fast dimension).
 """
 from __future__ import annotations
 
@@ -22,10 +36,12 @@ import torch
 from torch import nn
 
 from ._validation import check_int, check_positive, check_tensor
-from .averaging import FlowAveragedDrift, PathStatistics, em_negative_log_likelihood
+from .averaging import FlowAveragedDrift, PathStatistics, em_negative_log_likelihood, fast_base_noise
 from .flows import posterior_flow
 
 __all__ = ["VariationalAveragedDrift"]
+
+OCCUPATION_BINS = 64
 
 
 class VariationalAveragedDrift(nn.Module):
@@ -58,6 +74,11 @@ class VariationalAveragedDrift(nn.Module):
             torch.manual_seed(model_kwargs.get("seed", 0) + 1)
             self.posterior = posterior_flow(location.numel(), location, [check_positive(
                 "posterior_init_std", posterior_init_std)] * location.numel(), posterior_hidden, posterior_layers)
+        # occupation histogram of the training path and its observation step (set_data_range,
+        # set_observation_step): what the sigma correction averages over; step 0 = not set
+        self.register_buffer("occupation_nodes", torch.zeros(OCCUPATION_BINS, self.dim))
+        self.register_buffer("occupation_weights", torch.zeros(OCCUPATION_BINS))
+        self.register_buffer("observation_step", torch.zeros(()))
         self.config = dict(model_kwargs, prior_theta_std=prior_theta_std, prior_log_sigma_std=prior_log_sigma_std,
                            posterior_hidden=posterior_hidden, posterior_layers=posterior_layers,
                            posterior_init_std=posterior_init_std, n_parameter_samples=n_parameter_samples)
@@ -76,7 +97,81 @@ class VariationalAveragedDrift(nn.Module):
         return self.model.parameter_names + [f"log_sigma[{i}]" for i in range(self.dim)]
 
     def set_data_range(self, x):
+        """Record the observed range (scoring, penalty points) and, for one slow dimension, the
+        occupation histogram of ``x (n, d)`` used by the sigma correction."""
         self.model.set_data_range(x)
+        if self.dim == 1:
+            values = x.detach().double().reshape(-1)
+            low, high = float(values.min()), float(values.max())
+            high = high if high > low else low + 1.0
+            counts = torch.histc(values, OCCUPATION_BINS, low, high)
+            edges = torch.linspace(low, high, OCCUPATION_BINS + 1, dtype=torch.float64)
+            self.occupation_nodes.copy_(((edges[1:] + edges[:-1]) / 2).unsqueeze(-1).to(self.occupation_nodes))
+            self.occupation_weights.copy_((counts / counts.sum()).to(self.occupation_weights))
+
+    def set_observation_step(self, step) -> None:
+        """The observation time step of the training path (a positive number; its mean if it varies)."""
+        step = float(torch.as_tensor(step, dtype=torch.float64).mean())
+        if not step > 0:
+            raise ValueError(f"step: expected a positive observation time step, but got {step}")
+        self.observation_step.fill_(step)
+
+    @property
+    def corrects_sigma(self) -> bool:
+        """Whether :meth:`corrected_log_sigma` applies: one slow and one fast dimension, a system with a
+        fluctuation variance, and the training path's occupation and step recorded."""
+        system = self.model.system
+        try:
+            system.fast_grid(self.occupation_nodes[:1].double(), 3)
+            has_quadrature = True
+        except NotImplementedError:
+            has_quadrature = False
+        return (self.dim == 1 and system.fast_dim == 1 and has_quadrature and float(self.observation_step) > 0
+                and float(self.occupation_weights.sum()) > 0)
+
+    def corrected_log_sigma(self, theta: torch.Tensor, log_sigma: torch.Tensor, n_samples: int = 256,
+                            chunk: int = 250) -> torch.Tensor:
+        """Slow-noise draws corrected for fast fluctuations and the Euler step (module docstring):
+        ``theta (T, P)``, effective ``log_sigma (T, 1)`` -> ``(T, 1)``.
+
+        ``n_samples`` stratified fast samples per histogram node give :math:`F'_\theta` (autograd in
+        ``x``). A draw whose fluctuation variance exceeds its effective variance has no corrected
+        sigma: a ``ValueError`` says so (the model's fast law or theta is then far off).
+        """
+        if not self.corrects_sigma:
+            raise ValueError("model: the sigma correction needs one slow and one fast dimension, a system with "
+                             "fast_grid, and set_data_range / set_observation_step from the training path")
+        nodes, weights = self.occupation_nodes.double(), self.occupation_weights.double()
+        shifted = self._shifted_fast_samples(n_samples)
+        corrected = []
+        for start in range(0, theta.shape[0], chunk):
+            part = theta[start:start + chunk]
+            extra = (self.model.system.fluctuation_variance(nodes, part, n_points=201)  # 201: 1e-4 relative
+                     * weights[None, :, None]).sum(1)  # (t, 1)
+            slope = (self._drift_slope(part, shifted) * weights[None, :, None]).sum(1)  # (t, 1)
+            effective = (2 * log_sigma[start:start + chunk].double()).exp()
+            variance = (effective - extra) / (1 + slope * float(self.observation_step))
+            if not bool((variance > 0).all()):
+                raise ValueError("theta: a posterior draw's fast-fluctuation variance exceeds its effective slow "
+                                 "variance; the sigma correction does not apply to this model")
+            corrected.append(0.5 * variance.log())
+        return torch.cat(corrected).to(log_sigma.dtype)
+
+    def _shifted_fast_samples(self, n_samples: int, step: float = 1e-2):
+        """Fast samples at the occupation nodes shifted by ``-step`` and ``+step``, from common stratified
+        base noise (so that their difference is smooth in ``x``): ``(points, y)`` pairs, ``y (nodes, S, 1)``."""
+        nodes = self.occupation_nodes
+        generator = torch.Generator(device=nodes.device).manual_seed(0)
+        noise = fast_base_noise((nodes.shape[0], n_samples, 1), generator, nodes, stratified=True)
+        return [(points, self.model.density.sample_from_noise(noise, points)) for points in (nodes - step, nodes + step)]
+
+    def _drift_slope(self, theta: torch.Tensor, shifted) -> torch.Tensor:
+        """:math:`\partial_x F_\theta` at the occupation nodes by central differences (``shifted`` from
+        :meth:`_shifted_fast_samples`): ``theta (t, P)`` -> ``(t, nodes, 1)`` (float64)."""
+        (low, y_low), (high, y_high) = shifted
+        def mean_drift(points, y):
+            return self.model.drift_samples(points, y, theta.to(points)).mean(-2).double()
+        return (mean_drift(high, y_high) - mean_drift(low, y_low)) / float(high[0, 0] - low[0, 0])
 
     def quantile_grid(self, n_points: int = 200):
         return self.model.quantile_grid(n_points)
@@ -153,24 +248,69 @@ class VariationalAveragedDrift(nn.Module):
 
     forward = drift
 
-    def credible_band(self, x: torch.Tensor, level: float = 0.9, n_parameter_samples: int = 200,
-                      n_samples: int = 512, generator: Optional[torch.Generator] = None):
-        """Pointwise ``level`` credible band of :math:`F` at ``x (B, d)``: lower, median, upper, each ``(B, d)``."""
+    def credible_band(self, x: torch.Tensor, level: float = 0.9, n_parameter_samples: int = 1000,
+                      n_samples: int = 4096, generator: Optional[torch.Generator] = None, chunk: int = 64):
+        """Pointwise ``level`` credible band of :math:`F` at ``x (B, d)``: lower, median, upper, each ``(B, d)``.
+
+        One set of ``n_samples`` stratified fast draws per point (:math:`E_{q_\phi}` computed once,
+        precisely: its Monte-Carlo error must be small against the band) is combined with each of
+        ``n_parameter_samples`` posterior draws of theta, ``chunk`` draws at a time (memory).
+        """
         x = check_tensor("x", x, ndim=2, last_dim=self.dim)
         if not 0 < level < 1:
             raise ValueError(f"level: expected a number in (0, 1), but got {level}")
-        theta, _, _ = self.sample_parameters(n_parameter_samples, generator)
-        y = self.model.sample_fast(x, n_samples, generator)
-        values = self.model.drift_samples(x, y, theta).mean(-2)  # (T, B, d)
+        theta, _, _ = self.sample_parameters(check_int("n_parameter_samples", n_parameter_samples, minimum=2),
+                                             generator)
+        values = self._drifts_for_draws(x, theta, check_int("n_samples", n_samples, minimum=2), generator,
+                                        check_int("chunk", chunk, minimum=1))  # (T, B, d)
         tail = (1 - level) / 2
         quantiles = torch.quantile(values, torch.tensor([tail, 0.5, 1 - tail], dtype=values.dtype,
                                                         device=values.device), dim=0)
         return quantiles[0], quantiles[1], quantiles[2]
 
+    def _drifts_for_draws(self, x, theta, n_samples, generator, chunk):
+        """:math:`F_\\theta(x)` for every draw ``theta (T, P)`` from one set of fast samples per point: ``(T, B, d)``.
+
+        A slow drift linear in theta (the system's ``drift_features``) needs :math:`E_q[\\Phi]` once,
+        from ``16 * n_samples`` stratified draws taken ``n_samples`` per pass; otherwise ``n_samples``
+        draws are shared by every theta (``chunk`` draws of theta at a time).
+        """
+        try:
+            self.model.system.drift_features(x[:1].unsqueeze(-2), x.new_zeros(1, 1, self.model.system.fast_dim))
+            linear = True
+        except NotImplementedError:
+            linear = False
+        stratified = n_samples % 2 == 0
+        if linear:
+            passes = [self.model.system.drift_features(x.unsqueeze(-2), self.model.sample_fast(
+                x, n_samples, generator, stratified)).mean(-3) for _ in range(16)]
+            features = torch.stack(passes).mean(0)  # (B, d, P)
+            return torch.einsum("bdp,tp->tbd", features, theta.to(features))
+        y = self.model.sample_fast(x, n_samples, generator, stratified)
+        return torch.cat([self.model.drift_samples(x, y, part).mean(-2) for part in theta.split(chunk)])
+
+    def posterior_samples(self, n_samples: int, generator: Optional[torch.Generator] = None,
+                          corrected_sigma: Optional[bool] = None):
+        """Posterior draws ``theta (n, P)``, ``log_sigma (n, d)`` (no gradient); ``corrected_sigma``
+        (default: whenever :attr:`corrects_sigma`) maps the effective slow noise to the model's sigma
+        (:meth:`corrected_log_sigma`)."""
+        theta, log_sigma, _ = self.sample_parameters(n_samples, generator)
+        theta, log_sigma = theta.detach(), log_sigma.detach()
+        if corrected_sigma is None:
+            corrected_sigma = self.corrects_sigma
+        if corrected_sigma:
+            log_sigma = self.corrected_log_sigma(theta, log_sigma)
+        return theta, log_sigma
+
     def credible_intervals(self, level: float = 0.9, n_parameter_samples: int = 4000,
-                           generator: Optional[torch.Generator] = None):
-        """Equal-tailed ``level`` intervals of every parameter (``parameter_names`` order): lower, upper ``(P + d,)``."""
-        theta, log_sigma, _ = self.sample_parameters(n_parameter_samples, generator)
+                           generator: Optional[torch.Generator] = None, corrected_sigma: Optional[bool] = None):
+        """Equal-tailed ``level`` intervals of every parameter (``parameter_names`` order): lower, upper ``(P + d,)``.
+
+        ``log_sigma`` is the corrected one where the correction applies (see :meth:`posterior_samples`).
+        """
+        if not 0 < level < 1:
+            raise ValueError(f"level: expected a number in (0, 1), but got {level}")
+        theta, log_sigma = self.posterior_samples(n_parameter_samples, generator, corrected_sigma)
         values = torch.cat((theta, log_sigma), dim=-1)
         tail = (1 - level) / 2
         bounds = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=values.dtype, device=values.device), dim=0)

@@ -117,6 +117,9 @@ class _AveragedBase(LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if datamodule is not None and getattr(datamodule, "train_states", None) is not None:
             self.model.set_data_range(datamodule.train_states.to(self.device))
+        train_set = getattr(datamodule, "train_set", None)
+        if hasattr(self.model, "set_observation_step") and train_set is not None:
+            self.model.set_observation_step(train_set.tensors[2])  # for the sigma correction
         self._prefit_fast_law()
         kind = self.hparams.get("likelihood", "auto")
         train_set = getattr(datamodule, "train_set", None)
