@@ -112,25 +112,35 @@ def main(argv=None) -> int:
     report.metrics["load_average_at_end"] = os.getloadavg()
     report.metrics["peak_rss_gb"] = peak_rss_gb()
     report.metrics["baseline_rss_gb"] = baseline
+    # speed baseline: this code has no naive WSINDy backend to time, so the baseline is the paper's MATLAB
+    # walltime (Table 5) that the target is a third of -- stated, not computed in this run
     for name, target in TARGETS.items():
         seconds = results[name]["best_seconds"]
         report.check(f"{name}: identify with {total} particles on CPU ({results[name]['threads']} threads), "
                      "histogram included", round(seconds, 3),
                      f"<= {target:.1f} s" + (" (quick: measured at 16,000 particles)" if args.quick else ""),
-                     seconds <= target)
+                     lambda v, target=target: v <= target,
+                     baseline=("the paper's MATLAB walltime, Table 5 (stated, not measured here)", round(3 * target, 1)))
+    # memory baseline: the dense pairwise N x N float64 interaction matrix of the QANR data (M = 1, size computed)
+    qanr_particles = data["qanr_1d"].positions.shape[-2]
+    dense_gb = 8 * qanr_particles ** 2 / 1024 ** 3
     report.check("peak memory (process peak RSS, simulation included)", round(report.metrics["peak_rss_gb"], 3),
-                 "< 4 GB", report.metrics["peak_rss_gb"] < 4.0)
+                 "< 4 GB", lambda v: v < 4.0,
+                 baseline=(f"a dense N x N float64 interaction matrix of the QANR data, N = {qanr_particles:,} "
+                           "(size computed, not allocated)", round(dense_gb, 2)))
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         gpu_results = {}
         for name, trajectories in data.items():
             gpu_results[name] = time_identify(trajectories.to(gpu), name, args.repeats, gpu)
         report.metrics["cuda"] = {"device": torch.cuda.get_device_name(gpu), **gpu_results}
-        report.check("GPU timings recorded", {k: round(v["best_seconds"], 3) for k, v in gpu_results.items()},
-                     "recorded with the device name", True)
+        slowest = max(gpu_results[k]["best_seconds"] / results[k]["best_seconds"] for k in gpu_results)
+        report.check(f"GPU ({report.metrics['cuda']['device']}): slowest GPU / CPU identify time over the examples "
+                     f"{ {k: round(v['best_seconds'], 3) for k, v in gpu_results.items()} }", round(slowest, 3), "< 1",
+                     lambda v: v < 1, baseline=("the CPU timings themselves", 1.0))
     else:
-        report.check("GPU timings recorded", None, "recorded with the device name", None,
-                     skipped="no CUDA device on this machine")
+        report.check("GPU: slowest GPU / CPU identify time over the examples", None, "< 1", None,
+                     skipped="no CUDA device on this machine", baseline=("the CPU timings themselves", None))
     report.write()
     return 0
 

@@ -38,6 +38,7 @@ from _report import Report, standard_parser  # noqa: E402
 
 from torchmf import systems, wsindy  # noqa: E402
 from torchmf.particles import Trajectories  # noqa: E402
+from torchmf.wsindy.library import load_library  # noqa: E402
 from torchmf.plots import line_plot  # noqa: E402
 
 SQRT2 = math.sqrt(2.0)
@@ -51,10 +52,28 @@ def batch(system, n_particles, seeds, experiments, dt, seed, t_end=None, progres
     return [Trajectories(positions[s], data.times, data.meta) for s in range(seeds)]
 
 
+BASELINE = "least squares on the full library (no thresholding)"
+
+
+def least_squares_model(model):
+    """The trivial baseline of every check: the unthresholded least-squares fit w^0 of the same G and b."""
+    return wsindy.WSINDyModel(model.library, torch.tensor(model.info["least_squares"], dtype=torch.float64),
+                              model.grid, {})
+
+
 def score(model, true):
+    """Scores of ``model`` and, under ``baseline_*`` keys, of the least-squares fit on the full library."""
     scores = {"tpr": wsindy.tpr(model, true.terms), "selected": model.selected}
     scores.update({f"error_{k}": v for k, v in wsindy.relative_errors(model, true).items()})
+    baseline = least_squares_model(model)
+    scores["baseline_tpr"] = wsindy.tpr(baseline, true.terms)
+    scores.update({f"baseline_error_{k}": v for k, v in wsindy.relative_errors(baseline, true).items()})
     return scores
+
+
+def baseline_rows(rows):
+    """The baseline's scores as rows of the same form (``tpr``, ``error_*``)."""
+    return [{key[len("baseline_"):]: value for key, value in r.items() if key.startswith("baseline_")} for r in rows]
 
 
 def summarize(rows, keys):
@@ -77,7 +96,7 @@ def qanr(report, quick, seeds, progress):
     runs = batch(system, n, seeds, 1, 1e-3, seed=1)
     metrics["simulate_seconds_sigma0"] = time.perf_counter() - started
     tolerance = 0.01
-    passes = {}
+    passes, baseline_passes = {}, {}
     # noise scale: the RMS of each experiment over all times (the authors' generator; the check). The
     # literal per-time reading ||X_t||_RMS is recorded as well (metrics only): its time-varying level
     # acts as an extra (negative) diffusion, see add_measurement_noise.
@@ -94,13 +113,16 @@ def qanr(report, quick, seeds, progress):
                                 selected_when_tpr_below_1=[r["selected"] for r in rows if r["tpr"] < 1][:3])
             if not per_time:
                 passes[eps] = good
+                baseline_passes[eps] = sum(r["tpr"] == 1.0 and r["error_K"] < tolerance for r in baseline_rows(rows))
             print(f"QANR sigma=0 eps={eps} (per-time RMS: {per_time}): TPR=1 and err_K<{tolerance}: {good}/{len(rows)}",
                   flush=True)
     need = seeds - max(1, seeds // 20)
     worst = min(passes[e] for e in (0.01, 0.0316, 0.1))
     report.check(f"QANR sigma=0, eps<=0.1, N={n}, M=1: TPR=1 and rel. error K<{tolerance:.0%}",
                  {str(e): f"{passes[e]}/{seeds}" for e in (0.01, 0.0316, 0.1)},
-                 f">= {need}/{seeds} seeds for every eps in (0.01, 0.0316, 0.1)", worst >= need)
+                 f">= {need}/{seeds} seeds for every eps in (0.01, 0.0316, 0.1)", worst >= need,
+                 baseline=(BASELINE, {str(e): f"{baseline_passes[e]}/{seeds}" for e in (0.01, 0.0316, 0.1)},
+                           min(baseline_passes.values()) >= need))
 
     # 5.2 (b): constant diffusivity, NM >= 16,000
     sigma_value = SQRT2 * 0.1
@@ -115,15 +137,19 @@ def qanr(report, quick, seeds, progress):
         runs = batch(system, n, seeds, 1, 1e-3, seed=2)
         rows = [score(wsindy.identify(d, "qanr_1d", test_functions="qanr_1d"), true_constant) for d in runs]
         good = sum(r["tpr"] == 1.0 and r["error_K"] < tolerance_c and r["error_sigma"] < tolerance_c for r in rows)
+        baseline_good = sum(r["tpr"] == 1.0 and r["error_K"] < tolerance_c and r["error_sigma"] < tolerance_c
+                            for r in baseline_rows(rows))
         coefficient = [r["selected"].get("D:x^0", 0.0) / (sigma_value ** 2 / 2) - 1 for r in rows if r["tpr"] == 1.0]
         metrics[key] = dict(summarize(rows, ["error_K", "error_sigma"]), good=good, N=n, M=1,
                             error_D_mean=float(np.mean(coefficient)) if coefficient else None,
-                            error_D_sd=float(np.std(coefficient)) if coefficient else None)
+                            error_D_sd=float(np.std(coefficient)) if coefficient else None, baseline_good=baseline_good)
         print(f"QANR constant sigma N={n}: TPR=1 and errors < {tolerance_c}: {good}/{seeds}", flush=True)
     n = metrics["constant_sigma"]["N"]
     good = metrics["constant_sigma"]["good"]
+    baseline_good = metrics["constant_sigma"]["baseline_good"]
     report.check(f"QANR sigma=sqrt(2)0.1, NM={n} (M=1): TPR=1 and errors of K and sigma <{tolerance_c:.0%}",
-                 f"{good}/{seeds}", f">= {need}/{seeds} seeds", good >= need)
+                 f"{good}/{seeds}", f">= {need}/{seeds} seeds", good >= need,
+                 baseline=(BASELINE, f"{baseline_good}/{seeds}", baseline_good >= need))
 
     # 5.2 (c): variable diffusivity sqrt(2) 0.1 |x - 2| (metrics only; the paper reports TPR >= 0.95)
     true_variable = wsindy.TrueModel({"K:|x|^1": -1.0, "K:|x|^2": 0.5, "D:x^0": 0.04, "D:x^1": -0.04, "D:x^2": 0.01},
@@ -141,7 +167,8 @@ def qanr(report, quick, seeds, progress):
     conv_seeds = 3 if quick else 20
     system = systems.get("qanr_1d", diffusion="constant")
     curve = {"N": sizes, "error_K": [], "error_sigma": [], "error_K_all": [], "error_sigma_all": [], "tpr": [],
-             "tpr_one": []}
+             "tpr_one": [], "baseline_tpr_one": [], "baseline_error_K_median_all_seeds": [],
+             "baseline_error_sigma_median_all_seeds": []}
     for i, size in enumerate(sizes):
         runs = batch(system, size, conv_seeds, 1, 1e-3, seed=10 + i)
         rows = [score(wsindy.identify(d, "qanr_1d", test_functions="qanr_1d"), true_constant) for d in runs]
@@ -152,14 +179,25 @@ def qanr(report, quick, seeds, progress):
         curve["error_sigma"].append(float(np.median([r["error_sigma"] for r in ok])) if ok else float("nan"))
         curve["tpr"].append(float(np.mean([r["tpr"] for r in rows])))
         curve["tpr_one"].append(len(ok))
+        plain = baseline_rows(rows)
+        curve["baseline_tpr_one"].append(sum(r["tpr"] == 1.0 for r in plain))
+        for key in ("K", "sigma"):
+            curve[f"baseline_error_{key}_median_all_seeds"].append(float(np.median([r[f"error_{key}"] for r in plain])))
         print(f"QANR convergence N={size}: TPR=1 in {len(ok)}/{conv_seeds}, median err_K={curve['error_K'][-1]:.4g} "
               f"err_sigma={curve['error_sigma'][-1]:.4g}", flush=True)
     fitted = [i for i, count in enumerate(curve["tpr_one"]) if count >= max(2, conv_seeds // 2)]
     fit_sizes = [sizes[i] for i in fitted]
     slope_K = _slope(fit_sizes, [curve["error_K"][i] for i in fitted])
     slope_sigma = _slope(fit_sizes, [curve["error_sigma"][i] for i in fitted])
+    # the baseline under the same statistic: the median error of its TPR = 1 seeds (it never has TPR = 1: NaN);
+    # its slope over all seeds is recorded too (a consistent estimator: it may well decay like N^-1/2)
+    baseline_fitted = [i for i, count in enumerate(curve["baseline_tpr_one"]) if count >= max(2, conv_seeds // 2)]
+    baseline_slopes = {key: _slope([sizes[i] for i in baseline_fitted], [float("nan")] * len(baseline_fitted))
+                       for key in ("K", "sigma")}
     curve.update(slope_K=slope_K, slope_sigma=slope_sigma, seeds=conv_seeds, fit_sizes=fit_sizes,
-                 statistic="median over seeds with TPR = 1")
+                 statistic="median over seeds with TPR = 1",
+                 baseline_slope_K_all_seeds=_slope(sizes, curve["baseline_error_K_median_all_seeds"]),
+                 baseline_slope_sigma_all_seeds=_slope(sizes, curve["baseline_error_sigma_median_all_seeds"]))
     metrics["convergence"] = curve
     anchor = next(e for e in curve["error_K"] + [1.0] if np.isfinite(e))
     reference = [anchor * (s / sizes[0]) ** -0.5 for s in sizes]
@@ -171,9 +209,11 @@ def qanr(report, quick, seeds, progress):
     slope_tolerance = 0.25 if quick else 0.15
     report.check(f"fitted slope of the median error (grad K) vs N over N = {fit_sizes[0] if fit_sizes else '-'}.."
                  f"{fit_sizes[-1] if fit_sizes else '-'} ({conv_seeds} seeds per N)", round(slope_K, 3),
-                 f"-0.5 +- {slope_tolerance}", abs(slope_K + 0.5) <= slope_tolerance)
+                 f"-0.5 +- {slope_tolerance}", lambda v: abs(v + 0.5) <= slope_tolerance,
+                 baseline=(BASELINE + ", same statistic (no seed has TPR = 1)", baseline_slopes["K"]))
     report.check(f"fitted slope of the median error (sigma) vs N over the same sizes", round(slope_sigma, 3),
-                 f"-0.5 +- {slope_tolerance}", abs(slope_sigma + 0.5) <= slope_tolerance)
+                 f"-0.5 +- {slope_tolerance}", lambda v: abs(v + 0.5) <= slope_tolerance,
+                 baseline=(BASELINE + ", same statistic (no seed has TPR = 1)", baseline_slopes["sigma"]))
 
 
 def qanr_centered(report, quick, seeds, progress):
@@ -204,6 +244,14 @@ def _slope(sizes, errors) -> float:
     return float(np.polyfit(np.log([n for n, _ in pairs]), np.log([e for _, e in pairs]), 1)[0])
 
 
+def table5_library() -> dict:
+    """Table 2's local 2-D library restricted to cos(m x1) cos(n x2) with m + n <= 6: 7 + 2 x 26 + 26 = 85 columns."""
+    pairs = [[m, n] for m in range(6) for n in range(6) if m + n <= 6]
+    return {"interaction": [{"type": "power", "exponent": m} for m in range(1, 8)],
+            "local": [{"type": "cosine", "frequencies": p, "axis": i} for p in pairs for i in range(2)],
+            "diffusion": [{"type": "cosine", "frequencies": p} for p in pairs]}
+
+
 def local(report, quick, seeds, progress):
     metrics = report.metrics.setdefault("local_2d", {})
     truth = wsindy.TrueModel(
@@ -220,7 +268,17 @@ def local(report, quick, seeds, progress):
     metrics["omega1"] = dict(summarize(rows, ["error_V", "error_sigma"]), N=n, M=1)
     tpr_one = metrics["omega1"]["tpr_one"]
     need = seeds - max(1, seeds // 20)
-    report.check(f"local 2-D omega=1, N={n}: TPR=1", f"{tpr_one}/{seeds}", f">= {need}/{seeds} seeds", tpr_one >= need)
+    baseline_one = sum(r["tpr"] == 1.0 for r in baseline_rows(rows))
+    # Table 2 as printed: 7 + 2 x 36 + 36 = 115 columns; Table 5 lists G as 686 x 85. 85 = 7 + 3 x 26 and 26 is
+    # the number of (m, n) in {0..5}^2 with m + n <= 6: that reading (an inference) is scored as a metric
+    restricted = table5_library()
+    metrics["library_columns"] = {"local_2d (Table 2 as printed)": len(load_library("local_2d", 2)),
+                                  "m + n <= 6": len(load_library(restricted, 2)), "paper Table 5": 85}
+    rows85 = [score(wsindy.identify(d, restricted, test_functions="local_2d"), truth) for d in runs]
+    metrics["omega1_library_m_plus_n_le_6"] = dict(summarize(rows85, ["error_V", "error_sigma"]), N=n, M=1,
+                                                  baseline_tpr_one=sum(r["tpr"] == 1.0 for r in baseline_rows(rows85)))
+    report.check(f"local 2-D omega=1, N={n}: TPR=1", f"{tpr_one}/{seeds}", f">= {need}/{seeds} seeds", tpr_one >= need,
+                 baseline=(BASELINE, f"{baseline_one}/{seeds}", baseline_one >= need))
 
     system = systems.get("local_2d", omega=20.0)
     homogenized = system.homogenized_diffusivity()
@@ -228,18 +286,24 @@ def local(report, quick, seeds, progress):
     truth_h = wsindy.TrueModel({"dV/dx1:cos(0x1)*cos(0x2)": -1.0, "dV/dx2:cos(0x1)*cos(0x2)": -1.0,
                                 "D:cos(0x1)*cos(0x2)": homogenized},
                                grad_V=lambda x: -torch.ones_like(x), sigma=lambda x: torch.full_like(x, sigma_h))
-    n20 = 1024 if quick else 16384
+    n20 = 4096 if quick else 16384  # quick: at N = 1024 the right terms were selected in 1 seed of 3
     # the Euler step must resolve the period 2 pi / 20 of D, or the walk sees an arithmetic mean of D
     runs = batch(system, n20, seeds, 1, 1e-3 if quick else 1e-4, seed=21)
     rows = [score(wsindy.identify(d, "local_2d", test_functions="local_2d"), truth_h) for d in runs]
     sigma_errors = [r.get("error_sigma", float("inf")) for r in rows]
     tolerance = 0.15 if quick else 0.02  # quick: Euler step 1e-3 resolves cos(20 x) poorly (bias upwards)
-    within = sum(e <= tolerance for e in sigma_errors)
+    # sigma counts only where the right terms were selected (TPR = 1): a sigma from a wrong model is no identification
+
+    def identified(scored):
+        return sum(r["tpr"] == 1.0 and r.get("error_sigma", float("inf")) <= tolerance for r in scored)
+
+    within, baseline_within = identified(rows), identified(baseline_rows(rows))
     metrics["omega20"] = dict(summarize(rows, ["error_V", "error_sigma"]), N=n20, M=1, homogenized_D=homogenized,
                               homogenized_sigma=sigma_h, error_sigma_all=sigma_errors)
-    report.check(f"local 2-D omega=20: sigma within {tolerance:.0%} of sqrt(2 * {homogenized:.4f}) (rel. L2 over C)",
-                 f"{within}/{seeds} (median {float(np.median(sigma_errors)):.4f})", f">= {need}/{seeds} seeds",
-                 within >= need)
+    report.check(f"local 2-D omega=20: TPR=1 and sigma within {tolerance:.0%} of sqrt(2 * {homogenized:.4f}) "
+                 f"(rel. L2 over C)", f"{within}/{seeds} (TPR=1 in {metrics['omega20']['tpr_one']}/{seeds}; "
+                 f"median sigma error {float(np.median(sigma_errors)):.4f})", f">= {need}/{seeds} seeds",
+                 within >= need, baseline=(BASELINE, f"{baseline_within}/{seeds}", baseline_within >= need))
 
 
 def keller_segel(report, quick, seeds, progress):
@@ -250,7 +314,7 @@ def keller_segel(report, quick, seeds, progress):
     started = time.perf_counter()
     runs = batch(system, n, seeds, experiments, 0.1, seed=30)
     metrics["simulate_seconds_sigma0"] = time.perf_counter() - started
-    good = {}
+    good, baseline_good = {}, {}
     for eps in ((0.01, 0.1) if quick else (0.01, 0.0316, 0.1)):
         rows = []
         for s, data in enumerate(runs):
@@ -258,12 +322,15 @@ def keller_segel(report, quick, seeds, progress):
             rows.append(score(wsindy.identify(noisy, "keller_segel_2d", test_functions="keller_segel_2d"), truth))
         metrics[f"sigma0_eps{eps}"] = dict(summarize(rows, ["error_K"]), N=n, M=experiments)
         good[eps] = metrics[f"sigma0_eps{eps}"]["tpr_one"]
+        baseline_good[eps] = sum(r["tpr"] == 1.0 for r in baseline_rows(rows))
         print(f"Keller-Segel sigma=0 eps={eps}: TPR=1 in {good[eps]}/{seeds}", flush=True)
     need = seeds - max(1, seeds // 20)
     small = [e for e in good if e <= 0.1]
     report.check(f"Keller-Segel sigma=0, eps<=0.1 (N={n}, M={experiments}): TPR=1",
                  {str(e): f"{good[e]}/{seeds}" for e in small}, f">= {need}/{seeds} seeds for every eps <= 0.1",
-                 min(good[e] for e in small) >= need)
+                 min(good[e] for e in small) >= need,
+                 baseline=(BASELINE, {str(e): f"{baseline_good[e]}/{seeds}" for e in small},
+                           min(baseline_good[e] for e in small) >= need))
 
     critical = systems.get("keller_segel_2d", sigma=1 / math.sqrt(4 * math.pi), backend="dense")
     d_true = 1 / (8 * math.pi)
