@@ -110,13 +110,14 @@ def test_large_strength_stays_finite_with_automatic_substeps():
     data = reference.simulate(n_particles=400, times=times, seed=0, progress=False)
     biased = systems.get("ou_linear", a=5.0)
     observations = ParticleObservations(data, interpolation="linear")
-    model = NudgedSDE(biased.sde, observations, 0.4, 1e4)
-    run = model.simulate(data.positions[:, 0], times, 0.01, seed=1, progress=False)
+    model = NudgedSDE(biased.sde, observations, 0.4, 1e4, scheme="explicit")
+    with pytest.warns(RuntimeWarning, match="explicit sub-steps"):  # the cost is announced
+        run = model.simulate(data.positions[:, 0], times, 0.01, seed=1, progress=False)
     assert bool(torch.isfinite(run.positions).all())
     assert model.last_substeps > 10  # the stability bound asked for sub-steps
     assert float(w2(run.positions[0, -1], data.positions[0, -1])) < 0.1
     # without sub-steps the same strength is unstable: explicit Euler overshoots out of the grid
-    unstable = NudgedSDE(biased.sde, observations, 0.4, 1e4, substeps=1)
+    unstable = NudgedSDE(biased.sde, observations, 0.4, 1e4, substeps=1, scheme="explicit")
     with pytest.raises(ValueError):
         unstable.simulate(data.positions[:, 0], times, 0.01, seed=1, progress=False)
 

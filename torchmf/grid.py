@@ -309,6 +309,17 @@ class Grid:
         """Size of the FFT arrays: ``G`` (periodic) or ``2G`` (free space, zero-padded)."""
         return self.shape if self.periodic else tuple(2 * g for g in self.shape)
 
+    def squared_wavenumbers(self, device=None, dtype=None) -> torch.Tensor:
+        """:math:`|k|^2` of the real FFT of an ``fft_shape`` array (``rfftn`` layout): ``(*fft_shape[:-1], n_d // 2 + 1)``."""
+        dtype = dtype or torch.get_default_dtype()
+        axes = []
+        for axis, (h, n) in enumerate(zip(self.spacing, self.fft_shape())):
+            last = axis == self.dim - 1
+            frequencies = (torch.fft.rfftfreq if last else torch.fft.fftfreq)(n, d=h, device=device, dtype=dtype)
+            axes.append((2 * math.pi * frequencies) ** 2)
+        grids = torch.meshgrid(*axes, indexing="ij")
+        return sum(grids[1:], grids[0])
+
     def offsets(self, device=None, dtype=None) -> torch.Tensor:
         """Node-to-node displacements in FFT order, ``(*fft_shape, d)``.
 
