@@ -588,6 +588,7 @@ class NudgedSDE(nn.Module):
         self._wavenumbers: Dict[tuple, torch.Tensor] = {}
         self._planned_steps: Optional[int] = None
         self._warned_cost = False
+        self._warned_hold = False
         self.last_substeps = 0
         self.total_substeps = 0
         self.last_scheme = None
@@ -812,6 +813,7 @@ class NudgedSDE(nn.Module):
         if not rule:
             self.last_substeps = 0
             return x
+        self._warn_past_observations(t + dt)
         want_peak = self.substeps is None or self.scheme != "explicit"
         if self._implicit_possible and self.scheme != "explicit":
             field, peak = self._grid_field(t + dt, rule, observed, want_peak)
@@ -859,6 +861,15 @@ class NudgedSDE(nn.Module):
                                                               check=False)
             observed = observed + h * velocity
         return observed
+
+    def _warn_past_observations(self, t: float) -> None:
+        """Holding the last observation past its time is a choice the user must see, once."""
+        last = float(self.observations.times[-1])
+        if self._warned_hold or t <= last + 1e-6 * max(1.0, abs(last)):
+            return
+        self._warned_hold = True
+        warnings.warn(f"observations: the run passes the last observation time t={last:g} (now t={t:g}); "
+                      "the last observation is held from there on", RuntimeWarning, stacklevel=3)
 
     def _announce_cost(self, count: int) -> None:
         """Say once, before the run goes on, what an expensive explicit integration will cost."""
