@@ -8,6 +8,7 @@ above 1 (``normalize``), an image file without an image array (``key``).
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -153,9 +154,13 @@ def test_identify_on_csv_with_lost_entries_matches_complete_data(tmp_path, qanr,
                      "--json", str(tmp_path / f"{name}.json")]) == 0
         models[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert "missing" in capsys.readouterr().out
-    assert set(models["lost"]["selected"]) == set(models["complete"]["selected"]) == {"K:|x|^1", "K:|x|^2"}
-    for term, value in models["complete"]["selected"].items():
-        assert abs(models["lost"]["selected"][term] - value) < 0.05 * abs(value)
+    assert set(models["lost"]["selected"]) == set(models["complete"]["selected"])
+    assert {"K:|x|^1", "K:|x|^2"} <= set(models["complete"]["selected"])  # the true terms of the QANR data
+    complete = np.array(models["complete"]["coefficients"])
+    lost = np.array(models["lost"]["coefficients"])
+    assert np.linalg.norm(lost - complete) < 0.05 * np.linalg.norm(complete)
+    large = np.abs(complete) > 0.01 * np.abs(complete).max()  # terms at noise level carry no relative meaning
+    assert (np.abs(lost - complete)[large] < 0.05 * np.abs(complete)[large]).all()
     # baseline: keeping only the complete tracks (the workaround without masks) leaves too few particles
     complete_tracks = keep.all(0)
     assert complete_tracks.sum() < 0.05 * keep.shape[1]
@@ -293,3 +298,48 @@ def test_wsindy_simulate_defaults_to_the_grid_backend_and_matches_the_exact_one(
     without = wsindy.WSINDyModel(library, coefficients).simulate(x0, times, 0.05, seed=1, progress=False)
     error = float(w2(default.positions[0, -1], exact.positions[0, -1]))
     assert error < 0.1 * float(w2(without.positions[0, -1], exact.positions[0, -1]))
+
+
+# -- nudging with lost particles, LOT extrapolation, the CLI on user files --------------------------------
+def test_masked_particle_observations_observe_only_the_observed_particles():
+    from torchmf.nudging import ParticleObservations
+
+    rng = np.random.default_rng(5)
+    frame = rng.normal(size=(10, 2))
+    lost = np.array([1, 4, 7])
+    with_nan = frame.copy()
+    with_nan[lost] = np.nan
+    masked = ParticleObservations(Trajectories.from_arrays(with_nan[None], [0.0]))
+    kept = ParticleObservations(torch.from_numpy(np.delete(frame, lost, 0))[None], times=[0.0])
+    x = torch.from_numpy(rng.normal(size=(1, 30, 2)))
+    for backend in ("pairwise", "grid"):
+        grid = None if backend == "pairwise" else Grid(-8, 8, 128, dim=2)
+        velocities = [NudgedSDE(McKeanVlasovSDE(2), observations, 0.5, 1.0, backend=backend, grid=grid).velocity(0.0, x)
+                      for observations in (masked, kept)]
+        assert torch.allclose(velocities[0], velocities[1], atol=1e-12)
+
+
+def test_lot_extrapolate_matches_the_closed_form_euler_step_of_an_affine_flow():
+    # x(t) = a(t) y + u t with a(t) = exp(-0.3 t), shuffled every frame (no tracking): the exact maps are affine,
+    # so the LOT velocity and the extrapolated cloud have closed forms
+    from torchmf.lot import extrapolate
+
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randn(300, 2, generator=generator, dtype=torch.float64)
+    u, dt, horizon = torch.tensor([1.0, -0.5], dtype=torch.float64), 0.05, 1.0
+    scale = lambda t: math.exp(-0.3 * t)  # noqa: E731
+    frames = torch.stack([(scale(i * dt) * y + u * i * dt)[torch.randperm(300, generator=generator)] for i in range(9)])
+    data = Trajectories(frames, torch.arange(9, dtype=torch.float64) * dt)
+    prediction = extrapolate(data, horizon=horizon, k=2, method="exact")
+    centre, lag = 6 * dt, 2 * dt + horizon  # window = frames 4..8, centre frame 6
+    speed = sum((scale(centre + j * dt) - scale(centre - j * dt)) / (2 * j * dt) for j in (1, 2)) / 2
+    expected = (scale(centre) + lag * speed) * y + u * (centre + lag)
+    assert float(w2(prediction, expected)) < 1e-6  # w2 of equal clouds is ~1e-8 (square root of rounding)
+    truth = scale(8 * dt + horizon) * y + u * (8 * dt + horizon)
+    second = extrapolate(data, horizon=[horizon], k=2, method="exact", order=2)[0]
+    assert float(w2(second, truth)) < 0.3 * float(w2(prediction, truth))
+    assert float(w2(prediction, truth)) < 0.1 * float(w2(frames[-1], truth))  # standing still fails
+    lost = frames.numpy().copy()
+    lost[3, 5] = np.nan
+    with pytest.raises(ValueError, match="snapshots"):
+        extrapolate(Trajectories.from_arrays(lost, data.times), horizon=1.0)

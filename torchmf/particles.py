@@ -197,12 +197,17 @@ class Trajectories:
         mask = self.mask.to(self.positions.dtype)
         return mask / mask.sum(-1, keepdim=True)
 
-    def filled_positions(self, value: float = 0.0) -> torch.Tensor:
-        """Positions ``(M, L, N, d)`` with missing entries set to ``value`` (pair with :meth:`weights`,
-        whose zero weights make those entries irrelevant)."""
+    def filled_positions(self, value: Optional[float] = None) -> torch.Tensor:
+        """Positions ``(M, L, N, d)`` with the missing entries filled, to pair with :meth:`weights`
+        (whose zero weights make those entries irrelevant): with ``value``, or by default with an
+        observed particle of the same frame (so every entry lies inside any box holding the data)."""
         if self.mask is None:
             return self.positions
-        return self.positions.masked_fill(~self.mask.unsqueeze(-1), value)
+        if value is not None:
+            return self.positions.masked_fill(~self.mask.unsqueeze(-1), value)
+        first = self.mask.to(torch.uint8).argmax(-1)  # an observed particle of every frame (guaranteed)
+        anchor = torch.gather(self.positions, 2, first[..., None, None].expand(-1, -1, 1, self.dim))
+        return torch.where(self.mask.unsqueeze(-1), self.positions, anchor)
 
     def require_complete(self, what: str) -> "Trajectories":
         """Raise ``ValueError`` if entries are missing: for methods where a mask has no meaning."""

@@ -5,7 +5,10 @@
   ``torchrun`` with the particles split over ranks (see :mod:`torchmf.distributed`);
 - :func:`read_particle_data`: a user's particle file -- a torchmf/plain ``.h5``/``.npz`` or a
   long-format ``.csv`` table of tracks -- as :class:`~torchmf.particles.Trajectories`;
-  :func:`add_table_arguments` adds the matching command-line options.
+  :func:`add_table_arguments` adds the matching command-line options;
+- :func:`read_observations`, :func:`load_model`, :func:`initial_particles`: nudging a model of the
+  user's choice (registered system, identified WSINDy JSON, drift checkpoint) towards the user's
+  observations (particle files or image stacks).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from pathlib import Path
 import yaml
 
 __all__ = ["RECIPE_KEYS", "load_recipe", "simulate_recipe", "simulate_local", "gather_trajectories",
-           "simulate_sharded", "read_particle_data", "add_table_arguments", "TABLE_SUFFIXES"]
+           "simulate_sharded", "read_particle_data", "add_table_arguments", "TABLE_SUFFIXES", "load_model",
+           "read_observations", "initial_particles"]
 
 RECIPE_KEYS = {"system", "params", "particles", "experiments", "t_end", "dt", "record_dt", "seed", "description",
                "dtype"}
@@ -140,3 +144,116 @@ def read_particle_data(path, options=None):
     if getattr(options, "frame_dt", None) is not None:
         raise ValueError(f"--frame-dt: applies to long-format tables (.csv) only; {str(path)!r} stores its times")
     return Trajectories.load(path)
+
+
+def load_model(spec: str, params=None, n_experiments: int = 1):
+    """A particle model with ``step(t, x, dt, generator)`` from ``spec``.
+
+    ``spec``: a registered system name (:func:`torchmf.systems.names`, with ``params``), an identified
+    model JSON written by :meth:`torchmf.wsindy.WSINDyModel.save` (simulated with the grid backend), a
+    drift checkpoint (``.pt`` payload of ``trainers.DriftModule.payload()`` or a Lightning ``.ckpt`` of
+    a ``DriftModule``; read with ``weights_only=True``) or a pretrained drift name
+    (:func:`torchmf.pretrained.names`). Returns ``(model, description)``.
+    """
+    from . import pretrained, systems
+
+    path = Path(spec)
+    if path.suffix.lower() == ".json":
+        from .wsindy import WSINDyModel
+
+        if not path.is_file():
+            raise FileNotFoundError(f"--model: no such file {spec!r}")
+        return WSINDyModel.load(path).sde(n_experiments=n_experiments, backend="grid"), f"WSINDy model {path.name}"
+    if path.suffix.lower() in (".pt", ".ckpt"):
+        return _drift_from_checkpoint(path).sde(n_experiments), f"drift checkpoint {path.name}"
+    if spec in systems.names():
+        system = systems.get(spec, **(params or {}))
+        model = getattr(system, "sde", None) or getattr(system, "pic", None)
+        if model is None:
+            raise ValueError(f"--model: system {spec!r} has no particle model to step from positions alone")
+        return model, f"system {spec}"
+    if spec in pretrained.names():
+        model = pretrained.load(spec)
+        if not hasattr(model, "sde"):
+            raise ValueError(f"--model: pretrained {spec!r} is not a drift model")
+        return model.sde(n_experiments), f"pretrained {spec}"
+    raise ValueError(f"--model: expected a registered system {systems.names()}, a WSINDy model .json, a drift "
+                     f"checkpoint (.pt/.ckpt) or a pretrained name {pretrained.names()}, but got {spec!r}")
+
+
+def _drift_from_checkpoint(path: Path):
+    """A ``trainers.drift.DriftModel`` from a ``.pt`` payload or a Lightning ``.ckpt`` (weights only)."""
+    from trainers.drift import DriftModel, build_drift_model
+
+    from .pretrained import load_payload
+
+    payload = load_payload(path)
+    if isinstance(payload, dict) and "config" in payload and "state_dict" in payload:
+        return build_drift_model(payload)
+    if not (isinstance(payload, dict) and "state_dict" in payload and "hyper_parameters" in payload):
+        raise ValueError(f"--model: {str(path)!r} is neither a DriftModule payload (config, state_dict) nor a "
+                         f"Lightning checkpoint of a DriftModule")
+    names = set(DriftModel.__init__.__code__.co_varnames[1:DriftModel.__init__.__code__.co_argcount])
+    config = {k: v for k, v in payload["hyper_parameters"].items() if k in names}
+    state = {k[len("model."):]: v for k, v in payload["state_dict"].items() if k.startswith("model.")}
+    model = DriftModel(**config)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def read_observations(path, extent=None, frame_dt=None, **image_options):
+    """Observations from a file: particle data (``positions``/``times`` or a track table) become
+    :class:`~torchmf.nudging.ParticleObservations`, image stacks (``images``; ``.npz``, ``.h5``,
+    ``.tif``) :class:`~torchmf.nudging.GridObservations` (``extent`` = image edges, ``image_options``
+    as in its constructor). ``frame_dt``: times ``0, dt, 2 dt, ...`` when the file has none."""
+    from .images import read_images
+    from .nudging import GridObservations, ParticleObservations
+
+    path = Path(path)
+    if path.suffix.lower() in TABLE_SUFFIXES or (path.suffix.lower() in (".npz", ".h5", ".hdf5")
+                                                  and _holds(path, "positions")):
+        options = argparse.Namespace(frame_dt=frame_dt if path.suffix.lower() in TABLE_SUFFIXES else None)
+        return ParticleObservations(read_particle_data(path, options))
+    images, stored = read_images(path)
+    times = stored.get("times")
+    if times is None and frame_dt is not None:
+        times = [index * frame_dt for index in range(images.shape[-3] if images.ndim >= 3 else 1)]
+    if extent is None and "extent" in stored:
+        extent = (stored["extent"][0].tolist(), stored["extent"][1].tolist())
+    if extent is None or times is None:
+        raise ValueError(f"--observations: {str(path)!r} needs an extent (--extent) and times (--frame-dt) when the "
+                         f"file does not hold them")
+    return GridObservations(images, extent, times, **image_options)
+
+
+def _holds(path: Path, name: str) -> bool:
+    if path.suffix.lower() == ".npz":
+        import numpy as np
+
+        with np.load(path, allow_pickle=False) as data:
+            return name in data.files
+    import h5py
+
+    with h5py.File(path, "r") as handle:
+        return name in handle
+
+
+def initial_particles(observations, count: int, seed: int):
+    """``(1, count, d)`` particles drawn from the first observation: resampled observed particles, or
+    pixels drawn with probability proportional to their value and placed uniformly inside the pixel."""
+    import torch
+
+    from .nudging import GridObservations
+
+    generator = torch.Generator().manual_seed(seed)
+    points, weights = observations.sources(0)
+    points, weights = points[0].double().cpu(), weights[0].double().cpu()
+    if bool((weights < 0).any()):
+        raise ValueError("--observations: the first image has negative values; cannot draw particles from it "
+                         "(pass --initial FILE)")
+    chosen = torch.multinomial(weights, count, replacement=True, generator=generator)
+    start = points[chosen]
+    if isinstance(observations, GridObservations):
+        spacing = torch.tensor(observations.grid.spacing, dtype=torch.float64)
+        start = start + (torch.rand(start.shape, generator=generator, dtype=torch.float64) - 0.5) * spacing
+    return start.unsqueeze(0)

@@ -5,6 +5,7 @@ Examples:
     torchmf lot chemotaxis --particles 2000 --k 80 --step 95 --burn-in 100 --start-up 200 \\
         --n-steps 19 --recovery 0 --reinit history-dependent
     torchmf lot box_diffusion --particles 1000 --adaptive-tolerance 0.5 --t-end 2000
+    torchmf lot --snapshots cells.npz --horizon 2.5 -o runs/forecast.npz   # your own snapshots, no simulator
 
 Writes OUT/lot_<system>.json (times, stages, W2 to the control run and to a second control run,
 micro-step counts) and OUT/lot_<system>_w2.png.
@@ -20,9 +21,19 @@ ORDER = 30
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("system", help="registered system name (e.g. box_diffusion, chemotaxis)")
+    parser.add_argument("system", nargs="?", default=None,
+                        help="registered system name (e.g. box_diffusion, chemotaxis); or give --snapshots")
+    parser.add_argument("--snapshots", default=None,
+                        help="extrapolate your own snapshots instead: .h5/.npz (torchmf or plain positions/times) "
+                             "or a .csv of tracks; the last 2k+1 (uniformly spaced) frames are used")
+    parser.add_argument("--horizon", type=float, action="append", default=[],
+                        help="with --snapshots: time beyond the last snapshot, repeatable")
+    parser.add_argument("--order", type=int, choices=[1, 2], default=1,
+                        help="with --snapshots: 1 = LOT Euler step, 2 = with the curvature term (needs exact maps)")
+    parser.add_argument("-o", "--output", default=None, help="with --snapshots: write the forecast (.h5/.npz)")
     parser.add_argument("--particles", type=int, default=2000, help="particles N (default 2000)")
-    parser.add_argument("--k", type=int, default=80, help="centred differences averaged (2k+1 snapshots)")
+    parser.add_argument("--k", type=int, default=None,
+                        help="centred differences averaged (2k+1 snapshots; default 80, with --snapshots all frames)")
     parser.add_argument("--step", type=float, default=85.0, help="large step H")
     parser.add_argument("--burn-in", type=float, default=30.0, help="burn-in H_R after each large step")
     parser.add_argument("--start-up", type=float, default=30.0, help="start-up time S")
@@ -57,6 +68,11 @@ def run(args) -> int:
         torch.set_num_threads(args.threads)
     if args.particles < 1:
         raise ValueError(f"--particles: expected an integer >= 1, but got {args.particles}")
+    if args.snapshots is not None:
+        return _extrapolate_snapshots(args)
+    if args.system is None:
+        raise ValueError("system: expected a registered system name or --snapshots FILE, but got neither")
+    args.k = 80 if args.k is None else args.k
     params = parse_key_values(args.param, "--param")
     system = systems.get(args.system, **params)
     # the projective run, two controls and the 2k+1 snapshot window, each (N, d): sized before any run
@@ -90,4 +106,32 @@ def run(args) -> int:
               "t", "W2", f"{args.system}: LOT projective run, N = {args.particles}")
     print(f"wrote {path}: micro-step ratio {result.micro_step_ratio:.3f} (per cycle {result.cycle_ratio:.3f}), "
           f"final W2 {error[-1]:.4f} (control vs control {floor[-1]:.4f})")
+    return 0
+
+
+def _extrapolate_snapshots(args) -> int:
+    """``--snapshots FILE --horizon H``: one LOT step from the user's frames (:func:`torchmf.lot.extrapolate`)."""
+    import torch
+
+    from ..lot import extrapolate
+    from ..particles import Trajectories
+    from ..runs import read_particle_data
+
+    if args.system is not None:
+        raise ValueError(f"system: give either a registered system or --snapshots, but got both ({args.system!r})")
+    if not args.horizon:
+        raise ValueError("--horizon: expected the time beyond the last snapshot (repeatable), but got none")
+    data = read_particle_data(args.snapshots)
+    forecast = extrapolate(data, horizon=list(args.horizon), k=args.k, order=args.order, method=args.method,
+                           blur=args.blur)  # (H, N, d)
+    last = float(data.times[-1])
+    times = torch.tensor([last + h for h in args.horizon], dtype=torch.float64)
+    result = Trajectories(forecast, times, {"source": str(args.snapshots), "method": "lot.extrapolate",
+                                            "order": args.order, "horizons": list(args.horizon)})
+    for index, horizon in enumerate(args.horizon):
+        cloud = forecast[index]
+        print(f"t = {last + horizon:g}: mean {[round(v, 4) for v in cloud.mean(0).tolist()]}, "
+              f"std {[round(v, 4) for v in cloud.std(0).tolist()]}")
+    if args.output:
+        print(f"wrote {result.save(args.output)}: {result}")
     return 0

@@ -15,6 +15,14 @@ Examples:
     torchmf nudge ou_linear --param a=5 --strength 100 --bandwidth 0.2 --out runs/nudge
     torchmf nudge double_well --param a=0.1 --strength 10 --strength 1000 --particles 2000
     torchrun --standalone --nproc-per-node 2 -m torchmf nudge ou_linear --param a=5 -o runs/nudged.h5
+
+Your own observations and model (no reference run): --observations FILE (particle data .h5/.npz/.csv
+with positions and times, or an image stack .npz/.h5/.tif with --extent edges) and --model (a
+registered system, an identified WSINDy model .json, a drift checkpoint .pt/.ckpt). The forecast
+starts from --initial FILE (its first frame) or from --particles drawn from the first observation;
+writes OUT/nudge.json (misfit to the observations, nudged and un-nudged) and, with -o, the run.
+    torchmf nudge --observations images.npz --model model.json --strength 50 --bandwidth 0.3 -o runs/nudged.h5
+    torchmf nudge --observations cells.tif --extent 0 640 0 480 --frame-dt 5 --model ou_linear --particles 3000
 """
 from __future__ import annotations
 
@@ -27,7 +35,25 @@ ORDER = 20
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("system", help="registered system (ou_linear, double_well, lorenz_mf, ...)")
+    parser.add_argument("system", nargs="?", default=None,
+                        help="registered system (ou_linear, double_well, lorenz_mf, ...); or --observations/--model")
+    group = parser.add_argument_group("your own data (instead of a system's reference run)")
+    group.add_argument("--observations", default=None,
+                       help="particle data (.h5/.npz with positions+times, .csv tracks) or images (.npz/.h5/.tif)")
+    group.add_argument("--model", default=None,
+                       help="registered system name, identified WSINDy model .json, or drift checkpoint .pt/.ckpt")
+    group.add_argument("--initial", default=None, help="initial particles: a particle file (its first frame)")
+    group.add_argument("--extent", type=float, nargs="+", default=None, metavar="EDGE",
+                       help="image edges x0 x1 [y0 y1 [z0 z1]] (default: the file's 'extent')")
+    group.add_argument("--frame-dt", type=float, default=None,
+                       help="time between frames when the file stores no times")
+    group.add_argument("--indexing", choices=["xy", "ij"], default=None,
+                       help="image axes: xy = (rows = y, columns = x), the numpy convention (default), ij")
+    group.add_argument("--origin", choices=["lower", "upper"], default="lower",
+                       help="row 0 at the smallest y (lower, default) or the largest (upper)")
+    group.add_argument("--normalize", action="store_true", help="scale each image to mass 1")
+    group.add_argument("--field-of-view", action="store_true",
+                       help="the images see only their window: particles outside feel no nudging")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="biased model parameter (YAML value), repeatable")
     parser.add_argument("--reference-param", action="append", default=[], metavar="KEY=VALUE",
@@ -86,6 +112,10 @@ def run(args) -> int:
     from .. import distributed
 
     _check_args(args)
+    if args.observations is not None or args.model is not None:
+        return _nudge_own_data(args)
+    if args.system is None:
+        raise ValueError("system: expected a registered system, or --observations FILE with --model, but got neither")
     _, size = distributed.setup(args.device)
     try:
         if size > 1:
@@ -183,3 +213,85 @@ def _nudge(args, sharded: bool) -> int:
         print(f"{label:>14}: final {metric} {values['final']:.4f}, time-averaged {values['time_averaged']:.4f}")
     print(f"wrote {out / 'nudge.json'} and {figure}")
     return 0
+
+
+def _nudge_own_data(args) -> int:
+    """``--observations FILE --model SPEC``: nudge the user's model towards the user's observations."""
+    import torch
+
+    from .._io import write_json
+    from ..metrics import smoothed_density
+    from ..nudging import GridObservations, NudgedSDE
+    from ..particles import Trajectories
+    from ..runs import initial_particles, load_model, read_observations, read_particle_data
+
+    if args.observations is None or args.model is None:
+        raise ValueError("--observations: own-data nudging needs both --observations FILE and --model, "
+                         f"but got observations={args.observations!r}, model={args.model!r}")
+    if args.system is not None:
+        raise ValueError(f"system: give a registered system or --observations/--model, but got both ({args.system!r})")
+    extent = None
+    if args.extent is not None:
+        if len(args.extent) % 2:
+            raise ValueError(f"--extent: expected pairs x0 x1 [y0 y1 ...], but got {len(args.extent)} numbers")
+        extent = (args.extent[0::2], args.extent[1::2])
+    observations = read_observations(args.observations, extent=extent, frame_dt=args.frame_dt,
+                                     indexing=args.indexing, origin=args.origin, normalize=args.normalize or False,
+                                     field_of_view=args.field_of_view)
+    model, description = load_model(args.model, _params(args.param, "--param"))
+    if args.initial is not None:
+        start = read_particle_data(args.initial).require_complete("--initial").positions[:, 0].double()
+    else:
+        start = initial_particles(observations, args.particles or 2000, args.seed)
+    times = observations.times
+    dt = args.dt or float(times.diff().min()) / 10
+    strengths = args.strength or [100.0]
+    is_image = isinstance(observations, GridObservations)
+    grid = observations.grid if is_image else None
+    runs, misfits = {}, {}
+    for strength in [0.0] + strengths:
+        nudged = NudgedSDE(model, observations, args.bandwidth, strength, backend=args.backend)
+        run = nudged.simulate(start, times, dt, seed=args.seed + 1, progress=not args.no_progress)
+        label = "un-nudged" if strength == 0 else f"lambda={strength:g}"
+        runs[label] = run
+        misfits[label] = _misfit(run, observations, grid, args.bandwidth, smoothed_density)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"observations": str(args.observations), "model": description, "strengths": strengths,
+              "bandwidth": args.bandwidth, "dt": dt, "particles": int(start.shape[1]), "seed": args.seed,
+              "times": times.tolist(), "misfit": {k: v for k, v in misfits.items()},
+              "misfit_kind": "L2 of smoothed density minus image" if is_image else "W2 to the observed particles"}
+    write_json(out / "nudge.json", result)
+    for label, values in misfits.items():
+        print(f"{label:>14}: final misfit {values[-1]:.4g}, mean {sum(values) / len(values):.4g}")
+    if args.output is not None:
+        run = runs[f"lambda={strengths[0]:g}"]
+        saved = Trajectories(run.positions, run.times, dict(run.meta, model=description, nudging_strength=strengths[0]))
+        print(f"wrote {saved.save(Path(args.output))}")
+    print(f"wrote {out / 'nudge.json'}")
+    return 0
+
+
+def _misfit(run, observations, grid, bandwidth, smoothed_density):
+    """Per observation time: L2 distance of the run's smoothed density to the image, or W2 to the observed cloud."""
+    import torch
+
+    from ..metrics import w2
+
+    values = []
+    for index in range(observations.n_times):
+        points = run.positions[:, index]
+        if grid is not None:
+            lower, upper = points.new_tensor(grid.lower), points.new_tensor(grid.upper)
+            inside = ((points >= lower) & (points <= upper)).all(-1)  # outside a field of view: not observed
+            density = smoothed_density(torch.where(inside.unsqueeze(-1), points, lower), grid, bandwidth,
+                                       inside.to(points) / points.shape[-2])
+            difference = density - observations.densities[:1, index].to(points)
+            if observations.window is not None:
+                difference = difference * observations.window.to(points)
+            values.append(float(difference.pow(2).sum().sqrt() * grid.cell_volume ** 0.5))
+        else:
+            observed, weights = observations.sources(index)
+            keep = weights[0] > 0
+            values.append(float(w2(points[0], observed[0][keep].to(points))))
+    return values

@@ -30,7 +30,8 @@ import torch
 from .. import distributed
 from .._validation import check_int, check_positive
 from ..grid import Grid
-from .histogram import add_measurement_noise, as_positions, default_grid, histogram
+from ..particles import Trajectories
+from .histogram import add_measurement_noise, as_positions, default_grid, histogram, masked_positions
 from .library import PRESETS, Library, load_library
 from .model import WSINDyModel
 from .mstls import RankDeficientError, check_columns, mstls, single_thread
@@ -98,7 +99,9 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
     """Identify :math:`(K, V, \\sigma)` from particle data by WSINDy (Algorithm 4.1).
 
     Arguments:
-        trajectories: :class:`~torchmf.particles.Trajectories` or positions ``(M, L, N, d)`` (then ``times``).
+        trajectories: :class:`~torchmf.particles.Trajectories` or positions ``(M, L, N, d)`` (then ``times``);
+            a Trajectories with a ``mask`` (lost particles, varying counts) weighs each frame's histogram
+            by its observed particles.
         library: preset name (:data:`~torchmf.wsindy.library.PRESETS`), spec dict, YAML path or :class:`Library`.
         times: ``(L,)`` uniformly spaced recording times (taken from ``trajectories`` when it is one).
         grid: the computational grid C (free space; must contain every particle). Default: mean +- 3
@@ -126,8 +129,15 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
     if not isinstance(sharded, bool):
         raise TypeError(f"sharded: expected a bool, but got {type(sharded).__name__}")
     failure = None
+    weights = observed = None
     try:
-        positions = as_positions(trajectories)
+        if isinstance(trajectories, Trajectories) and trajectories.mask is not None:
+            # lost tracks / varying counts: each frame's histogram weighs its observed particles
+            if sharded:
+                raise ValueError("trajectories: masked data (missing entries) are not supported with sharded=True")
+            positions, weights, observed = masked_positions(trajectories)
+        else:
+            positions = as_positions(trajectories)
     except (ValueError, TypeError) as error:
         failure = error
     if sharded:  # every rank raises when one rank's data are bad: no rank is left waiting in a collective
@@ -155,8 +165,8 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
         distributed.check_same("grid", repr(grid))
     given = grid is not None
     if not given:
-        grid = default_grid(positions, grid_shape, sharded=sharded)  # contains every particle by construction
-    density = histogram(positions, grid, check=given, sharded=sharded)
+        grid = default_grid(positions if observed is None else observed, grid_shape, sharded=sharded)
+    density = histogram(positions, grid, check=given, sharded=sharded, weights=weights)
     after_histogram = time.perf_counter()
     density = density.to(dtype)
     tests = make_test_functions(density, grid, dt, test_functions)

@@ -28,7 +28,8 @@ from .._validation import check_int, check_nonnegative, check_tensor
 from ..grid import Grid
 from ..particles import Trajectories
 
-__all__ = ["as_positions", "default_grid", "histogram", "add_measurement_noise", "axis_statistics"]
+__all__ = ["as_positions", "default_grid", "histogram", "add_measurement_noise", "axis_statistics",
+           "masked_positions"]
 
 
 def as_positions(trajectories) -> torch.Tensor:
@@ -116,7 +117,8 @@ def _pooled_statistics(points: torch.Tensor):
     return pooled_mean, (spread / (total - 1).clamp_min(1)).sqrt(), low, high
 
 
-def histogram(positions: torch.Tensor, grid: Grid, check: bool = True, sharded: bool = False) -> torch.Tensor:
+def histogram(positions: torch.Tensor, grid: Grid, check: bool = True, sharded: bool = False,
+              weights: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Histogram density averaged over experiments.
 
     Arguments:
@@ -127,6 +129,8 @@ def histogram(positions: torch.Tensor, grid: Grid, check: bool = True, sharded: 
         sharded: ``positions`` is this rank's share ``(M, L, N_r, d)`` of a sharded ensemble: the
             per-rank masses are weighted by ``N_r / N`` and all-reduced (one ``(L, *G)`` all-reduce);
             a rank whose particles leave the box makes every rank raise.
+        weights: optional ``(M, L, N)`` particle masses, each frame summing to 1 (missing tracked
+            particles: :meth:`torchmf.Trajectories.weights`, zero where not observed); default ``1/N``.
 
     Returns:
         ``(L, G_1, ..., G_d)`` density in the dtype of ``positions``.
@@ -145,14 +149,30 @@ def histogram(positions: torch.Tensor, grid: Grid, check: bool = True, sharded: 
     elif failure is not None:
         raise failure
     # experiment by experiment into one (L, *G) array: a (M, L, *G) intermediate would be M times larger
-    masses = grid.deposit(positions[0], scheme="ngp", check=False)  # (L, *G), each time sums to 1
+    if weights is not None and sharded:
+        raise ValueError("weights: a masked (weighted) histogram is not supported with sharded=True")
+
+    def masses_of(experiment):  # (L, *G), each time sums to 1
+        mass = None if weights is None else weights[experiment]
+        return grid.deposit(positions[experiment], mass, scheme="ngp", check=False)
+
+    masses = masses_of(0)
     for experiment in range(1, positions.shape[0]):
-        masses += grid.deposit(positions[experiment], scheme="ngp", check=False)
+        masses += masses_of(experiment)
     if sharded and distributed.is_sharded():
         local = positions.shape[2]
         masses *= local / distributed.global_count(local, device=positions.device)
         distributed.all_reduce_sum(masses)
     return masses / (positions.shape[0] * grid.cell_volume)
+
+
+def masked_positions(trajectories: Trajectories):
+    """Positions, weights and observed points of a :class:`Trajectories` with a ``mask`` (missing entries).
+
+    Returns ``(positions (M, L, N, d), weights (M, L, N), observed (n, d))``: missing entries are
+    placed on an observed particle of the same frame (inside any grid holding the data) with weight 0,
+    the observed ones weigh ``1 / n_observed`` of their frame."""
+    return trajectories.filled_positions(), trajectories.weights(), trajectories.positions[trajectories.mask]
 
 
 def _outside_error(positions: torch.Tensor, grid: Grid) -> Optional[ValueError]:
