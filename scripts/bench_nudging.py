@@ -15,6 +15,9 @@ Fixed setup:
   5,000), t in [0, 0.2], dt = 0.01, lambda = 10, h = 0.2, identical noise (same seed): the wall
   time of the two runs and their final W2 to the reference (exact, by sorting).
 - GPU: the step for 10,000,000 particles where CUDA is available (skipped otherwise).
+- Stiff nudging (issue 13): the README's ou_linear example at lambda = 0, 1e2, 1e4, 1e6 with the
+  default scheme, against the explicit scheme at lambda = 1e4 (its cost) and at 1e6 with the
+  implicit scheme's sub-step budget (it blows up); see :func:`stiff_strengths`.
 """
 from __future__ import annotations
 
@@ -113,12 +116,98 @@ def grid_versus_pairwise(n):
             "w2_grid_vs_pairwise_runs": distance}
 
 
+def stiff_strengths(quick: bool):
+    """The README's ou_linear example (reference a = 1, biased a = 5, N = 2000, t in [0, 2], dt = 0.01,
+    h = 0.2, linear interpolation) at lambda = 0, 1e2, 1e4, 1e6 with the default scheme ("auto":
+    explicit up to 100 sub-steps per step, implicit above), and the explicit scheme at lambda = 1e4
+    (the old cost; quick: its first 0.2 time units, scaled by 10) and at 1e6 with 4 sub-steps per
+    step (the implicit scheme's budget: it must blow up)."""
+    import warnings
+
+    from torchmf import systems
+    from torchmf.metrics import w2
+    from torchmf.nudging import NudgedSDE, ParticleObservations
+
+    reference = systems.get("ou_linear", a=1.0).simulate(n_particles=2000, seed=0, progress=False)
+    observations = ParticleObservations(reference, interpolation="linear")
+    biased = systems.get("ou_linear", a=5.0)
+
+    def run(strength, **options):
+        model = NudgedSDE(biased.sde, observations, bandwidth=0.2, strength=strength, **options)
+        times = reference.times
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the explicit scheme's cost notice
+            try:
+                forecast = model.simulate(reference.positions[:, 0], times, dt=0.01, seed=1, progress=False)
+            except ValueError as error:  # an explicit blow-up leaves the grid or turns non-finite
+                return {"seconds": time.perf_counter() - start, "finite": False, "error": str(error)[:200]}
+        seconds = time.perf_counter() - start
+        last = len(times) - 1
+        return {"seconds": seconds, "finite": bool(torch.isfinite(forecast.positions).all()),
+                "final_w2_to_reference": float(w2(forecast.positions[0, -1], reference.positions[0, last])),
+                "scheme": model.last_scheme, "substeps_last_step": model.last_substeps,
+                "total_substeps": model.total_substeps}
+
+    out = {label: run(strength) for label, strength in (("lambda=0", 0.0), ("lambda=1e2", 1e2), ("lambda=1e4", 1e4),
+                                                       ("lambda=1e6", 1e6))}
+    if quick:  # the explicit scheme's cost from its first 20 steps (0.2 of the 2 time units)
+        model = NudgedSDE(biased.sde, observations, bandwidth=0.2, strength=1e4, scheme="explicit")
+        state, generator = reference.positions[:, 0], torch.Generator().manual_seed(1)
+        start = time.perf_counter()
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for k in range(20):
+                state = model.step(0.01 * k, state, 0.01, generator)
+        seconds = time.perf_counter() - start
+        explicit = {"seconds": seconds, "steps": 20, "total_substeps": model.total_substeps,
+                    "seconds_full_run": seconds * 10}
+    else:
+        explicit = run(1e4, scheme="explicit")
+        explicit["seconds_full_run"] = explicit["seconds"]
+    out["lambda=1e4, explicit"] = explicit
+    out["lambda=1e6, explicit, 4 sub-steps"] = run(1e6, substeps=4, scheme="explicit")
+    return out
+
+
+def _stiff_checks(report, stiff) -> None:
+    report.metrics["stiff_strengths"] = stiff
+    moderate, strong, strongest = stiff["lambda=1e2"], stiff["lambda=1e4"], stiff["lambda=1e6"]
+    report.check("README ou_linear: wall time lambda = 1e4 / lambda = 1e2 (default scheme)",
+                 round(strong["seconds"] / moderate["seconds"], 2), "<= 3", lambda v: v <= 3,
+                 baseline=("explicit scheme at lambda = 1e4 (the old cost)",
+                           round(stiff["lambda=1e4, explicit"]["seconds_full_run"] / moderate["seconds"], 1)))
+    report.check("README ou_linear: final W2 to the reference, lambda = 1e4 minus lambda = 1e2",
+                 round(strong["final_w2_to_reference"] - moderate["final_w2_to_reference"], 4), "<= 0",
+                 lambda v: v <= 0, baseline=("un-nudged biased model (lambda = 0)", round(
+                     stiff["lambda=0"]["final_w2_to_reference"] - moderate["final_w2_to_reference"], 4)))
+    report.check("README ou_linear: lambda = 1e6 run finite", strongest["finite"], "true", lambda v: v is True,
+                 baseline=("explicit scheme at lambda = 1e6 with the same 4 sub-steps per step",
+                           stiff["lambda=1e6, explicit, 4 sub-steps"]["finite"]))
+    report.check("README ou_linear (moonshot): wall time lambda = 1e6 / lambda = 1e2",
+                 round(strongest["seconds"] / moderate["seconds"], 2), "<= 10", lambda v: v <= 10,
+                 baseline=("explicit scheme at lambda = 1e6, extrapolated (sub-steps grow linearly in lambda)",
+                           round(100 * stiff["lambda=1e4, explicit"]["seconds_full_run"] / moderate["seconds"], 1)))
+    report.check("README ou_linear (moonshot): final W2, lambda = 1e6 minus lambda = 1e2",
+                 round(strongest["final_w2_to_reference"] - moderate["final_w2_to_reference"], 4), "<= 0",
+                 lambda v: v <= 0, baseline=("un-nudged biased model (lambda = 0)", round(
+                     stiff["lambda=0"]["final_w2_to_reference"] - moderate["final_w2_to_reference"], 4)))
+
+
 def main(argv=None) -> int:
     parser = standard_parser(__doc__.strip().splitlines()[0])
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--stiff-only", action="store_true", help="only the stiff-nudging runs (writes "
+                        "bench_nudging_stiff.json)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.stiff_only:
+        report = Report("bench_nudging_stiff", args)
+        report.settings.update(threads=torch.get_num_threads())
+        _stiff_checks(report, stiff_strengths(args.quick))
+        report.write()
+        return 0
     report = Report("bench_nudging", args)
     report.settings.update(threads=torch.get_num_threads(), step_particles=1_000_000,
                            pairwise_particles=5000 if args.quick else 20000)
@@ -144,6 +233,7 @@ def main(argv=None) -> int:
     report.check("grid vs pairwise: final W2 to the reference, relative difference",
                  round(comparison["w2_relative_difference"], 5), "<= 1e-2", lambda v: v <= 1e-2,
                  baseline=("un-nudged biased model (a = 5)", round(comparison["unnudged_w2_relative_difference"], 4)))
+    _stiff_checks(report, stiff_strengths(args.quick))
     if torch.cuda.is_available():
         gpu = step_timing(10_000_000, "cuda", repeats=5)
         gpu["device"] = device_name("cuda")
