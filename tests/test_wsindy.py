@@ -231,12 +231,16 @@ def qanr_data():
 
 def test_identify_qanr_selects_the_two_interaction_terms(qanr_data):
     model = wsindy.identify(qanr_data, "default")
-    assert set(model.selected) == {"K:|x|^1", "K:|x|^2"}
+    # the drift exactly; the constant diffusion is exempt from thresholding and kept >= 0 (tiny: sigma = 0)
+    assert set(model.selected) - {"D:x^0"} == {"K:|x|^1", "K:|x|^2"}
+    assert 0 <= model.selected.get("D:x^0", 0.0) < 1e-4
     truth = wsindy.TrueModel({"K:|x|^1": -1.0, "K:|x|^2": 0.5}, grad_K=lambda x: x - torch.sign(x))
-    assert wsindy.tpr(model, truth.terms) == 1.0
+    assert wsindy.tpr(model, truth.terms, kinds=("interaction", "local")) == 1.0
     assert wsindy.relative_errors(model, truth)["K"] < 0.01
     x = torch.linspace(-2, 2, 5, dtype=torch.float64).unsqueeze(-1)
-    assert torch.equal(model.grad_V(x), torch.zeros_like(x)) and torch.equal(model.sigma(x), torch.zeros_like(x))
+    assert torch.equal(model.grad_V(x), torch.zeros_like(x)) and float(model.sigma(x).max()) < 0.015
+    paper = wsindy.identify(qanr_data, "qanr_1d", grid_rule="union", trim=None, regression="mstls", ridge=0.0)
+    assert set(paper.selected) == {"K:|x|^1", "K:|x|^2"}  # the paper's MSTLS, kept as an option
     restored = wsindy.WSINDyModel.from_dict(json.loads(json.dumps(model.to_dict())))
     assert torch.allclose(restored.grad_K(x), model.grad_K(x)) and restored.selected == model.selected
     assert "K(x) = -1" in model.equation() and "|x|^2" in model.equation()
@@ -277,10 +281,12 @@ def test_conformance_on_the_authors_qanr_dataset(shared_dir):
     positions = torch.from_numpy(np.ascontiguousarray(content["Xscell"][0, 0].transpose(2, 0, 1))).unsqueeze(0)
     times = torch.from_numpy(content["t"].reshape(-1).astype(np.float64))
     model = wsindy.identify(positions, "default", times=times)
-    assert set(model.selected) == {"K:|x|^1", "K:|x|^2"}
+    assert set(model.selected) - {"D:x^0"} == {"K:|x|^1", "K:|x|^2"}
     x = torch.linspace(-2, 2, 801, dtype=torch.float64).unsqueeze(-1)
     truth = x - torch.sign(x)
-    assert float((model.grad_K(x) - truth).norm() / truth.norm()) < 0.02
+    # the authors' own code in Octave on this file: grad K error 3.1e-4 on [-2, 2], D = 3.1098e-5
+    assert float((model.grad_K(x) - truth).norm() / truth.norm()) <= 3.1e-4
+    assert 0 <= model.selected.get("D:x^0", 0.0) <= 3.11e-5
 
 
 # -- CLI ------------------------------------------------------------------------------------------------------------
@@ -292,6 +298,6 @@ def test_cli_identify_prints_the_equation(tmp_path, qanr_data, capsys):
     output = capsys.readouterr().out
     assert "K(x) = -1" in output and "|x|^2" in output
     saved = json.loads((tmp_path / "model.json").read_text())
-    assert set(saved["selected"]) == {"K:|x|^1", "K:|x|^2"}
+    assert set(saved["selected"]) - {"D:x^0"} == {"K:|x|^1", "K:|x|^2"}
     assert main(["identify", str(path), "--library", "keller_segel_2d"]) == 2
     assert "d = 2" in capsys.readouterr().err

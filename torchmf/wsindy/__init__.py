@@ -31,10 +31,12 @@ from .. import distributed
 from .._validation import check_int, check_positive
 from ..grid import Grid
 from ..particles import Trajectories
-from .histogram import add_measurement_noise, as_positions, default_grid, histogram, masked_positions
+from .ensemble import inclusion_probabilities
+from .histogram import (GRID_RULES, add_measurement_noise, as_positions, default_grid, histogram, mass_left_out,
+                        masked_positions)
 from .library import PRESETS, Library, load_library
 from .model import WSINDyModel
-from .mstls import RankDeficientError, check_columns, mstls, single_thread
+from .mstls import THRESHOLDINGS, RankDeficientError, check_columns, mstls, single_thread
 from .scores import TrueModel, relative_errors, tpr
 from .system import build_system
 from .test_functions import AxisTestFunctions, TestFunctions, changepoint_support
@@ -95,7 +97,9 @@ def make_test_functions(density: torch.Tensor, grid: Grid, dt: float, spec=None)
 def identify(trajectories, library: Union[str, dict, Library, None] = "default", *, times=None,
              grid: Optional[Grid] = None, grid_shape=None, test_functions=None, thresholds=None,
              convolution: str = "fft", dtype: torch.dtype = torch.float64, fft_dtype: Optional[torch.dtype] = None,
-             max_condition: float = 1e12, sharded: bool = False) -> WSINDyModel:
+             max_condition: float = 1e12, sharded: bool = False, grid_rule: str = "intersection", crop: bool = False,
+             trim: Optional[float] = 0.01, regression: str = "constrained", thresholding: str = "paper",
+             exempt=None, ridge: float = 1e-3, ensemble: int = 0, ensemble_seed: int = 0) -> WSINDyModel:
     """Identify :math:`(K, V, \\sigma)` from particle data by WSINDy (Algorithm 4.1).
 
     Arguments:
@@ -117,6 +121,26 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
             histogram are pooled over ranks (one ``(L, *G)`` all-reduce, independent of ``N``) and
             every rank then builds the same system and returns the same model. Ranks must agree on
             ``M``, ``L``, ``d``, the times and ``grid``; a rank rejecting its data makes all raise.
+        grid_rule: rule of the default grid, ``"union"`` (mean +- 3 sd widened to hold every particle)
+            or ``"intersection"`` (cut to the data's range, the authors' rule; crops), see
+            :func:`.histogram.default_grid`.
+        crop: particles outside ``grid`` are left out of the histogram instead of raising; the
+            fraction left out is ``info["mass_left_out"]`` (mean and largest over time).
+        trim: drop the test functions (rows of G) where :math:`\langle\psi_k, U\rangle` is below
+            ``trim`` times its largest value (the authors use 0.01): rows that see almost no data
+            carry mostly noise. None keeps every row.
+        regression: ``"mstls"`` (the paper's MSTLS) or ``"constrained"`` (MSTLS with the ``exempt``
+            terms never thresholded and constrained to be ``>= 0``, as the authors' STLSQP).
+        thresholding: ``"paper"`` (eqs. 4.4-4.5) or ``"relative"`` (scale-invariant), see :func:`.mstls.mstls`.
+        exempt: term names exempt from thresholding and kept ``>= 0`` under ``regression="constrained"``
+            (default: the library's constant diffusion terms).
+        ridge: Tikhonov weight on the unit-column coefficients of the thresholding path (the
+            authors' ``gamma``): with collinear columns the least-squares start has large
+            cancelling coefficients that send MSTLS down a wrong path; the model is the plain fit
+            on the support found. 0 turns it off.
+        ensemble: number of row-bootstrap resamples for ``info["inclusion_probabilities"]`` (term
+            name -> fraction of resamples selecting it, :mod:`.ensemble`); 0 skips it.
+        ensemble_seed: seed of the resampling.
 
     Returns:
         :class:`WSINDyModel` (coefficients ``(J,)`` float64 on the data's device; every step runs there,
@@ -128,6 +152,7 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
     started = time.perf_counter()
     if not isinstance(sharded, bool):
         raise TypeError(f"sharded: expected a bool, but got {type(sharded).__name__}")
+    options = _regression_options(regression, thresholding, trim, ensemble, grid_rule)
     failure = None
     weights = observed = None
     try:
@@ -160,27 +185,89 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
                          "and test functions live on a regular time grid)")
     dim = positions.shape[-1]
     library = load_library(library, dim)
+    exempt = _exempt_mask(library, regression, exempt)
     if sharded:
         distributed.check_same("trajectories", (positions.shape[0], positions.shape[1], dim, times.tolist()))
         distributed.check_same("grid", repr(grid))
     given = grid is not None
     if not given:
-        grid = default_grid(positions if observed is None else observed, grid_shape, sharded=sharded)
-    density = histogram(positions, grid, check=given, sharded=sharded, weights=weights)
+        grid = default_grid(positions if observed is None else observed, grid_shape, sharded=sharded, rule=grid_rule)
+    crop = _cropping(crop, given, grid_rule)
+    density = histogram(positions, grid, check=given, sharded=sharded, weights=weights, crop=crop)
+    left_out = mass_left_out(density, grid) if crop else None
     after_histogram = time.perf_counter()
     density = density.to(dtype)
     tests = make_test_functions(density, grid, dt, test_functions)
     matrix, rhs = build_system(density, grid, library, tests, convolution=convolution, fft_dtype=fft_dtype)
+    if trim is not None:  # rows whose test function sees almost no mass
+        mass = tests.integrate(density, 0, [0] * grid.dim)
+        keep = mass >= trim * mass.max()
+        matrix, rhs = matrix[keep], rhs[keep]
     after_system = time.perf_counter()
     if not bool(torch.isfinite(matrix).all()) or not bool(torch.isfinite(rhs).all()):
         raise ValueError("library: G or b has NaN/inf entries (a library term overflows on the grid's domain)")
     with single_thread(matrix.device):
         kappa = check_columns(matrix, library.names, max_condition)
-        result = mstls(matrix, rhs, thresholds)
+        nonnegative = exempt if regression == "constrained" else None
+        result = mstls(matrix, rhs, thresholds, thresholding=thresholding, exempt=exempt, nonnegative=nonnegative,
+                       ridge=ridge)
+        probabilities = None
+        if options["ensemble"]:
+            probabilities = inclusion_probabilities(matrix, rhs, thresholding, exempt, nonnegative, ridge,
+                                                    options["ensemble"], ensemble_seed)
     finished = time.perf_counter()
     info = {"condition_number": kappa, "threshold": result["threshold"], "residual": result["residual"],
             "size_G": list(matrix.shape), "test_functions": tests.describe(), "grid": repr(grid),
             "seconds": {"histogram": after_histogram - started, "system": after_system - after_histogram,
                         "regression": finished - after_system, "total": finished - started},
-            "least_squares": result["least_squares"].tolist()}
+            "least_squares": result["least_squares"].tolist(),
+            "options": {"grid_rule": grid_rule, "crop": crop, "trim": trim, "regression": regression,
+                        "thresholding": thresholding, "ridge": ridge, "exempt": [n for n, e in zip(library.names, exempt.tolist()) if e]}}
+    if left_out is not None:
+        info["mass_left_out"] = {"mean": float(left_out.mean()), "max": float(left_out.max())}
+    if probabilities is not None:
+        info["inclusion_probabilities"] = dict(zip(library.names, probabilities.tolist()))
+        info["ensemble"] = {"resamples": options["ensemble"], "seed": ensemble_seed}
     return WSINDyModel(library, result["coefficients"], grid, info)  # on the data's device
+
+
+REGRESSIONS = ("mstls", "constrained")
+
+
+def _regression_options(regression, thresholding, trim, ensemble, grid_rule) -> dict:
+    """Validate the discretisation and regression options of :func:`identify`."""
+    if regression not in REGRESSIONS:
+        raise ValueError(f"regression: expected one of {list(REGRESSIONS)}, but got {regression!r}")
+    if thresholding not in THRESHOLDINGS:
+        raise ValueError(f"thresholding: expected one of {list(THRESHOLDINGS)}, but got {thresholding!r}")
+    if grid_rule not in GRID_RULES:
+        raise ValueError(f"grid_rule: expected one of {list(GRID_RULES)}, but got {grid_rule!r}")
+    if trim is not None and not (isinstance(trim, (int, float)) and not isinstance(trim, bool) and 0 <= trim < 1):
+        raise ValueError(f"trim: expected None or a fraction in [0, 1), but got {trim!r}")
+    return {"ensemble": check_int("ensemble", ensemble, minimum=0)}
+
+
+def _cropping(crop, given: bool, grid_rule: str) -> bool:
+    """Crop when asked, and always on the default grid of the intersection rule (it may cut the data)."""
+    if not isinstance(crop, bool):
+        raise TypeError(f"crop: expected a bool, but got {type(crop).__name__}")
+    return crop or (not given and grid_rule == "intersection")
+
+
+def _exempt_mask(library: Library, regression: str, exempt) -> torch.Tensor:
+    """``(J,)`` bool: the terms exempt from thresholding (none under MSTLS; by default the constant
+    diffusion terms under the constrained regression)."""
+    mask = torch.zeros(len(library), dtype=torch.bool)
+    if regression != "constrained":
+        if exempt is not None:
+            raise ValueError("exempt: only used with regression='constrained'")
+        return mask
+    names = library.constant_diffusion_names() if exempt is None else exempt
+    if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"exempt: expected a list of term names, but got {names!r}")
+    unknown = sorted(set(names) - set(library.names))
+    if unknown:
+        raise ValueError(f"exempt: {unknown} are not terms of the library {library.name!r}")
+    for name in names:
+        mask[library.names.index(name)] = True
+    return mask

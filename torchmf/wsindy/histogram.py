@@ -6,8 +6,15 @@ averaged over the ``M`` experiments (Algorithm 4.1, line 5) and divided by the c
 :math:`h^d`, so :math:`\sum_x U_t(x) h^d = 1`.
 
 :func:`default_grid` follows section 5 of the paper: the box extends ``3`` sample standard
-deviations from the mean of the data along each axis (widened further where data lie beyond),
-with 256 points in 1-D and 128 per axis otherwise.
+deviations from the mean of the data along each axis, with 256 points in 1-D and 128 per axis
+otherwise. Two rules (``rule``): ``"union"`` widens the box to the data's range plus half a cell
+(every particle is counted); ``"intersection"`` (the authors' code, ``hist1storder.m``) cuts it to
+the data's range, ``[max(mean - 3 sd, min), min(mean + 3 sd, max)]``, with the nodes at the centres
+of ``G`` equal cells: no empty margin, and particles beyond mean +- 3 sd are cropped.
+
+Cropping (``crop=True``): particles farther than half a cell outside the grid's box get no
+mass; the density then sums to the mass kept, so :func:`mass_left_out` reads the fraction left
+out per time from the density alone.
 
 Sharded data (``sharded=True`` inside a ``torch.distributed`` process group, each rank holding
 ``N/P`` particles of every experiment): the grid's box comes from the pooled statistics of all
@@ -29,7 +36,12 @@ from ..grid import Grid
 from ..particles import Trajectories
 
 __all__ = ["as_positions", "default_grid", "histogram", "add_measurement_noise", "axis_statistics",
-           "masked_positions"]
+           "masked_positions", "mass_left_out", "GRID_RULES"]
+
+GRID_RULES = ("union", "intersection")
+#: a particle within this many cells of the box has its nearest node on the grid (half a cell, plus
+#: round-off: the intersection grid's outermost particles sit exactly half a cell out)
+REACH = 0.5 + 1e-9
 
 
 def as_positions(trajectories) -> torch.Tensor:
@@ -55,25 +67,34 @@ def as_positions(trajectories) -> torch.Tensor:
 
 
 def default_grid(positions: torch.Tensor, shape: Optional[Union[int, Sequence[int]]] = None,
-                 width: float = 3.0, sharded: bool = False) -> Grid:
-    """The computational grid C of section 5: mean +- ``width`` standard deviations per axis (at least
-    the data's range, plus half a cell so every particle has a nearest node inside).
+                 width: float = 3.0, sharded: bool = False, rule: str = "union") -> Grid:
+    """The computational grid C of section 5: mean +- ``width`` standard deviations per axis.
 
     Arguments:
         positions: ``(M, L, N, d)``.
         shape: nodes per axis (default 256 in 1-D, 128 otherwise).
         width: half-width in sample standard deviations.
         sharded: pool the statistics of every rank's share (all ranks get the same grid).
+        rule: ``"union"`` (at least the data's range, plus half a cell: every particle has a
+            nearest node inside) or ``"intersection"`` (at most the data's range; nodes at the
+            centres of ``shape`` equal cells; histogram with ``crop=True``, see the module doc).
     """
+    if rule not in GRID_RULES:
+        raise ValueError(f"grid_rule: expected one of {list(GRID_RULES)}, but got {rule!r}")
     dim = positions.shape[-1]
     if shape is None:
         shape = 256 if dim == 1 else 128
     statistics = _pooled_statistics if sharded else axis_statistics
     mean, std, smallest, largest = statistics(positions.reshape(-1, dim))
+    sizes = [shape] * dim if isinstance(shape, int) else list(shape)
+    if rule == "intersection":
+        low = torch.maximum(mean - width * std, smallest).tolist()
+        high = torch.minimum(mean + width * std, largest).tolist()
+        half = [(b - a) / (2 * g) for a, b, g in zip(low, high, sizes)]  # nodes at the cells' centres
+        return Grid([a + c for a, c in zip(low, half)], [b - c for b, c in zip(high, half)], sizes, periodic=False)
     low = torch.minimum(mean - width * std, smallest).tolist()  # a few numbers: the box is built on the host
     high = torch.maximum(mean + width * std, largest).tolist()
-    sizes = [shape] * dim if isinstance(shape, int) else list(shape)
-    margin = [(b - a) / max(s - 2, 1) for a, b, s in zip(low, high, sizes)]
+    margin = [(b - a) / max(g - 2, 1) for a, b, g in zip(low, high, sizes)]
     return Grid([a - m for a, m in zip(low, margin)], [b + m for b, m in zip(high, margin)], sizes, periodic=False)
 
 
@@ -118,12 +139,13 @@ def _pooled_statistics(points: torch.Tensor):
 
 
 def histogram(positions: torch.Tensor, grid: Grid, check: bool = True, sharded: bool = False,
-              weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+              weights: Optional[torch.Tensor] = None, crop: bool = False) -> torch.Tensor:
     """Histogram density averaged over experiments.
 
     Arguments:
         positions: ``(M, L, N, d)`` (finite).
-        grid: a free-space :class:`~torchmf.grid.Grid` whose box contains every particle.
+        grid: a free-space :class:`~torchmf.grid.Grid` whose box, widened by half a cell, contains
+            every particle (each particle's nearest node is a node of the grid), unless ``crop``.
         check: verify that every particle lies in the box (skip only for a grid built from these
             positions, e.g. by :func:`default_grid`).
         sharded: ``positions`` is this rank's share ``(M, L, N_r, d)`` of a sharded ensemble: the
@@ -131,6 +153,8 @@ def histogram(positions: torch.Tensor, grid: Grid, check: bool = True, sharded: 
             a rank whose particles leave the box makes every rank raise.
         weights: optional ``(M, L, N)`` particle masses, each frame summing to 1 (missing tracked
             particles: :meth:`torchmf.Trajectories.weights`, zero where not observed); default ``1/N``.
+        crop: particles farther than half a cell outside the box get no mass (instead of an
+            error); :func:`mass_left_out` of the result is the fraction left out per time.
 
     Returns:
         ``(L, G_1, ..., G_d)`` density in the dtype of ``positions``.
@@ -143,7 +167,10 @@ def histogram(positions: torch.Tensor, grid: Grid, check: bool = True, sharded: 
         raise ValueError("grid: expected a free-space grid (periodic=False); WSINDy convolves on the C - C grid")
     if grid.dim != positions.shape[-1]:
         raise ValueError(f"grid: expected a {positions.shape[-1]}-D grid for the data, but got {grid.dim}-D")
-    failure = _outside_error(positions, grid) if check else None
+    if not isinstance(crop, bool):
+        raise TypeError(f"crop: expected a bool, but got {type(crop).__name__}")
+    # a particle within half a cell of the box has its nearest node on the grid: it is counted
+    failure = _outside_error(positions, grid, slack=REACH) if check and not crop else None
     if sharded:
         distributed.raise_together(failure)
     elif failure is not None:
@@ -151,11 +178,11 @@ def histogram(positions: torch.Tensor, grid: Grid, check: bool = True, sharded: 
     # experiment by experiment into one (L, *G) array: a (M, L, *G) intermediate would be M times larger
     if weights is not None and sharded:
         raise ValueError("weights: a masked (weighted) histogram is not supported with sharded=True")
-
     def masses_of(experiment):  # (L, *G), each time sums to 1
         mass = None if weights is None else weights[experiment]
+        if crop and _outside_error(positions[experiment], grid, slack=REACH) is not None:
+            mass = _kept(positions[experiment], grid) * (1 / positions.shape[2] if mass is None else mass)
         return grid.deposit(positions[experiment], mass, scheme="ngp", check=False)
-
     masses = masses_of(0)
     for experiment in range(1, positions.shape[0]):
         masses += masses_of(experiment)
@@ -175,10 +202,28 @@ def masked_positions(trajectories: Trajectories):
     return trajectories.filled_positions(), trajectories.weights(), trajectories.positions[trajectories.mask]
 
 
-def _outside_error(positions: torch.Tensor, grid: Grid) -> Optional[ValueError]:
-    """The ``ValueError`` for particles outside ``grid``'s box, or None (one min/max pass; the count only on failure)."""
+def _kept(positions: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """``(L, N)``: 1 for particles within :data:`REACH` cells of the box of ``grid`` (their nearest node
+    is on the grid), 0 for the rest (the complement of :func:`_outside_error`'s test)."""
+    inside = torch.ones(positions.shape[:-1], dtype=torch.bool, device=positions.device)
+    for axis, (low, high, step) in enumerate(zip(grid.lower, grid.upper, grid.spacing)):
+        coordinate = positions[..., axis]
+        inside &= (coordinate >= low - REACH * step) & (coordinate <= high + REACH * step)
+    return inside.to(positions.dtype)
+
+
+def mass_left_out(density: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Fraction of the mass outside ``grid`` at each time, ``(L,)``, of a (cropped) histogram ``(L, *G)``."""
+    kept = density.reshape(density.shape[0], -1).sum(1) * grid.cell_volume
+    return (1 - kept).clamp_min(0)
+
+
+def _outside_error(positions: torch.Tensor, grid: Grid, slack: float = 0.0) -> Optional[ValueError]:
+    """The ``ValueError`` for particles outside ``grid``'s box widened by ``slack`` cells, or None (one
+    min/max pass; the count only on failure)."""
     flat = positions.reshape(-1, positions.shape[-1])
-    lower, upper = flat.new_tensor(grid.lower), flat.new_tensor(grid.upper)
+    lower = flat.new_tensor([a - slack * h for a, h in zip(grid.lower, grid.spacing)])
+    upper = flat.new_tensor([b + slack * h for b, h in zip(grid.upper, grid.spacing)])
     low, high = torch.aminmax(flat, dim=0)
     if not bool((low < lower).any() | (high > upper).any()):
         return None

@@ -365,6 +365,14 @@ class Library:
     def of_kind(self, kind: str) -> List[int]:
         return [i for i, term in enumerate(self.terms) if term.kind == kind]
 
+    def constant_diffusion_names(self) -> List[str]:
+        """Names of the diffusion terms with a constant basis function (:math:`x^0`, :math:`\\cos(0 x)`)."""
+        def constant(basis):
+            values = getattr(basis, "powers", None) or getattr(basis, "frequencies", ())
+            return all(v == 0 for v in values)
+
+        return [self.terms[i].name for i in self.of_kind("diffusion") if constant(self.terms[i].basis)]
+
     def spec(self) -> dict:
         """The declarative spec this library is built from (round-trips through :meth:`from_spec`)."""
         return {kind: [t.spec() for t in self.terms if t.kind == kind] for kind in ("interaction", "local", "diffusion")}
@@ -430,17 +438,22 @@ def _table4(dim: int) -> dict:
 def _default(dim: int) -> dict:
     """General library: the paper's interaction terms (|x|^m, m = 1..7, and [log|x|]_0.01), local
     potential monomials and diffusion terms that contain the models of sections 5.1 (omega = 1),
-    5.2 and 5.3 in their dimension."""
+    5.2 and 5.3 in their dimension. 1-D: Table 3 with the linear drift x^1 added (a linear
+    confinement is the commonest one); 2-D: the constant diffusion per axis (D11, D22: anisotropic
+    noise), the other cosine terms isotropic."""
     interaction = [{"type": "power", "exponent": m} for m in range(1, 8)] + [{"type": "cutoff_log", "cutoff": 0.01}]
     if dim == 1:
         spec = _table3(1)
         spec["interaction"] = interaction
+        spec["local"] = [{"type": "monomial", "powers": [m], "axis": 0} for m in range(9)]
         return spec
     if dim == 2:
         monomials = [[m, total - m] for total in range(1, 5) for m in range(total, -1, -1)]
+        constant = [{"type": "cosine", "frequencies": [0, 0], "axis": axis} for axis in range(2)]
         return {"interaction": interaction,
                 "local": [{"type": "monomial", "powers": p} for p in monomials],
-                "diffusion": [{"type": "cosine", "frequencies": [m, n]} for m in range(3) for n in range(3)]}
+                "diffusion": constant + [{"type": "cosine", "frequencies": [m, n]} for m in range(3) for n in range(3)
+                                         if (m, n) != (0, 0)]}
     unit = [0] * dim
     local = []
     for i in range(dim):

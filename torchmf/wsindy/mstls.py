@@ -20,7 +20,8 @@ from typing import Optional, Sequence
 
 import torch
 
-__all__ = ["RankDeficientError", "mstls", "single_thread", "condition_number", "default_thresholds", "check_columns"]
+__all__ = ["RankDeficientError", "mstls", "single_thread", "condition_number", "default_thresholds", "check_columns",
+           "LeastSquares", "sequential_thresholding", "THRESHOLDINGS"]
 
 
 class RankDeficientError(ValueError):
@@ -89,54 +90,150 @@ def check_columns(matrix: torch.Tensor, names: Sequence[str], max_condition: flo
     return kappa
 
 
+THRESHOLDINGS = ("paper", "relative")
+
+
 def mstls(matrix: torch.Tensor, rhs: torch.Tensor, thresholds: Optional[torch.Tensor] = None,
-          max_iterations: int = 50) -> dict:
+          max_iterations: int = 50, *, thresholding: str = "paper", exempt: Optional[torch.Tensor] = None,
+          nonnegative: Optional[torch.Tensor] = None, plateau: float = 1e-9, ridge: float = 0.0) -> dict:
     """Sparse solution of ``matrix (n, J) @ w = rhs (n,)`` by MSTLS with the loss (4.6).
 
+    Arguments:
+        thresholds: candidate sparsity thresholds in (0, 1] (default :func:`default_thresholds`).
+        thresholding: ``"paper"`` (bounds (4.4)-(4.5)) or ``"relative"`` (keep term ``i`` when
+            :math:`\lambda \le |w_i|\,\|G_i\| / \|b\| \le 1/\lambda`: its share of ``b``, the
+            same whatever the scale of the column; see the module doc).
+        exempt: ``(J,)`` bool, terms never thresholded (e.g. the constant diffusion, as the authors' STLSQP).
+        nonnegative: ``(J,)`` bool, coefficients constrained to ``>= 0`` in every least-squares
+            solve (a small active-set quadratic program on the ``J x J`` triangular factor); a
+            constrained term held at 0 is not selected.
+        plateau: the chosen threshold is the largest one whose loss is within ``plateau`` (absolute)
+            of the minimum: on a flat stretch of the loss the choice does not hinge on round-off.
+
     Returns a dict: ``coefficients (J,)``, ``threshold`` (selected lambda), ``losses (len(thresholds),)``,
-    ``thresholds``, ``least_squares (J,)`` (:math:`w^0`), ``residual`` (relative, of the sparse solution).
+    ``thresholds``, ``least_squares (J,)`` (:math:`w^0`, constrained), ``residual`` (relative, of the
+    sparse solution), ``solver`` (the :class:`LeastSquares` of the column-scaled system, for re-use).
     """
     if thresholds is None:
         thresholds = default_thresholds(device=matrix.device, dtype=matrix.dtype)
     thresholds = torch.as_tensor(thresholds, dtype=matrix.dtype, device=matrix.device).reshape(-1)
     if thresholds.numel() == 0 or bool((thresholds <= 0).any()) or bool((thresholds > 1).any()):
         raise ValueError("thresholds: expected a non-empty set of sparsity thresholds in (0, 1]")
+    if thresholding not in THRESHOLDINGS:
+        raise ValueError(f"thresholding: expected one of {list(THRESHOLDINGS)}, but got {thresholding!r}")
     count = matrix.shape[1]
-    column_norms = matrix.norm(dim=0)
-    scaled = matrix / column_norms  # unit columns: least squares is better conditioned
-    q, r = torch.linalg.qr(scaled)
-    projected = q.T @ rhs
-    rhs_norm = rhs.norm()
-    ratio = rhs_norm / column_norms
-    lower_factor = torch.clamp(ratio, min=1.0)
-    upper_factor = torch.clamp(ratio, max=1.0)
-
-    def solve(support: torch.Tensor) -> torch.Tensor:
-        w = torch.zeros(count, dtype=matrix.dtype, device=matrix.device)
-        if bool(support.any()):
-            sub = r[:, support]
-            w[support] = torch.linalg.lstsq(sub, projected.unsqueeze(1)).solution.squeeze(1) / column_norms[support]
-        return w
-
-    full = solve(torch.ones(count, dtype=torch.bool, device=matrix.device))
+    exempt = _mask("exempt", exempt, count, matrix.device)
+    solver = LeastSquares(matrix, rhs, nonnegative, ridge)
+    full = solver.solve(torch.ones(count, dtype=torch.bool, device=matrix.device))
     reference = (matrix @ full).norm()
     losses, solutions = [], []
     for threshold in thresholds:
-        lower, upper = threshold * lower_factor, upper_factor / threshold
-        w = full
-        support = torch.ones(count, dtype=torch.bool, device=matrix.device)
-        for _ in range(max_iterations):
-            new_support = support & (w.abs() >= lower) & (w.abs() <= upper)
-            if torch.equal(new_support, support):
-                break
-            support = new_support
-            w = solve(support)
-        loss = (matrix @ (w - full)).norm() / reference + (w != 0).sum() / count
-        losses.append(loss)
+        w = sequential_thresholding(solver, full, float(threshold), thresholding, exempt, max_iterations)
+        losses.append((matrix @ (w - full)).norm() / reference + (w != 0).sum() / count)
         solutions.append(w)
     losses = torch.stack(losses)
-    best = int(torch.nonzero(losses == losses.min())[0])  # the smallest minimiser
+    # the largest threshold on the minimum's plateau (the smallest minimiser moved with round-off)
+    best = int(torch.nonzero(losses <= losses.min() + plateau)[-1])
     w = solutions[best]
-    residual = float((matrix @ w - rhs).norm() / max(float(rhs_norm), 1e-300))
+    if solver.ridge:  # the ridge steers the thresholding; the model is the plain fit on its support
+        w = solver.solve(w != 0, regularised=False)
+    residual = float((matrix @ w - rhs).norm() / max(float(rhs.norm()), 1e-300))
     return {"coefficients": w, "threshold": float(thresholds[best]), "losses": losses, "thresholds": thresholds,
-            "least_squares": full, "residual": residual}
+            "least_squares": full, "residual": residual, "solver": solver}
+
+
+def sequential_thresholding(solver: "LeastSquares", start: torch.Tensor, threshold: float, thresholding: str,
+                            exempt: torch.Tensor, max_iterations: int = 50) -> torch.Tensor:
+    """MSTLS at one ``threshold`` from ``start`` ``(J,)``: drop the terms outside the bounds, re-solve on
+    the support, until it is stable. Returns the coefficients ``(J,)``."""
+    lower, upper = solver.bounds(threshold, thresholding)
+    w = start
+    support = torch.ones_like(exempt)
+    for _ in range(max_iterations):
+        magnitude = w.abs()
+        new_support = support & (((magnitude >= lower) & (magnitude <= upper)) | exempt)
+        if torch.equal(new_support, support):
+            break
+        support = new_support
+        w = solver.solve(support)
+    return w
+
+
+class LeastSquares:
+    """Least squares ``min |G w - b|`` on column subsets from one QR factorisation of the
+    column-scaled ``G`` (:math:`\|Gw - b\|^2 = \|R w - Q^T b\|^2 + \text{const}`), optionally with
+    ``w_i >= 0`` on the ``nonnegative`` columns (active set: a negative constrained coefficient is
+    held at 0 and released again when the gradient there points inwards)."""
+
+    def __init__(self, matrix: torch.Tensor, rhs: torch.Tensor, nonnegative: Optional[torch.Tensor] = None,
+                 ridge: float = 0.0):
+        if not (isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and ridge >= 0):
+            raise ValueError(f"ridge: expected a number >= 0, but got {ridge!r}")
+        count = matrix.shape[1]
+        self.count, self.device, self.dtype = count, matrix.device, matrix.dtype
+        self.column_norms = matrix.norm(dim=0)
+        scaled = matrix / self.column_norms  # unit columns: least squares is better conditioned
+        q, self.r = torch.linalg.qr(scaled)
+        self.projected = q.T @ rhs
+        self.rhs_norm = rhs.norm()
+        self.nonnegative = _mask("nonnegative", nonnegative, count, matrix.device)
+        self.constrained = bool(self.nonnegative.any())
+        self._solutions = {}  # support -> coefficients: the thresholds revisit the same supports
+        self.ridge = float(ridge)
+
+    def bounds(self, threshold: float, thresholding: str):
+        """Lower and upper bounds ``(J,)`` on the coefficient magnitudes at ``threshold``."""
+        ratio = self.rhs_norm / self.column_norms  # the coefficient that makes column i as large as b
+        if thresholding == "relative":
+            return threshold * ratio, ratio / threshold
+        return threshold * torch.clamp(ratio, min=1.0), torch.clamp(ratio, max=1.0) / threshold
+
+    def _unconstrained(self, support: torch.Tensor, ridge: float) -> torch.Tensor:
+        """Scaled coefficients ``(J,)`` (zero off ``support``)."""
+        w = torch.zeros(self.count, dtype=self.dtype, device=self.device)
+        if bool(support.any()):
+            design, target = self.r[:, support], self.projected.unsqueeze(1)
+            if ridge:  # Tikhonov on the unit-column coefficients: [R; ridge I] w = [Q^T b; 0]
+                size = design.shape[1]
+                design = torch.cat((design, ridge * torch.eye(size, dtype=self.dtype, device=self.device)))
+                target = torch.cat((target, target.new_zeros(size, 1)))
+            w[support] = torch.linalg.lstsq(design, target).solution.squeeze(1)
+        return w
+
+    def solve(self, support: torch.Tensor, regularised: bool = True) -> torch.Tensor:
+        """Coefficients ``(J,)`` of the least-squares fit on the columns in ``support`` (bool ``(J,)``),
+        with the solver's ridge unless ``regularised`` is False."""
+        ridge = self.ridge if regularised else 0.0
+        key = (support.cpu().numpy().tobytes(), ridge)
+        if key not in self._solutions:
+            self._solutions[key] = self._solve(support, ridge)
+        return self._solutions[key]
+
+    def _solve(self, support: torch.Tensor, ridge: float) -> torch.Tensor:
+        free = support.clone()
+        w = self._unconstrained(free, ridge)
+        if self.constrained:
+            for _ in range(2 * self.count + 1):
+                negative = free & self.nonnegative & (w < 0)
+                if bool(negative.any()):  # hold the most negative constrained coefficient at 0
+                    free[int(torch.argmin(torch.where(negative, w, torch.zeros_like(w))))] = False
+                    w = self._unconstrained(free, ridge)
+                    continue
+                held = support & ~free
+                gradient = self.r.T @ (self.r @ w - self.projected) + ridge * ridge * w
+                releasing = held & (gradient < -1e-12 * max(float(self.projected.norm()), 1e-300))
+                if not bool(releasing.any()):
+                    break
+                free[int(torch.argmin(torch.where(releasing, gradient, torch.zeros_like(gradient))))] = True
+                w = self._unconstrained(free, ridge)
+        return w / self.column_norms
+
+
+def _mask(name: str, value, count: int, device) -> torch.Tensor:
+    """A bool mask ``(J,)`` (all False when None)."""
+    if value is None:
+        return torch.zeros(count, dtype=torch.bool, device=device)
+    value = torch.as_tensor(value, device=device)
+    if value.dtype != torch.bool or value.shape != (count,):
+        raise ValueError(f"{name}: expected a bool mask of shape ({count},), but got {value.dtype} {tuple(value.shape)}")
+    return value

@@ -176,20 +176,25 @@ def changepoint_support(density: torch.Tensor, axis: int, p: int, tau: float = 2
 
 
 def _two_segment_changepoint(curve: torch.Tensor) -> int:
-    """Index splitting ``curve`` into two straight segments with least squared residual."""
+    """Index ``k`` splitting ``curve`` into two straight segments ``[0, k)`` and ``[k - 1, n)`` with least
+    squared residual (every split at once, from prefix sums of the least-squares normal equations)."""
     n = curve.numel()
     if n < 4:
         return max(n - 1, 1)
-    index = torch.arange(n, dtype=torch.float64)
-    best, best_k = math.inf, 1
-    for k in range(2, n - 1):
-        error = _line_residual(index[:k], curve[:k]) + _line_residual(index[k - 1:], curve[k - 1:])
-        if error < best:
-            best, best_k = error, k
-    return best_k
+    y = curve.double()
+    x = torch.arange(n, dtype=torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64)
+    sums = [torch.cat((zero, torch.cumsum(v, 0))) for v in (torch.ones_like(x), x, y, x * x, x * y, y * y)]
+    splits = torch.arange(2, n - 1)
+    left = _line_residuals(sums, torch.zeros_like(splits), splits)
+    right = _line_residuals(sums, splits - 1, torch.full_like(splits, n))
+    return int(splits[torch.argmin(left + right)])
 
 
-def _line_residual(x: torch.Tensor, y: torch.Tensor) -> float:
-    design = torch.stack((x, torch.ones_like(x)), dim=1)
-    solution = torch.linalg.lstsq(design, y.unsqueeze(1)).solution
-    return float(((design @ solution).squeeze(1) - y).pow(2).sum())
+def _line_residuals(sums, start: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
+    """Residual sums of squares of least-squares lines through the points ``[start, stop)`` (vectors of ranges)."""
+    count, sx, sy, sxx, sxy, syy = (s[stop] - s[start] for s in sums)
+    var_x = sxx - sx * sx / count
+    cov = sxy - sx * sy / count
+    var_y = syy - sy * sy / count
+    return (var_y - torch.where(var_x > 0, cov * cov / var_x.clamp_min(1e-300), torch.zeros_like(cov))).clamp_min(0)
