@@ -33,7 +33,10 @@ __all__ = ["HeldOutSystem", "HELD_OUT", "get_held_out", "polynomial_interaction_
 
 
 def polynomial_interaction_1d(x: torch.Tensor, coefficients: Dict[int, float]) -> torch.Tensor:
-    """:math:`(\\nabla K * \\mu^N)(x_i)` for ``x (B, N)`` and :math:`K = \\sum_m c_m |x|^m` (``{m: c_m}``, ``m >= 1``)."""
+    """:math:`(\\nabla K * \\mu^N)(x_i)` for ``x (B, N)`` and :math:`K = \\sum_m c_m |x|^m` (``{m: c_m}``, ``m >= 1``).
+
+    Exact for distinct positions; two particles at the same position (probability zero for
+    continuous data) count as ordered, so with ``m = 1`` their pair gives +-1 instead of 0."""
     order = torch.argsort(x, dim=-1)
     sorted_x = torch.gather(x, -1, order)
     n = x.shape[-1]
