@@ -46,18 +46,52 @@ DENSITIES = ("flow", "gaussian")
 
 
 def fast_system(system, params: Optional[dict] = None):
-    """A :class:`~torchmf.systems.fastslow.FastSlowSystem` from a registered name (or the object itself)."""
+    """A :class:`~torchmf.systems.fastslow.FastSlowSystem` from a registered name, an import path
+    ``"package.module.Class"`` of a user-defined subclass (also as ``{"class_path": ..., "init_args": {...}}``,
+    the YAML form), or the object itself. A system built from an import path carries that path as its
+    ``registered_name``, so configs and checkpoints that store it rebuild it in a fresh process."""
     from . import systems
     from .systems.fastslow import FastSlowSystem
 
     if isinstance(system, FastSlowSystem):
         return system
+    if isinstance(system, dict):
+        system, params = split_class_path(system, params)
+    if isinstance(system, str) and system not in systems.names() and "." in system:
+        return _imported_system(system, params)
     if not isinstance(system, str) or system not in systems.names():
         raise ValueError(f"system: expected a registered fast-slow system (fastslow_cubic, fastslow_tilted_well, "
                          f"lorenz96_two_scale), but got {system!r}")
     built = systems.get(system, **dict(params or {}))
     if not isinstance(built, FastSlowSystem):
         raise ValueError(f"system: expected a fast-slow system (fastslow_*, lorenz96_two_scale), but got {system!r}")
+    return built
+
+
+def split_class_path(spec: dict, params: Optional[dict] = None):
+    """``{"class_path": path, "init_args": {...}}`` -> ``(path, init_args updated by params)``."""
+    unknown = set(spec) - {"class_path", "init_args"}
+    if "class_path" not in spec or unknown or not isinstance(spec.get("init_args", {}), dict):
+        raise ValueError(f"system: expected a name or {{class_path: package.module.Class, init_args: {{...}}}}, "
+                         f"but got {spec!r}")
+    return spec["class_path"], {**spec.get("init_args", {}), **dict(params or {})}
+
+
+def _imported_system(path: str, params: Optional[dict]):
+    """Instantiate the user's :class:`FastSlowSystem` subclass named by its import path."""
+    import importlib
+
+    from .systems.fastslow import FastSlowSystem
+
+    module_name, _, class_name = path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"system: cannot import {path!r} ({error}); put its module on PYTHONPATH") from None
+    if not (isinstance(cls, type) and issubclass(cls, FastSlowSystem)):
+        raise ValueError(f"system: {path!r} is not a subclass of torchmf.systems.fastslow.FastSlowSystem")
+    built = cls(**dict(params or {}))
+    built.registered_name = path  # stored in configs and checkpoints: rebuilt by import in a fresh process
     return built
 
 

@@ -424,7 +424,8 @@ def _check_mask(mask, positions: torch.Tensor) -> Optional[torch.Tensor]:
     empty = ~mask.any(-1)
     if bool(empty.any()):
         experiment, frame = [int(v) for v in empty.nonzero()[0]]
-        raise ValueError(f"mask: experiment {experiment}, frame {frame} has no observed particle; drop such frames")
+        raise ValueError(f"mask: experiment {experiment}, frame {frame} has no observed particle (every position "
+                         f"NaN or masked); drop such frames")
     return None if bool(mask.all()) else mask
 
 

@@ -14,6 +14,7 @@ _LAZY = {
     "AveragedDynamicsModule": "trainers.averaged",
     "VariationalAveragedDynamicsModule": "trainers.averaged",
     "SlowPathDataModule": "trainers.slow_path_data",
+    "PredictionWriter": "trainers.prediction_writer",
 }
 
 __all__ = sorted(_LAZY)

@@ -21,13 +21,14 @@ NaN/inf reported as an error) every ``log_every_n_steps`` steps, after the step.
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Union
 
 import torch
 from lightning.pytorch import LightningModule
 
 from torchmf._validation import check_choice
-from torchmf.averaging import FlowAveragedDrift, NeuralDrift, PathStatistics, drift_error, fit_fast_law
+from torchmf.averaging import (FlowAveragedDrift, NeuralDrift, PathStatistics, drift_error, fit_fast_law,
+                               split_class_path)
 from torchmf.variational import VariationalAveragedDrift
 
 __all__ = ["AveragedDynamicsModule", "VariationalAveragedDynamicsModule"]
@@ -110,8 +111,18 @@ class _AveragedBase(LightningModule):
 
     def on_validation_epoch_end(self):
         system = getattr(self.model, "system", None)
-        if system is not None and getattr(system, "cheap_averaged_drift", False):
+        if system is not None and getattr(system, "cheap_averaged_drift", False) and self._truth_known(system):
             self.log("val_drift_error", drift_error(self.model, n_samples=1024), prog_bar=True, sync_dist=True)
+
+    def _truth_known(self, system) -> bool:
+        """The data came from ``system`` (the datamodule's ``truth`` names it with the same parameters): only
+        then is the system's averaged drift the truth to score against. A user's file has no truth."""
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        truth = getattr(datamodule, "truth", None)
+        if not truth or truth.get("system") != getattr(system, "registered_name", None):
+            return False
+        built = system.parameters() if hasattr(system, "parameters") else {}
+        return all(built.get(key) == value for key, value in truth.get("params", {}).items() if key in built)
 
     def on_fit_start(self):
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -201,23 +212,30 @@ class AveragedDynamicsModule(_AveragedBase):
     stationarity penalty) or :class:`~torchmf.averaging.NeuralDrift`, which has no penalty.
     """
 
-    def __init__(self, system: str = "fastslow_cubic", system_params: Optional[dict] = None, density: str = "flow",
-                 hidden: int = 32, layers: int = 1, bins: int = 8, tail_bound: float = 4.0, scale: float = 1.5,
+    def __init__(self, system: Union[str, dict, None] = "fastslow_cubic", system_params: Optional[dict] = None,
+                 density: str = "flow", hidden: int = 32, layers: int = 1, bins: int = 8, tail_bound: float = 4.0,
+                 scale: float = 1.5,
                  n_samples: int = 32, theta_init: Optional[List[float]] = None, sigma_init: float = 1.0,
                  n_fourier: int = 16, test_length: float = 1.0, seed: int = 0, penalty_weight: float = 10.0,
                  penalty_points: int = 128, learning_rate: float = 5e-3, anneal_temperature: float = 1.0,
                  anneal_fraction: float = 0.5, test_kind: str = "fourier", slow_learning_rate_factor: float = 20.0,
                  test_degree: int = 3, normalize_penalty: bool = True, likelihood: str = "auto", path_nodes: int = 256,
                  flow_affine: str = "linear", penalty_warmup: float = 0.0, fast_law_prefit_steps: int = 0,
-                 fast_law_temperature: float = 3.0):
+                 fast_law_temperature: float = 3.0, dim: Optional[int] = None):
         super().__init__()
         check_choice("likelihood", likelihood, LIKELIHOODS)
         self.save_hyperparameters()
+        if isinstance(system, dict):  # {class_path, init_args}: a user-defined fast-slow system
+            system, system_params = split_class_path(system, system_params)
         if density == "neural":
             from torchmf.averaging import fast_system
 
-            self.model = NeuralDrift(fast_system(system, system_params).dim, hidden, sigma_init, seed)
-            self.model.system = fast_system(system, system_params)
+            known = None if system is None else fast_system(system, system_params)
+            self.model = NeuralDrift(known.dim if known is not None else (dim or 1), hidden, sigma_init, seed)
+            self.model.system = known  # None: no truth to score against
+        elif system is None:
+            raise ValueError(f"system: density={density!r} needs the fast-slow system's structure (a registered "
+                             f"name or {{class_path, init_args}}); only density='neural' runs without one")
         else:
             self.model = FlowAveragedDrift(system, system_params, density, hidden, layers, bins, tail_bound, scale,
                                            n_samples, theta_init, sigma_init, n_fourier, test_length, seed, test_kind,
@@ -242,7 +260,8 @@ class VariationalAveragedDynamicsModule(_AveragedBase):
     ``n_transitions`` (the size of the observed training path) is read from the datamodule.
     """
 
-    def __init__(self, system: str = "fastslow_cubic", system_params: Optional[dict] = None, hidden: int = 32,
+    def __init__(self, system: Union[str, dict] = "fastslow_cubic", system_params: Optional[dict] = None,
+                 hidden: int = 32,
                  layers: int = 1, bins: int = 8, tail_bound: float = 4.0, scale: float = 1.5, n_samples: int = 32,
                  theta_init: Optional[List[float]] = None, sigma_init: float = 1.0, n_fourier: int = 16,
                  test_length: float = 1.0, seed: int = 0, prior_theta_std: float = 10.0,
@@ -255,6 +274,8 @@ class VariationalAveragedDynamicsModule(_AveragedBase):
         super().__init__()
         check_choice("likelihood", likelihood, LIKELIHOODS)
         self.save_hyperparameters()
+        if isinstance(system, dict):  # {class_path, init_args}: a user-defined fast-slow system
+            system, system_params = split_class_path(system, system_params)
         self.model = VariationalAveragedDrift(
             prior_theta_std, prior_log_sigma_std, posterior_hidden, posterior_layers, posterior_init_std,
             n_parameter_samples, system=system, system_params=system_params, hidden=hidden, layers=layers, bins=bins,

@@ -50,6 +50,21 @@ def _cli_class():
         def add_arguments_to_parser(self, parser):
             parser.add_argument("--threads", type=Optional[int], default=None,
                                 help="torch.set_num_threads for this run (default: torch's choice)")
+            parser.add_argument("--predictions", type=Optional[str], default=None,
+                                help="predict: file (.npz/.csv) the predictions are written to (default "
+                                     "<trainer.default_root_dir>/predictions.npz)")
+
+        def before_predict(self):
+            # Lightning's predict returns the predictions and writes nothing: add a writer unless one is configured
+            from lightning.pytorch.callbacks import BasePredictionWriter
+
+            from trainers.prediction_writer import PredictionWriter
+
+            if any(isinstance(callback, BasePredictionWriter) for callback in self.trainer.callbacks):
+                return
+            output = self.config["predict"].get("predictions") or \
+                str(Path(self.trainer.default_root_dir) / "predictions.npz")
+            self.trainer.callbacks.append(PredictionWriter(output))
 
         def before_instantiate_classes(self):
             config = self.config.get(self.config.get("subcommand")) if "subcommand" in self.config else self.config
