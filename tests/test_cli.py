@@ -50,7 +50,7 @@ def test_shipped_recipes_are_valid():
     (["simulate", "ou_linear", "--param", "a=-2"], "a"),
     (["simulate", "missing.yaml"], "recipe"),
     (["simulate", "ou_linear", "--dt", "-1"], "dt"),
-    (["simulate", "ou_linear", "-o", "out.csv", "--t-end", "0.1"], "path"),
+    (["simulate", "ou_linear", "-o", "out.csv", "--t-end", "0.1"], "--output"),  # refused before the run
 ])
 def test_bad_input_gives_one_line_and_exit_2(argv, fragment, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

@@ -39,7 +39,10 @@ def user_message(error: BaseException, extra: Tuple[Type[BaseException], ...] = 
     ``MisconfigurationException`` for ``torchmf-train``).
     """
     if isinstance(error, _yaml_errors()):
-        return _first_line(f"invalid YAML: {_yaml_problem(error)}")
+        mark = getattr(error, "problem_mark", None)
+        source = getattr(mark, "name", None)
+        where = f" in {source!r}" if source and not str(source).startswith("<") else ""
+        return _first_line(f"invalid YAML{where}: {_yaml_problem(error)}")
     if isinstance(error, (MemoryError,)) or (isinstance(error, RuntimeError) and ALLOCATION_PATTERNS.search(str(error))):
         return _first_line(f"the request does not fit in memory ({str(error).strip() or type(error).__name__}); "
                            "ask for fewer particles, a smaller grid or fewer recorded times")

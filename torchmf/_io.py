@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Iterator, List, Union
 
-__all__ = ["atomic_path", "write_json", "write_text", "sweep_stale_temporaries", "read_hdf5_array"]
+__all__ = ["atomic_path", "write_json", "write_text", "sweep_stale_temporaries", "read_hdf5_array",
+           "check_output_path"]
 
 PathLike = Union[str, os.PathLike]
 _ORPHAN_SECONDS = 3600.0
@@ -54,6 +55,24 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if temporary.exists():
             temporary.unlink()
+
+
+def check_output_path(name: str, path: PathLike, folder: bool = False) -> Path:
+    """Refuse, before any work, an output that cannot be written: a parent that is a file, or
+    (``folder=False``) a target that is a folder, or (``folder=True``) a target that is a file.
+    Raises ``NotADirectoryError``/``IsADirectoryError`` naming ``name`` and the path."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        kind = (errno.ENOTDIR, "expected a folder, but this is a file") if folder else \
+            (errno.EISDIR, "expected a file name, but this is a folder")
+        raise (NotADirectoryError if folder else IsADirectoryError)(kind[0], f"{name}: {kind[1]}", str(path))
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{name}: {str(parent)!r} is a file, not a folder",
+                                         str(path))
+            break
+    return path
 
 
 def sweep_stale_temporaries(path: PathLike) -> List[Path]:

@@ -25,10 +25,17 @@ def _command_modules():
     return sorted((m for m in modules if hasattr(m, "NAME")), key=lambda m: getattr(m, "ORDER", 50))
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage itself is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="torchmf", description="Mean-field particle dynamics: simulate, nudge, "
+    parser = _OneLineParser(prog="torchmf", description="Mean-field particle dynamics: simulate, nudge, "
                                      "accelerate (LOT), identify (WSINDy) and report.")
     parser.add_argument("--version", action="version", version=f"torchmf {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -10,7 +10,10 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
+
+from .._io import check_output_path
 
 from ..runs import add_table_arguments
 
@@ -42,9 +45,9 @@ def run(args) -> int:
     from .. import wsindy
     from ..runs import read_particle_data
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device: CUDA was asked for, but torch.cuda.is_available() is False")
+    from ..distributed import check_device
+
+    device = check_device(args.device, "--device")
     data = read_particle_data(Path(args.data), args).to(device)
     if args.grid_shape is not None:  # the (L, G^d) histogram and its weak-form products, sized before building
         from .._memory import check_fits
@@ -53,6 +56,10 @@ def run(args) -> int:
             raise ValueError(f"--grid-shape: expected an integer >= 2, but got {args.grid_shape}")
         check_fits("--grid-shape", 8.0 * 4 * data.n_experiments * data.n_times * float(args.grid_shape) ** data.dim,
                    device, f"a {args.grid_shape}^{data.dim} histogram of {data.n_times} times")
+    if not (math.isfinite(args.noise) and args.noise >= 0):
+        raise ValueError(f"--noise: expected a finite non-negative ratio, but got {args.noise}")
+    if args.json:
+        check_output_path("--json", args.json)
     if args.noise:
         data = wsindy.add_measurement_noise(data, args.noise, seed=args.seed)
     model = wsindy.identify(data, args.library, test_functions=args.test_functions, grid_shape=args.grid_shape)

@@ -56,7 +56,7 @@ def run(args) -> int:
     import torch
 
     from .. import systems
-    from .._io import write_json
+    from .._io import check_output_path, write_json
     from .._memory import STATE_COPIES, check_fits
     from .._validation import parse_key_values
     from ..lot import AdaptiveStep, ProjectiveIntegrator, SystemSimulator, w2_distance
@@ -73,6 +73,7 @@ def run(args) -> int:
     if args.system is None:
         raise ValueError("system: expected a registered system name or --snapshots FILE, but got neither")
     args.k = 80 if args.k is None else args.k
+    check_output_path("--out", args.out, folder=True)
     params = parse_key_values(args.param, "--param")
     system = systems.get(args.system, **params)
     # the projective run, two controls and the 2k+1 snapshot window, each (N, d): sized before any run

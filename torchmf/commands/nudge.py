@@ -29,6 +29,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .._io import check_output_path
+
 NAME = "nudge"
 HELP = "assimilate smoothed density observations of a reference run into a biased particle model"
 ORDER = 20
@@ -97,6 +99,17 @@ def _check_args(args):
     for value in args.strength:
         if not math.isfinite(value):
             raise ValueError(f"--strength: expected a finite number, but got {value}")
+    from ..distributed import check_device
+
+    check_device(args.device, "--device")
+    if args.particles is not None:  # sized before the (slow) imports and the reference run
+        from .._memory import STATE_COPIES, check_fits
+
+        check_fits("--particles", 4.0 * args.particles * 2 * STATE_COPIES, args.device,
+                   f"nudging N={args.particles} particles (reference and forecast)")
+    check_output_path("--out", args.out, folder=True)
+    if args.output is not None:
+        check_output_path("--output", args.output)
     if args.obs_every < 1:
         raise ValueError(f"--obs-every: expected an integer >= 1, but got {args.obs_every}")
     for value in args.strength:

@@ -27,13 +27,14 @@ def run(args) -> int:
     import torch
 
     from .. import __version__
-    from .._io import write_json, write_text
+    from .._io import check_output_path, write_json, write_text
     from ..report import sections
 
     names = [module.__name__.rsplit(".", 1)[-1] for module in sections()]
     unmatched = [o for o in args.only if not any(o in name for name in names)]
     if unmatched:  # an empty report is a silent wrong answer
         raise ValueError(f"--only: {unmatched} match no section; expected parts of {names}")
+    check_output_path("--out", args.out, folder=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     markdown = [f"# torchmf report\n\ntorchmf {__version__}, torch {torch.__version__}, "

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml  # noqa: F401
 
+from .._io import check_output_path
 from .._validation import parse_key_values
 
 # the run logic lives in the library (torchmf.runs); these names stay importable from here
@@ -57,6 +58,9 @@ def run(args) -> int:
 
     recipe = recipe_from_args(args)
     output = Path(args.output) if args.output else Path("runs") / f"{recipe['system']}.h5"
+    if output.suffix.lower() not in (".h5", ".hdf5", ".npz"):  # before the run, not after it
+        raise ValueError(f"--output: expected a .h5, .hdf5 or .npz file name, but got {str(output)!r}")
+    check_output_path("--output", output)
     rank, size = distributed.setup(args.device)
     try:
         if size > 1:

@@ -1,0 +1,665 @@
+"""Catalogue of bad inputs (issue 13): every one ends in one line naming the argument or file.
+
+CLI cases run ``torchmf`` in-process (``torchmf.cli.main(argv)``) inside an empty working folder
+and assert exit status 2, exactly one stderr line ``torchmf CMD: error: ...`` containing the
+expected fragment (the option, argument or file), no traceback and no file left behind.
+API cases assert ``ValueError``/``TypeError`` with the argument's name in the message. Crafted
+files (truncated archives, HDF5 links to other files, pickles) are refused without running or
+reading anything outside them. The URL checkpoint case serves a pickle from a local
+``http.server`` and asserts nothing was fetched and nothing ran.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import math
+import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from torchmf import Trajectories, pretrained, systems
+from torchmf._io import atomic_path, read_hdf5_array, sweep_stale_temporaries
+from torchmf._memory import check_fits
+from torchmf._validation import check_seed, parse_key_values
+from torchmf.cli import main as torchmf_main
+from torchmf.grid import Grid
+from torchmf.interaction import InteractionForce
+from torchmf.kernels import GaussianKernel
+from torchmf.nudging import NudgedSDE, ParticleObservations
+from torchmf.sde import DivergenceGuard, McKeanVlasovSDE, make_generator, simulate
+
+h5py = pytest.importorskip("h5py")
+NAN, INF = float("nan"), float("inf")
+
+
+# ---------------------------------------------------------------------------------------------------
+# crafted input files (made once per module)
+# ---------------------------------------------------------------------------------------------------
+def _npz(path, **arrays):
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    return path
+
+
+def _header(meta=None):
+    return np.array(json.dumps({"format": "torchmf.trajectories", "version": 1, "meta": meta or {}}))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    good = Trajectories(torch.randn(1, 3, 50, 1), torch.tensor([0.0, 0.1, 0.2]), {"system": "test"})
+    good.save(root / "good.h5")
+    good.save(root / "good.npz")
+    (root / "afile").write_text("not a folder")
+    (root / "folder.h5").mkdir()
+    (root / "bad.yaml").write_text("system: [ou_linear\n")
+    (root / "tag.yaml").write_text("system: !!python/object/apply:os.system ['touch pwned']\n")
+    (root / "list.yaml").write_text("- system\n- ou_linear\n")
+    (root / "unknown_key.yaml").write_text("system: ou_linear\nbogus: 1\n")
+    (root / "dtype16.yaml").write_text("system: ou_linear\ndtype: float16\n")
+    (root / "params_list.yaml").write_text("system: ou_linear\nparams: [1, 2]\n")
+    (root / "library_bad.yaml").write_text("interaction: [{type: power\n")
+    (root / "library_tag.yaml").write_text("interaction: !!python/name:os.system\n")
+    data = (root / "good.npz").read_bytes()
+    (root / "truncated.npz").write_bytes(data[: len(data) // 2])
+    (root / "random.npz").write_bytes(os.urandom(256))
+    (root / "empty.npz").write_bytes(b"")
+    (root / "junk.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + os.urandom(100))
+    (root / "text.h5").write_text("hello")
+    (root / "data.csv.h5").write_bytes(b"")
+    (root / "wrong.suffix").write_text("x")
+    _npz(root / "header_list.npz", header=np.array("[1, 2]"), positions=np.zeros((1, 2, 3, 1)), times=np.arange(2.0))
+    _npz(root / "header_bad.npz", header=np.array("{not json"), positions=np.zeros((1, 2, 3, 1)),
+         times=np.arange(2.0))
+    _npz(root / "header_version.npz", header=np.array(json.dumps({"format": "torchmf.trajectories", "version": "x"})),
+         positions=np.zeros((1, 2, 3, 1)), times=np.arange(2.0))
+    _npz(root / "newer.npz", header=np.array(json.dumps({"format": "torchmf.trajectories", "version": 99})),
+         positions=np.zeros((1, 2, 3, 1)), times=np.arange(2.0))
+    _npz(root / "foreign.npz", header=np.array(json.dumps({"format": "other"})), positions=np.zeros((1, 2, 3, 1)),
+         times=np.arange(2.0))
+    _npz(root / "strings.npz", header=_header(), positions=np.array([["a", "b"]]), times=np.arange(2.0))
+    _npz(root / "nan_times.npz", header=_header(), positions=np.zeros((1, 2, 3, 1)), times=np.array([0.0, NAN]))
+    _npz(root / "decreasing.npz", header=_header(), positions=np.zeros((1, 3, 3, 1)), times=np.array([0.0, 2.0, 1.0]))
+    _npz(root / "mismatch.npz", header=_header(), positions=np.zeros((1, 3, 3, 1)), times=np.arange(2.0))
+    _npz(root / "rank5.npz", header=_header(), positions=np.zeros((1, 2, 3, 1, 1)), times=np.arange(2.0))
+    _npz(root / "no_times.npz", header=_header(), positions=np.zeros((1, 2, 3, 1)))
+    with open(root / "pickled.npz", "wb") as handle:  # an object array: np.load must refuse the pickle
+        np.savez(handle, header=_header(), positions=np.array([{"a": 1}], dtype=object), times=np.arange(2.0))
+    _hdf5_files(root)
+    return root
+
+
+def _hdf5_files(root: Path) -> None:
+    header = json.dumps({"format": "torchmf.trajectories", "version": 1, "meta": {}})
+    with h5py.File(root / "other.h5", "w") as handle:  # the file the links point to
+        handle["positions"] = np.full((1, 2, 3, 1), 7.0)
+        handle["times"] = np.arange(2.0)
+    with h5py.File(root / "external_link.h5", "w") as handle:
+        handle.attrs["header"] = header
+        handle["positions"] = h5py.ExternalLink(str(root / "other.h5"), "/positions")
+        handle["times"] = np.arange(2.0)
+    with h5py.File(root / "soft_link.h5", "w") as handle:
+        handle.attrs["header"] = header
+        handle["real"] = np.zeros((1, 2, 3, 1))
+        handle["positions"] = h5py.SoftLink("/real")
+        handle["times"] = np.arange(2.0)
+    with h5py.File(root / "external_extras.h5", "w") as handle:
+        handle.attrs["header"] = header
+        handle["positions"] = np.zeros((1, 2, 3, 1))
+        handle["times"] = np.arange(2.0)
+        handle["extras"] = h5py.ExternalLink(str(root / "other.h5"), "/")
+    raw = root / "raw.bin"
+    raw.write_bytes(np.zeros(6).tobytes())
+    with h5py.File(root / "external_storage.h5", "w") as handle:
+        handle.attrs["header"] = header
+        handle.create_dataset("positions", shape=(1, 2, 3, 1), dtype="f8", external=[(str(raw), 0, 48)])
+        handle["times"] = np.arange(2.0)
+    with h5py.File(root / "virtual.h5", "w") as handle:
+        handle.attrs["header"] = header
+        layout = h5py.VirtualLayout(shape=(1, 2, 3, 1), dtype="f8")
+        layout[...] = h5py.VirtualSource(str(root / "other.h5"), "positions", shape=(1, 2, 3, 1))
+        handle.create_virtual_dataset("positions", layout)
+        handle["times"] = np.arange(2.0)
+    with h5py.File(root / "header_int.h5", "w") as handle:
+        handle.attrs["header"] = 5
+        handle["positions"] = np.zeros((1, 2, 3, 1))
+        handle["times"] = np.arange(2.0)
+    with h5py.File(root / "string_positions.h5", "w") as handle:
+        handle.attrs["header"] = header
+        handle["positions"] = np.array([b"a", b"b"])
+        handle["times"] = np.arange(2.0)
+    with h5py.File(root / "group_positions.h5", "w") as handle:
+        handle.attrs["header"] = header
+        handle.create_group("positions")
+        handle["times"] = np.arange(2.0)
+    with h5py.File(root / "no_positions.h5", "w") as handle:
+        handle.attrs["header"] = header
+        handle["times"] = np.arange(2.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLI cases: (id, argv with {F} = the crafted-files folder, fragment the one-line message contains)
+# ---------------------------------------------------------------------------------------------------
+SIM = ["simulate", "ou_linear", "-o", "out.h5", "--no-progress", "--particles", "20", "--t-end", "0.1"]
+NUDGE = ["nudge", "ou_linear", "--no-progress", "--particles", "20", "--t-end", "0.1", "--out", "nudge_out"]
+LOT = ["lot", "box_diffusion", "--no-progress", "--particles", "20", "--out", "lot_out"]
+IDENTIFY = ["identify", "{F}/good.h5"]
+
+CLI_CASES = [
+    # usage errors (argparse): one line, the argument named
+    ("no command", [], "COMMAND"),
+    ("unknown command", ["bogus"], "COMMAND"),
+    ("simulate without system", ["simulate"], "system"),
+    ("simulate non-integer particles", SIM + ["--particles", "1e3"], "--particles"),
+    ("simulate text particles", SIM + ["--particles", "many"], "--particles"),
+    ("simulate text dt", SIM + ["--dt", "small"], "--dt"),
+    ("simulate float16 dtype", SIM + ["--dtype", "float16"], "--dtype"),
+    ("simulate unknown option", SIM + ["--bogus", "1"], "--bogus"),
+    ("nudge bad interpolation", NUDGE + ["--interpolation", "cubic"], "--interpolation"),
+    ("nudge bad backend", NUDGE + ["--backend", "keops"], "--backend"),
+    ("nudge text strength", NUDGE + ["--strength", "strong"], "--strength"),
+    ("nudge float obs-every", NUDGE + ["--obs-every", "1.5"], "--obs-every"),
+    ("lot bad reinit", LOT + ["--reinit", "never"], "--reinit"),
+    ("lot text k", LOT + ["--k", "x"], "--k"),
+    ("identify without data", ["identify"], "data"),
+    ("identify text grid-shape", IDENTIFY + ["--grid-shape", "big"], "--grid-shape"),
+    ("report text only missing", ["report", "--only"], "--only"),
+    # simulate: systems, recipes and parameters
+    ("unknown system", ["simulate", "no_such_system", "-o", "x.h5"], "system"),
+    ("missing recipe", ["simulate", "{F}/missing.yaml", "-o", "x.h5"], "missing.yaml"),
+    ("recipe YAML syntax", ["simulate", "{F}/bad.yaml", "-o", "x.h5"], "bad.yaml"),
+    ("recipe python tag", ["simulate", "{F}/tag.yaml", "-o", "x.h5"], "tag.yaml"),
+    ("recipe is a list", ["simulate", "{F}/list.yaml", "-o", "x.h5"], "list.yaml"),
+    ("recipe unknown key", ["simulate", "{F}/unknown_key.yaml", "-o", "x.h5"], "bogus"),
+    ("recipe float16", ["simulate", "{F}/dtype16.yaml", "-o", "x.h5"], "float16"),
+    ("recipe params list", ["simulate", "{F}/params_list.yaml", "-o", "x.h5"], "params"),
+    ("param without =", SIM + ["--param", "a"], "--param"),
+    ("param empty key", SIM + ["--param", "=1"], "--param"),
+    ("param YAML syntax", SIM + ["--param", "a=[1"], "--param"),
+    ("param python tag", SIM + ["--param", "a=!!python/object/apply:os.system ['true']"], "--param"),
+    ("param python name", SIM + ["--param", "a=!!python/name:os.system"], "--param"),
+    ("param unknown name", SIM + ["--param", "zz=1"], "zz"),
+    ("param a NaN", SIM + ["--param", "a=.nan"], "a"),
+    ("param a inf", SIM + ["--param", "a=.inf"], "a"),
+    ("param a text", SIM + ["--param", "a=fast"], "a"),
+    ("param a list", SIM + ["--param", "a=[1, 2]"], "a"),
+    ("param sigma negative", SIM + ["--param", "sigma=-1"], "sigma"),
+    ("double_well param text", ["simulate", "double_well", "-o", "x.h5", "--param", "a=x"], "a"),
+    # simulate: sizes and steps
+    ("particles zero", SIM + ["--particles", "0"], "n_particles"),
+    ("particles negative", SIM + ["--particles", "-5"], "n_particles"),
+    ("particles 1e10", SIM + ["--particles", "10000000000"], "n_particles"),
+    ("particles 2^40 x experiments", SIM + ["--particles", "1099511627776", "--experiments", "4"], "n_particles"),
+    ("experiments zero", SIM + ["--experiments", "0"], "n_experiments"),
+    ("experiments negative", SIM + ["--experiments", "-1"], "n_experiments"),
+    ("experiments huge", SIM + ["--experiments", "100000000000"], "n_particles"),
+    ("t-end zero", SIM + ["--t-end", "0"], "t_end"),
+    ("t-end negative", SIM + ["--t-end", "-1"], "t_end"),
+    ("t-end NaN", SIM + ["--t-end", "nan"], "t_end"),
+    ("t-end inf", SIM + ["--t-end", "inf"], "t_end"),
+    ("dt zero", SIM + ["--dt", "0"], "dt"),
+    ("dt negative", SIM + ["--dt", "-0.1"], "dt"),
+    ("dt NaN", SIM + ["--dt", "nan"], "dt"),
+    ("dt inf", SIM + ["--dt", "inf"], "dt"),
+    ("record-dt zero", SIM + ["--record-dt", "0"], "record_dt"),
+    ("record-dt negative", SIM + ["--record-dt", "-1"], "record_dt"),
+    ("record-dt NaN", SIM + ["--record-dt", "nan"], "record_dt"),
+    ("record-dt inf", SIM + ["--record-dt", "inf"], "record_dt"),
+    ("record-dt tiny", SIM + ["--t-end", "1e9", "--record-dt", "1e-9"], "record_dt"),
+    ("seed negative", SIM + ["--seed", "-1"], "seed"),
+    ("seed beyond 64 bits", SIM + ["--seed", str(2 ** 70)], "seed"),
+    ("seed 2^63", SIM + ["--seed", str(2 ** 63)], "seed"),
+    ("device nonsense", SIM + ["--device", "toaster"], "device"),
+    ("device cuda:99", SIM + ["--device", "cuda:99"], "device"),
+    ("double_well dt 5 diverges", ["simulate", "double_well", "-o", "dw.h5", "--dt", "5", "--record-dt", "5",
+                                   "--t-end", "20", "--no-progress"], "dt"),
+    ("ou_linear dt 3 diverges", ["simulate", "ou_linear", "-o", "ou.h5", "--dt", "3", "--record-dt", "3",
+                                 "--t-end", "300", "--particles", "20", "--no-progress"], "dt"),
+    # simulate: outputs
+    ("output suffix csv", SIM[:2] + ["-o", "out.csv", "--particles", "20", "--t-end", "0.1"], "out.csv"),
+    ("output without suffix", SIM[:2] + ["-o", "out", "--particles", "20", "--t-end", "0.1"], "out"),
+    ("output parent is a file", SIM[:2] + ["-o", "{F}/afile/x.h5", "--particles", "20", "--t-end", "0.1",
+                                           "--no-progress"], "afile"),
+    ("output is a folder", SIM[:2] + ["-o", "{F}/folder.h5", "--particles", "20", "--t-end", "0.1",
+                                      "--no-progress"], "folder.h5"),
+    # nudge
+    ("nudge dt zero", NUDGE + ["--dt", "0"], "--dt"),
+    ("nudge dt negative", NUDGE + ["--dt", "-0.01"], "--dt"),
+    ("nudge dt NaN", NUDGE + ["--dt", "nan"], "--dt"),
+    ("nudge t-end zero", NUDGE + ["--t-end", "0"], "--t-end"),
+    ("nudge t-end inf", NUDGE + ["--t-end", "inf"], "--t-end"),
+    ("nudge particles zero", NUDGE + ["--particles", "0"], "--particles"),
+    ("nudge particles 1e10", NUDGE + ["--particles", "10000000000"], "--particles"),
+    ("nudge strength negative", NUDGE + ["--strength", "-1"], "--strength"),
+    ("nudge strength NaN", NUDGE + ["--strength", "nan"], "--strength"),
+    ("nudge strength inf", NUDGE + ["--strength", "inf"], "--strength"),
+    ("nudge bandwidth zero", NUDGE + ["--bandwidth", "0"], "--bandwidth"),
+    ("nudge bandwidth negative", NUDGE + ["--bandwidth", "-0.2"], "--bandwidth"),
+    ("nudge bandwidth NaN", NUDGE + ["--bandwidth", "nan"], "--bandwidth"),
+    ("nudge obs-every zero", NUDGE + ["--obs-every", "0"], "--obs-every"),
+    ("nudge obs-every negative", NUDGE + ["--obs-every", "-2"], "--obs-every"),
+    ("nudge noise negative", NUDGE + ["--noise", "-0.1"], "--noise"),
+    ("nudge noise NaN", NUDGE + ["--noise", "nan"], "--noise"),
+    ("nudge seed negative", NUDGE + ["--seed", "-3"], "--seed"),
+    ("nudge output suffix", NUDGE + ["-o", "nudged.csv"], "--output"),
+    ("nudge param YAML", NUDGE + ["--param", "a=[1"], "--param"),
+    ("nudge param tag", NUDGE + ["--param", "a=!!python/name:os.system"], "--param"),
+    ("nudge param without =", NUDGE + ["--param", "a"], "--param"),
+    ("nudge reference-param YAML", NUDGE + ["--reference-param", "a={"], "--reference-param"),
+    ("nudge reference-param without =", NUDGE + ["--reference-param", "a"], "--reference-param"),
+    ("nudge unknown param", NUDGE + ["--param", "zz=1"], "zz"),
+    ("nudge unknown system", ["nudge", "no_such_system", "--out", "n"], "system"),
+    ("nudge device nonsense", NUDGE + ["--device", "toaster"], "device"),
+    ("nudge particles not integer", NUDGE + ["--particles", "2.5"], "--particles"),
+    # lot
+    ("lot threads zero", LOT + ["--threads", "0"], "--threads"),
+    ("lot threads negative", LOT + ["--threads", "-2"], "--threads"),
+    ("lot particles zero", LOT + ["--particles", "0"], "--particles"),
+    ("lot particles negative", LOT + ["--particles", "-10"], "--particles"),
+    ("lot particles 1e10", LOT + ["--particles", "10000000000"], "--particles"),
+    ("lot k zero", LOT + ["--k", "0"], "k"),
+    ("lot k negative", LOT + ["--k", "-1"], "k"),
+    ("lot step zero", LOT + ["--step", "0"], "H:"),  # the large step H of ProjectiveIntegrator
+    ("lot step negative", LOT + ["--step", "-5"], "H:"),
+    ("lot step NaN", LOT + ["--step", "nan"], "H:"),
+    ("lot burn-in negative", LOT + ["--burn-in", "-1"], "burn_in"),
+    ("lot start-up negative", LOT + ["--start-up", "-1"], "start_up"),
+    ("lot n-steps negative", LOT + ["--n-steps", "-1"], "n_steps"),
+    ("lot recovery negative", LOT + ["--recovery", "-1"], "recovery"),
+    ("lot recovery NaN", LOT + ["--recovery", "nan"], "recovery"),
+    ("lot unknown method", LOT + ["--method", "magic"], "method"),
+    ("lot blur zero", LOT + ["--blur", "0"], "blur"),
+    ("lot blur negative", LOT + ["--blur", "-1"], "blur"),
+    ("lot adaptive tolerance negative", LOT + ["--adaptive-tolerance", "-1", "--t-end", "100"], "tolerance"),
+    ("lot param YAML", LOT + ["--param", "a=[1"], "--param"),
+    ("lot param without =", LOT + ["--param", "a"], "--param"),
+    ("lot param tag", LOT + ["--param", "a=!!python/object:os.system"], "--param"),
+    ("lot unknown param", LOT + ["--param", "zz=1"], "zz"),
+    ("lot unknown system", ["lot", "no_such_system", "--out", "l"], "system"),
+    ("lot seed negative", LOT + ["--seed", "-1"], "seed"),
+    # identify: files
+    ("identify missing file", ["identify", "{F}/missing.h5"], "missing.h5"),
+    ("identify folder", ["identify", "{F}/folder.h5"], "folder.h5"),
+    ("identify wrong suffix", ["identify", "{F}/wrong.suffix"], "wrong.suffix"),
+    ("identify truncated npz", ["identify", "{F}/truncated.npz"], "truncated.npz"),
+    ("identify random npz", ["identify", "{F}/random.npz"], "random.npz"),
+    ("identify empty npz", ["identify", "{F}/empty.npz"], "empty.npz"),
+    ("identify pickled npz", ["identify", "{F}/pickled.npz"], "pickled.npz"),
+    ("identify junk HDF5", ["identify", "{F}/junk.h5"], "junk.h5"),
+    ("identify text as HDF5", ["identify", "{F}/text.h5"], "text.h5"),
+    ("identify empty HDF5", ["identify", "{F}/data.csv.h5"], "data.csv.h5"),
+    ("identify header list", ["identify", "{F}/header_list.npz"], "header_list.npz"),
+    ("identify header not JSON", ["identify", "{F}/header_bad.npz"], "header_bad.npz"),
+    ("identify header version text", ["identify", "{F}/header_version.npz"], "header_version.npz"),
+    ("identify newer version", ["identify", "{F}/newer.npz"], "newer.npz"),
+    ("identify foreign format", ["identify", "{F}/foreign.npz"], "foreign.npz"),
+    ("identify string positions npz", ["identify", "{F}/strings.npz"], "strings.npz"),
+    ("identify NaN times", ["identify", "{F}/nan_times.npz"], "times"),
+    ("identify decreasing times", ["identify", "{F}/decreasing.npz"], "times"),
+    ("identify times mismatch", ["identify", "{F}/mismatch.npz"], "times"),
+    ("identify rank-5 positions", ["identify", "{F}/rank5.npz"], "positions"),
+    ("identify no times", ["identify", "{F}/no_times.npz"], "times"),
+    ("identify HDF5 external link", ["identify", "{F}/external_link.h5"], "external_link.h5"),
+    ("identify HDF5 soft link", ["identify", "{F}/soft_link.h5"], "soft_link.h5"),
+    ("identify HDF5 external extras", ["identify", "{F}/external_extras.h5"], "external_extras.h5"),
+    ("identify HDF5 external storage", ["identify", "{F}/external_storage.h5"], "external_storage.h5"),
+    ("identify HDF5 virtual dataset", ["identify", "{F}/virtual.h5"], "virtual.h5"),
+    ("identify HDF5 integer header", ["identify", "{F}/header_int.h5"], "header_int.h5"),
+    ("identify HDF5 string positions", ["identify", "{F}/string_positions.h5"], "string_positions.h5"),
+    ("identify HDF5 group positions", ["identify", "{F}/group_positions.h5"], "group_positions.h5"),
+    ("identify HDF5 no positions", ["identify", "{F}/no_positions.h5"], "no_positions.h5"),
+    # identify: options
+    ("identify unknown library", IDENTIFY + ["--library", "no_such_library"], "library"),
+    ("identify missing library file", IDENTIFY + ["--library", "{F}/missing_library.yaml"], "missing_library.yaml"),
+    ("identify library YAML syntax", IDENTIFY + ["--library", "{F}/library_bad.yaml"], "library_bad.yaml"),
+    ("identify library python tag", IDENTIFY + ["--library", "{F}/library_tag.yaml"], "library_tag.yaml"),
+    ("identify unknown test functions", IDENTIFY + ["--test-functions", "no_such_preset"], "test"),
+    ("identify grid-shape one", IDENTIFY + ["--grid-shape", "1"], "--grid-shape"),
+    ("identify grid-shape negative", IDENTIFY + ["--grid-shape", "-4"], "--grid-shape"),
+    ("identify grid-shape huge", IDENTIFY + ["--grid-shape", "300000000"], "--grid-shape"),
+    ("identify noise negative", IDENTIFY + ["--noise", "-0.5"], "noise"),
+    ("identify noise NaN", IDENTIFY + ["--noise", "nan"], "noise"),
+    ("identify seed negative", IDENTIFY + ["--noise", "0.1", "--seed", "-1"], "seed"),
+    ("identify device nonsense", IDENTIFY + ["--device", "toaster"], "device"),
+    ("identify device cuda:99", IDENTIFY + ["--device", "cuda:99"], "device"),
+    ("identify json parent is a file", IDENTIFY + ["--json", "{F}/afile/model.json"], "afile"),
+    # report
+    ("report only matches nothing", ["report", "--only", "zzz", "--out", "rep"], "--only"),
+    ("report only two, one unknown", ["report", "--only", "core", "--only", "zzz", "--out", "rep"], "zzz"),
+    ("report out under a file", ["report", "--only", "core", "--out", "{F}/afile/rep", "--quick", "--no-progress"],
+     "afile"),
+]
+
+_CUDA_CASES = {"simulate device cuda:99", "identify device cuda:99"}
+
+
+@pytest.mark.parametrize("name, argv, fragment", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_is_one_line_exit_2_and_leaves_nothing(name, argv, fragment, files, tmp_path, monkeypatch,
+                                                             capsys):
+    if name in _CUDA_CASES and torch.cuda.device_count() > 99:  # pragma: no cover
+        pytest.skip("this machine has 100 GPUs")
+    monkeypatch.chdir(tmp_path)
+    argv = [a.replace("{F}", str(files)) for a in argv]
+    inputs_before = sorted(p.name for p in files.iterdir())
+    started = time.perf_counter()
+    try:
+        code = torchmf_main(argv)
+    except SystemExit as exit_request:
+        code = exit_request.code
+    seconds = time.perf_counter() - started
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, (name, code, captured.err[-2000:])
+    assert "Traceback" not in captured.err
+    assert len(lines) == 1, (name, lines)
+    assert ": error: " in lines[0] and fragment in lines[0], (name, lines[0])
+    assert not re.search(r"/\.[^/\s']+\.(\d+\.|tmp)", lines[0]), lines[0]  # never a hidden temporary file
+    assert list(tmp_path.iterdir()) == [], (name, list(tmp_path.iterdir()))  # nothing written, no empty folder
+    assert sorted(p.name for p in files.iterdir()) == inputs_before  # inputs untouched, no temp files
+    assert not (tmp_path / "pwned").exists() and not (files / "pwned").exists()
+    if "1e10" in name or "huge" in name:
+        assert seconds < 1.0, (name, seconds)  # refused up front, not after allocating
+
+
+# ---------------------------------------------------------------------------------------------------
+# API cases: (id, call, exception type, fragment naming the argument)
+# ---------------------------------------------------------------------------------------------------
+X = torch.randn(1, 30, 1)
+OBSERVATIONS = ParticleObservations(torch.randn(1, 2, 30, 1), times=[0.0, 1.0])
+BASE = McKeanVlasovSDE(1, external_force=lambda x: -x, diffusion=0.1)
+
+
+def _load(name):
+    return lambda files: Trajectories.load(files / name)
+
+
+API_CASES = [
+    # Grid
+    ("Grid 1e6^2", lambda f: Grid(-1, 1, 10 ** 6, dim=2), ValueError, "shape"),
+    ("Grid 300000^2", lambda f: Grid(0, 1, 300000, dim=2), ValueError, "shape"),
+    ("Grid 1e4^3", lambda f: Grid(0, 1, 10 ** 4, dim=3), ValueError, "shape"),
+    ("Grid shape one", lambda f: Grid(0, 1, 1), ValueError, "shape"),
+    ("Grid shape float", lambda f: Grid(0, 1, 10.5), TypeError, "shape"),
+    ("Grid upper below lower", lambda f: Grid(1, 0, 10), ValueError, "upper"),
+    ("Grid NaN corner", lambda f: Grid(NAN, 1, 10), ValueError, "upper"),
+    ("Grid inf corner", lambda f: Grid(0, INF, 10), ValueError, "upper"),
+    ("Grid periodic not bool", lambda f: Grid(0, 1, 10, periodic="yes"), TypeError, "periodic"),
+    ("Grid mismatched corners", lambda f: Grid([0, 0], [1, 1, 1], 10), ValueError, "lower"),
+    # simulations sized up front
+    ("simulate 1e10 particles", lambda f: systems.get("ou_linear").simulate(n_particles=10 ** 10, progress=False),
+     ValueError, "n_particles"),
+    ("simulate 1e6 x 1e6 record", lambda f: systems.get("ou_linear").simulate(
+        n_particles=10 ** 6, times=torch.linspace(0, 1, 10 ** 6), progress=False), ValueError, "n_particles"),
+    ("sde.simulate huge record", lambda f: simulate(BASE, torch.zeros(1, 1, 1).expand(1, 10 ** 6, 1),
+                                                    torch.linspace(0, 1, 10 ** 6), 0.1), ValueError, "x0"),
+    ("check_fits beyond memory", lambda f: check_fits("size", 1e18), ValueError, "size"),
+    ("check_fits NaN", lambda f: check_fits("size", NAN), ValueError, "size"),
+    # seeds
+    ("seed negative", lambda f: make_generator(-1, "cpu"), ValueError, "seed"),
+    ("seed 2^64", lambda f: make_generator(2 ** 64, "cpu"), ValueError, "seed"),
+    ("seed float", lambda f: make_generator(1.5, "cpu"), TypeError, "seed"),
+    ("seed bool", lambda f: check_seed("seed", True), TypeError, "seed"),
+    ("system seed 2^70", lambda f: systems.get("ou_linear").simulate(n_particles=5, seed=2 ** 70, progress=False),
+     ValueError, "seed"),
+    # divergence
+    ("double_well dt 5", lambda f: systems.get("double_well").simulate(
+        n_particles=50, dt=5.0, record_dt=5.0, t_end=20.0, progress=False), ValueError, "dt"),
+    ("sde.simulate blow-up", lambda f: simulate(McKeanVlasovSDE(1, external_force=lambda x: x ** 3), torch.ones(1, 5, 1),
+                                                torch.linspace(0, 10, 11), 1.0), ValueError, "dt"),
+    ("guard NaN", lambda f: DivergenceGuard(torch.zeros(1, 3, 1), 0.1)(torch.full((1, 3, 1), NAN), 1.0),
+     ValueError, "dt"),
+    ("guard beyond bound", lambda f: DivergenceGuard(torch.zeros(1, 3, 1), 0.1)(torch.full((1, 3, 1), 1e7), 1.0),
+     ValueError, "diverged"),
+    # --param parsing
+    ("params without =", lambda f: parse_key_values(["a"], "--param"), ValueError, "--param"),
+    ("params YAML", lambda f: parse_key_values(["a=[1"], "--param"), ValueError, "--param"),
+    ("params tag", lambda f: parse_key_values(["a=!!python/object/apply:os.system ['true']"], "--param"), ValueError,
+     "--param"),
+    ("params empty key", lambda f: parse_key_values([" =1"], "--param"), ValueError, "--param"),
+    # pretrained
+    ("pretrained ../", lambda f: pretrained.load("../checkpoints/averaged-cubic"), ValueError, "name"),
+    ("pretrained absolute", lambda f: pretrained.load(str(pretrained.CHECKPOINT_DIR / "averaged-cubic")), ValueError,
+     "name"),
+    ("pretrained unknown", lambda f: pretrained.load("no-such-model"), ValueError, "name"),
+    ("pretrained not a string", lambda f: pretrained.load(3), TypeError, "name"),
+    ("pretrained info ../", lambda f: pretrained.info("../../etc/passwd"), ValueError, "name"),
+    ("pretrained builder outside allow-list", lambda f: pretrained._builder("torchmf._io:write_json"), ValueError,
+     "builder"),
+    ("pretrained builder os", lambda f: pretrained._builder("os:system"), ValueError, "builder"),
+    ("pretrained save name with slash", lambda f: pretrained.save("../x", {}, pretrained.BUILDERS[0], "", {}, {},
+                                                                  directory=f), ValueError, "name"),
+    ("pretrained missing payload", lambda f: pretrained.load_payload(f / "missing.pt"), FileNotFoundError, "path"),
+    ("pretrained pickle payload", lambda f: pretrained.load_payload(_evil_pickle(f / "evil.pt")), ValueError, "path"),
+    # loaders
+    ("load missing", _load("missing.h5"), FileNotFoundError, "path"),
+    ("load folder", _load("folder.h5"), IsADirectoryError, "folder.h5"),
+    ("load wrong suffix", _load("wrong.suffix"), ValueError, "path"),
+    ("load truncated npz", _load("truncated.npz"), ValueError, "truncated.npz"),
+    ("load random npz", _load("random.npz"), ValueError, "random.npz"),
+    ("load empty npz", _load("empty.npz"), ValueError, "empty.npz"),
+    ("load pickled npz", _load("pickled.npz"), ValueError, "pickled.npz"),
+    ("load junk HDF5", _load("junk.h5"), ValueError, "junk.h5"),
+    ("load external link", _load("external_link.h5"), ValueError, "ExternalLink"),
+    ("load soft link", _load("soft_link.h5"), ValueError, "SoftLink"),
+    ("load external extras", _load("external_extras.h5"), ValueError, "extras"),
+    ("load external storage", _load("external_storage.h5"), ValueError, "external"),
+    ("load virtual dataset", _load("virtual.h5"), ValueError, "virtual"),
+    ("load integer header", _load("header_int.h5"), ValueError, "header"),
+    ("load string positions", _load("string_positions.h5"), ValueError, "positions"),
+    ("load group positions", _load("group_positions.h5"), ValueError, "positions"),
+    ("load header list", _load("header_list.npz"), ValueError, "header"),
+    ("load header version text", _load("header_version.npz"), ValueError, "header"),
+    ("load newer version", _load("newer.npz"), ValueError, "version"),
+    ("read_hdf5_array link", lambda f: _read_one(f / "external_link.h5", "positions"), ValueError, "ExternalLink"),
+    ("read_hdf5_array missing", lambda f: _read_one(f / "good.h5", "nothing"), ValueError, "nothing"),
+    # writes
+    ("save under a file", lambda f: Trajectories(torch.zeros(1, 2, 3, 1), torch.arange(2.0)).save(f / "afile" / "x.h5"),
+     NotADirectoryError, "afile"),
+    ("save csv", lambda f: Trajectories(torch.zeros(1, 2, 3, 1), torch.arange(2.0)).save(f / "x.csv"), ValueError,
+     "path"),
+    ("atomic_path under a file", lambda f: _atomic_write(f / "afile" / "y.txt"), NotADirectoryError, "afile"),
+    # nudging
+    ("nudge scheme unknown", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, 1.0, scheme="semi"), ValueError, "scheme"),
+    ("nudge implicit pairwise", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, 1.0, backend="pairwise",
+                                                    scheme="implicit"), ValueError, "scheme"),
+    ("nudge implicit substeps zero", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, 1.0, implicit_substeps=0), ValueError,
+     "implicit_substeps"),
+    ("nudge strength NaN", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, NAN), ValueError, "strength"),
+    ("nudge strength inf", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, INF), ValueError, "strength"),
+    ("nudge strength negative", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, -1.0), ValueError, "strength"),
+    ("nudge bandwidth zero", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.0, 1.0), ValueError, "bandwidth"),
+    ("nudge substeps zero", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, 1.0, substeps=0), ValueError, "substeps"),
+    ("nudge huge default grid", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, 1.0, grid_shape=10 ** 11), ValueError,
+     "shape"),
+    # interaction
+    ("pairwise NaN queries", lambda f: InteractionForce(GaussianKernel(0.5))(torch.full((4, 1), NAN)), ValueError, "x"),
+    ("interaction unknown backend", lambda f: InteractionForce(GaussianKernel(0.5), backend="fast"), ValueError,
+     "backend"),
+]
+
+
+def _evil_pickle(path: Path) -> Path:
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {path.parent / 'pwned'}",))
+
+    path.write_bytes(pickle.dumps({"state": Evil()}))
+    return path
+
+
+def _read_one(path: Path, name: str):
+    with h5py.File(path, "r") as handle:
+        return read_hdf5_array(handle, name, path)
+
+
+def _atomic_write(path: Path):
+    with atomic_path(path) as temporary:
+        temporary.write_text("x")
+
+
+@pytest.mark.parametrize("name, call, error, fragment", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_bad_input_raises_a_named_error(name, call, error, fragment, files, tmp_path):
+    before = sorted(p.name for p in files.iterdir())
+    started = time.perf_counter()
+    with pytest.raises(error) as caught:
+        call(files)
+    seconds = time.perf_counter() - started
+    assert isinstance(caught.value, (ValueError, TypeError, OSError)), type(caught.value)
+    message = str(caught.value)
+    assert fragment in message, (name, message)
+    assert "\n" not in message.strip(), (name, message)
+    assert not (files / "pwned").exists()  # nothing from a file ever ran
+    after = sorted(p.name for p in files.iterdir() if p.name not in ("evil.pt",))
+    assert after == [n for n in before if n != "evil.pt"]  # no temporary files left
+    if "huge" in name or "1e10" in name or "^2" in name or "^3" in name:
+        assert seconds < 1.0, (name, seconds)
+
+
+def test_catalogue_has_at_least_200_cases():
+    assert len(CLI_CASES) + len(API_CASES) >= 200, len(CLI_CASES) + len(API_CASES)
+
+
+# ---------------------------------------------------------------------------------------------------
+# security: a URL checkpoint is refused before anything is fetched or unpickled
+# ---------------------------------------------------------------------------------------------------
+class _CountingHandler(http.server.SimpleHTTPRequestHandler):
+    requests = []
+
+    def do_GET(self):  # noqa: N802 (http.server's name)
+        type(self).requests.append(self.path)
+        return super().do_GET()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_url_checkpoint_is_refused_and_nothing_is_fetched_or_run(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("lightning")
+    from trainers.cli import main as train_main
+
+    served = tmp_path / "served"
+    served.mkdir()
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (served / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": Evil(), "pytorch-lightning_version": "2.0"}))
+    handler = lambda *a, **k: _CountingHandler(*a, directory=str(served), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    hub = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(hub))
+    monkeypatch.chdir(tmp_path)
+    _CountingHandler.requests.clear()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/evil.ckpt"
+        config = Path(__file__).resolve().parents[1] / "trainers" / "configs" / "fastslow_cubic_neural.yaml"
+        code = train_main(["validate", "-c", str(config), "--ckpt_path", url])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and "ckpt_path" in line]
+    assert code == 2, err[-2000:]
+    assert lines and "remote" in lines[-1] and "Traceback" not in err
+    assert _CountingHandler.requests == []  # nothing was fetched
+    assert not marker.exists()  # nothing ran
+    assert not hub.exists() or not any(hub.rglob("*.ckpt"))  # nothing cached for later runs
+
+
+@pytest.mark.parametrize("ckpt_path, fragment", [("s3://bucket/x.ckpt", "remote"), ("registry:model", "remote"),
+                                                 ("file:///etc/passwd", "remote"), ("missing.ckpt", "missing.ckpt")])
+def test_other_non_local_checkpoints_are_refused(ckpt_path, fragment, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("lightning")
+    from trainers.cli import _check_ckpt_path
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises((ValueError, FileNotFoundError), match=fragment):
+        _check_ckpt_path(ckpt_path)
+
+
+def test_pickled_local_checkpoint_is_refused_without_running(tmp_path, capsys):
+    pytest.importorskip("lightning")
+    from trainers.cli import main as train_main
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    checkpoint = tmp_path / "evil.ckpt"
+    checkpoint.write_bytes(pickle.dumps({"state_dict": Evil()}))
+    config = Path(__file__).resolve().parents[1] / "trainers" / "configs" / "fastslow_cubic_neural.yaml"
+    code = train_main(["validate", "-c", str(config), "--ckpt_path", str(checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 2 and "ckpt_path" in err and "Traceback" not in err
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------
+# writes: killed writers leave nothing under the final name; their temporaries are swept
+# ---------------------------------------------------------------------------------------------------
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_stale_temporaries_of_dead_writers_are_swept_and_live_ones_kept(tmp_path):
+    target = tmp_path / "data.h5"
+    dead = tmp_path / f".data.h5.{_dead_pid()}.abc123.h5"
+    live = tmp_path / f".data.h5.{os.getppid()}.def456.h5"  # our parent process is alive
+    other = tmp_path / f".other.h5.{_dead_pid()}.xyz.h5"  # another target's temporary: not ours to sweep
+    for path in (dead, live, other):
+        path.write_bytes(b"half written")
+    Trajectories(torch.zeros(1, 2, 3, 1), torch.arange(2.0)).save(target)
+    assert not dead.exists() and live.exists() and other.exists()
+    assert Trajectories.load(target).n_particles == 3
+    assert sweep_stale_temporaries(target) == []
+
+
+_WRITER = """
+import sys, torch
+from torchmf import Trajectories
+data = Trajectories(torch.randn(1, 20, 200000, 2), torch.arange(20.0))
+print("ready", flush=True)
+while True:
+    data.save(sys.argv[1])
+"""
+
+
+def test_sigkill_during_writes_leaves_no_half_written_file_and_the_next_write_sweeps(tmp_path):
+    target = tmp_path / "run.h5"
+    process = subprocess.Popen([sys.executable, "-c", _WRITER, str(target)], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        deadline = time.time() + 60
+        while not any(p.name.startswith(".run.h5.") for p in tmp_path.iterdir()) and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".run.h5.")]
+    if target.exists():  # a complete earlier write, never a half-written one
+        assert Trajectories.load(target).n_particles == 200000
+    Trajectories(torch.zeros(1, 2, 3, 1), torch.arange(2.0)).save(target)
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".run.h5.")] == []
+    assert leftovers, "the kill should have caught a write in progress"
+    assert math.isclose(float(Trajectories.load(target).times[-1]), 1.0)
