@@ -1,4 +1,10 @@
-"""Matplotlib figures used by the CLI, the report and the scripts (Agg backend, atomic PNGs)."""
+"""Matplotlib figures used by the CLI, the report and the scripts (Agg backend, atomic PNGs).
+
+Every figure is laid out by matplotlib's constrained layout (titles, suptitles, colour bars and
+tick labels never overlap) and every axis carries a label: the model's quantities are
+nondimensional, so a label names the quantity and says so, e.g. ``"t (model time units)"``;
+side-by-side panels share their y axis and label it once.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -30,10 +36,17 @@ def save_figure(figure, path) -> Path:
     return path
 
 
+def _check_labels(**labels) -> None:
+    for name, value in labels.items():
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{name}: every figure axis needs a label (with its unit), but got {value!r}")
+
+
 def line_plot(path, x, series: Dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "",
               logy: bool = False, logx: bool = False, styles: Optional[Dict[str, str]] = None) -> Path:
     """One panel of labelled curves sharing ``x`` (or each its own ``(x, y)`` pair)."""
-    figure, axis = plt.subplots(figsize=(6, 4))
+    _check_labels(xlabel=xlabel, ylabel=ylabel)
+    figure, axis = plt.subplots(figsize=(6, 4), layout="constrained")
     for label, values in series.items():
         if isinstance(values, tuple) and len(values) == 2:
             xs, ys = values
@@ -52,14 +65,20 @@ def line_plot(path, x, series: Dict[str, Sequence[float]], xlabel: str, ylabel: 
     return save_figure(figure, path)
 
 
-def scatter_panels(path, clouds: Dict[str, np.ndarray], title: str = "", limits=None, size: float = 1.0) -> Path:
-    """Side-by-side 2-D scatter plots of particle clouds ``(N, 2)``."""
-    figure, axes = plt.subplots(1, len(clouds), figsize=(3.2 * len(clouds), 3.2), squeeze=False)
-    for axis, (label, cloud) in zip(axes[0], clouds.items()):
+def scatter_panels(path, clouds: Dict[str, np.ndarray], title: str = "", limits=None, size: float = 1.0,
+                   xlabel: str = "x1 (model length units)", ylabel: str = "x2 (model length units)") -> Path:
+    """Side-by-side 2-D scatter plots of particle clouds ``(N, 2)`` (shared axes, one y label)."""
+    _check_labels(xlabel=xlabel, ylabel=ylabel)
+    figure, axes = plt.subplots(1, len(clouds), figsize=(3.2 * len(clouds), 3.4), squeeze=False, sharex=True,
+                                sharey=True, layout="constrained")
+    for index, (axis, (label, cloud)) in enumerate(zip(axes[0], clouds.items())):
         cloud = _numpy(cloud)
         axis.scatter(cloud[:, 0], cloud[:, 1], s=size, alpha=0.5, linewidths=0)
         axis.set_title(label, fontsize=9)
         axis.set_aspect("equal")
+        axis.set_xlabel(xlabel)
+        if index == 0:
+            axis.set_ylabel(ylabel)
         if limits is not None:
             axis.set_xlim(*limits[0])
             axis.set_ylim(*limits[1])
@@ -67,18 +86,23 @@ def scatter_panels(path, clouds: Dict[str, np.ndarray], title: str = "", limits=
     return save_figure(figure, path)
 
 
-def density_panels(path, images: Dict[str, np.ndarray], extent=None, title: str = "", xlabel: str = "",
-                   ylabel: str = "", shared_scale: bool = True) -> Path:
-    """Side-by-side images (densities on grids, space-time plots), one colour scale if shared."""
+def density_panels(path, images: Dict[str, np.ndarray], extent=None, title: str = "",
+                   xlabel: str = "x (model length units)", ylabel: str = "y (model length units)",
+                   shared_scale: bool = True, colorbar_label: str = "density (1 / model length units^d)") -> Path:
+    """Side-by-side images ``(G_x, G_y)`` (densities on grids, space-time plots), one colour scale if
+    shared; the panels share their y axis (one label, no tick labels running into the next panel)."""
+    _check_labels(xlabel=xlabel, ylabel=ylabel, colorbar_label=colorbar_label)
     arrays = {k: _numpy(v) for k, v in images.items()}
     vmax = max(float(a.max()) for a in arrays.values()) if shared_scale else None
-    figure, axes = plt.subplots(1, len(arrays), figsize=(3.4 * len(arrays), 3.2), squeeze=False)
-    for axis, (label, array) in zip(axes[0], arrays.items()):
+    figure, axes = plt.subplots(1, len(arrays), figsize=(3.4 * len(arrays) + 0.8, 3.6), squeeze=False,
+                                sharey=True, layout="constrained")
+    for index, (axis, (label, array)) in enumerate(zip(axes[0], arrays.items())):
         shown = axis.imshow(array.T, origin="lower", extent=extent, aspect="auto", vmin=0 if shared_scale else None,
                             vmax=vmax, cmap="viridis")
         axis.set_title(label, fontsize=9)
         axis.set_xlabel(xlabel)
-        axis.set_ylabel(ylabel)
-    figure.colorbar(shown, ax=axes[0].tolist(), shrink=0.8)
+        if index == 0:
+            axis.set_ylabel(ylabel)
+    figure.colorbar(shown, ax=axes[0].tolist(), shrink=0.8, label=colorbar_label)
     figure.suptitle(title)
     return save_figure(figure, path)

@@ -6,7 +6,6 @@ in place and makes the command exit non-zero after the others have run.
 """
 from __future__ import annotations
 
-import html
 import time
 import traceback
 from pathlib import Path
@@ -29,6 +28,7 @@ def run(args) -> int:
     from .. import __version__
     from .._io import check_output_path, write_json, write_text
     from ..report import sections
+    from ..report.render import markdown_to_html
 
     names = [module.__name__.rsplit(".", 1)[-1] for module in sections()]
     unmatched = [o for o in args.only if not any(o in name for name in names)]
@@ -64,27 +64,7 @@ def run(args) -> int:
         print(f"[report] {module.TITLE}: {status} ({seconds:.1f} s)", flush=True)
     text = "\n".join(markdown)
     write_text(out / "report.md", text)
-    write_text(out / "report.html", _html(text))
+    write_text(out / "report.html", markdown_to_html(text))
     write_json(out / "report.json", summary)
     print(f"wrote {out / 'report.md'}, {out / 'report.html'} and {out / 'report.json'}")
     return 1 if failures else 0
-
-
-def _html(markdown: str) -> str:
-    """Tiny markdown subset -> HTML (headings, images, code blocks, paragraphs, tables as text)."""
-    lines, body, in_code = markdown.splitlines(), [], False
-    for line in lines:
-        if line.startswith("```"):
-            body.append("</pre>" if in_code else "<pre>")
-            in_code = not in_code
-        elif in_code:
-            body.append(html.escape(line))
-        elif line.startswith("!["):
-            source = line[line.index("(") + 1:line.rindex(")")]
-            body.append(f'<p><img src="{html.escape(source)}" style="max-width:100%"></p>')
-        elif line.startswith("#"):
-            level = len(line) - len(line.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>" if not line.startswith("|") else f"<pre>{html.escape(line)}</pre>")
-    return "<!doctype html><meta charset='utf-8'><title>torchmf report</title>\n" + "\n".join(body) + "\n"

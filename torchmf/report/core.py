@@ -27,7 +27,8 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
     error = float(relative_error(variance.double(), closed))
     metrics["ou_variance_relative_error"] = error
     figures.append(line_plot(out / "core_ou_variance.png", data.times, {"simulated (4 experiments)": variance,
-                             "closed form": closed}, "t", "Var X_t", "ou_linear: variance vs closed form").name)
+                             "closed form": closed}, "t (model time units)", "Var X_t (model length units^2)",
+                             "ou_linear: variance vs closed form").name)
     text.append(f"- `ou_linear`: empirical variance vs closed form, relative L2 error {error:.3f}.")
 
     # 2. reflected Brownian motion spreading to the uniform law
@@ -63,7 +64,8 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
     order = points[:, 0].argsort()
     figures.append(line_plot(out / "core_force_backends.png", points[order, 0],
                              {"pairwise (exact)": exact[order, 0], "grid 256^2": approximate[order, 0]},
-                             "x", "force (x component)", f"Gaussian-kernel force, N = {n}", styles={
+                             "x (model length units)", "force, x component (length / time units)",
+                             f"Gaussian-kernel force, N = {n}", styles={
                                  "pairwise (exact)": ".", "grid 256^2": ","}).name)
     text.append(f"- Gaussian-kernel force, N = {n}: pairwise {pairwise_seconds:.3f} s, grid {grid_seconds:.4f} s "
                 f"({pairwise_seconds / grid_seconds:.0f}x), relative L2 difference {difference:.1e}.")

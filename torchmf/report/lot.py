@@ -49,7 +49,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
     times = result.times[keep]
     figure = line_plot(out / "lot_w2_vs_time.png", times, {"W2(LOT, control)": error,
                                                            "W2(control, control')": floor},
-                       "t", "W2", f"box_diffusion, N = {particles}, k = 40, H = 85, H_R = 30",
+                       "t (model time units)", "W2 (model length units)", f"box_diffusion, N = {particles}, k = 40, H = 85, H_R = 30",
                        styles={"W2(LOT, control)": ".-"})
     metrics = {"particles": particles, "micro_step_ratio": result.micro_step_ratio, "cycle_ratio": result.cycle_ratio,
                "final_w2": float(error[-1]), "final_w2_control_to_control": float(floor[-1]),

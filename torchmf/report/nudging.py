@@ -44,7 +44,7 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
         errors[label] = w2(runs[label].positions[0], reference.positions[0])
         held[label] = float(w2(runs[label].positions[0, held_out], independent.positions[0, held_out]).mean()) / floor
     times = reference.times
-    figures = [line_plot(out / "nudging_w2.png", times, errors, "t", "W2 to the reference",
+    figures = [line_plot(out / "nudging_w2.png", times, errors, "t (model time units)", "W2 to the reference (model length units)",
                          "ou_linear: reference a = 1, biased a = 5", logy=True).name]
     grid = Grid(-2.5, 4.5, 200)
     images = {"reference (a = 1)": reference}
@@ -52,7 +52,8 @@ def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
     panels = {label: torch.stack([smoothed_density(r.positions[0, i], grid, 0.1) for i in range(r.n_times)], 1)
               for label, r in images.items()}
     figures.append(density_panels(out / "nudging_density.png", panels, extent=(-2.5, 4.5, 0, float(times[-1])),
-                                  title="density over (x, t)", xlabel="x", ylabel="t").name)
+                                  title="density over (x, t)", xlabel="x (model length units)", ylabel="t (model time units)",
+                                  colorbar_label="smoothed density (1 / length units)").name)
     metrics = {label: {"final_w2": float(e[-1]), "time_averaged_w2": float(e.mean()),
                        "held_out_w2_over_floor": held[label]} for label, e in errors.items()}
     lines = [f"`NudgedSDE` on `ou_linear` (N = {n}, h = {bandwidth}, every {every}th snapshot of 0.05 assimilated, "
