@@ -464,7 +464,7 @@ def conformance(report, quick, seeds, progress, authors_code=None):
     metrics = report.metrics.setdefault("conformance", {})
     if not AUTHORS_FILE.is_file():
         report.check("conformance with the authors' file", None, "measured", None,
-                     skipped=f"the authors' file is absent ({AUTHORS_FILE})")
+                     skipped=f"the authors' file is absent ({AUTHORS_FILE})", baseline=("not measured", None))
         return
     code = Path(authors_code) if authors_code else None
     octave = shutil.which("octave-cli") is not None and code is not None and (code / "utils").is_dir()

@@ -112,3 +112,39 @@ def test_no_check_is_a_bookkeeping_constant(script):
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "check"
                 and len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and node.args[1].value is not None]
     assert not constant, f"{script.name}: check values that are literals at lines {constant}"
+
+
+def _import_script(name):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"_{name}_under_test", SCRIPTS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+def test_nudging_split_holds_out_the_unassimilated_times():
+    split_times = _import_script("reproduce_nudging").split_times
+    times = [0.05 * i for i in range(41)]
+    assimilated, held_out = split_times(times, 4, score_from=1.0)
+    assert assimilated == list(range(0, 41, 4))
+    assert not set(assimilated) & set(held_out)
+    assert held_out[0] == 21 and all(times[i] >= 1.0 for i in held_out) and len(held_out) == 15
+
+
+def test_lot_scores_before_equilibrium_against_the_better_trivial_answer(tmp_path):
+    lot = _import_script("reproduce_lot")
+    report = _report(tmp_path)
+    rows = [{"t": 120.0, "floor": 0.26, "lot": 1.5, "standing_still": 3.4, "equilibrium_sample": 8.7},
+            {"t": 240.0, "floor": 0.35, "lot": 1.8, "standing_still": 2.6, "equilibrium_sample": 4.2},
+            {"t": 600.0, "floor": 0.39, "lot": 5.0, "standing_still": 1.0, "equilibrium_sample": 1.5}]
+    lot.before_equilibrium_check(report, "box", rows)
+    entry = report.checks[-1]
+    # t = 600 is equilibrated (the uniform sample is within 2x the floor): not scored
+    assert entry["value"] == 1.8 and entry["pass"] is True
+    assert entry["baseline"]["value"] == 3.4 and entry["baseline"]["name"].startswith("standing still")
+    assert entry["baseline"]["pass"] is False and report_module.schema_problems(entry) == []
+    lot.before_equilibrium_check(report, "box", rows[2:])
+    assert report.checks[-1]["pass"] is None and report_module.schema_problems(report.checks[-1]) == []
