@@ -1,15 +1,28 @@
-"""Flow-averaged dynamics: learned vs true averaged drift, fast law vs truth, posterior coverage, held-out NLL.
+"""Flow-averaged dynamics: learned vs true averaged drift, fast law vs truth, posterior coverage, held-out scores.
 
-    python scripts/reproduce_averaging.py [--out runs] [--quick]
+    python scripts/reproduce_averaging.py [--out runs] [--quick] [--sections cubic,tilted,coverage,tagged]
 
-Checks (one per acceptance line of issue 5):
-  * fastslow_cubic: relative L2 error of the learned F on the 5-95% quantile range <= 5%;
-  * fastslow_tilted_well: flow beats the Gaussian closure by >= 2x in drift error and in W1 to rho_x;
-  * variational posterior: 90% credible intervals contain the true theta in >= 16 of 20 datasets.
+Every check carries a trivial baseline computed in the same run that must fail its target (issue 14):
+
+  * fastslow_cubic (default recipe: theta, sigma and the fast law q_phi learned from the slow path,
+    penalized likelihood): relative L2 error of F against the true averaged drift on the 5-95% range
+    of the training path, and on the states of the held-out end of the path; baseline: the best
+    linear drift F = c0 + c1 x fitted to the same transitions (stronger than F = -x, also reported);
+  * fastslow_tilted_well, both ways: q_phi learned from the path (penalized likelihood, the method's
+    premise, the default) and q_phi fitted to the known fast density (an option, named as such);
+    flow against the Gaussian closure in drift error and in W1 to the true rho_x;
+  * variational posterior over (a, b, sigma): 90% intervals containing the truth over independent
+    datasets, per parameter with its Clopper-Pearson interval; sigma corrected for the fast
+    fluctuations and the Euler step (torchmf.variational); baselines: the untrained posterior for
+    a and b, the uncorrected Euler-Maruyama sigma for sigma; credible-band coverage of the true F;
+  * the paper's tagged-particle benchmark (torchmf.systems.tagged_particle, N = 10 solvent particles,
+    d = 1, 2): drift MSE of the structured flow-averaged model over the unstructured MLP drift at the
+    larger scale separations n = 1000, 15000 (n = 100 reported); baseline: the best linear drift.
 Writes OUT/reproduce_averaging.json and averaging_*.png beside it.
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -21,7 +34,8 @@ from _report import Report, standard_parser  # noqa: E402
 import torch  # noqa: E402
 
 SIZES = {  # full / quick
-    "cubic_recipe": ("datasets/fastslow_cubic.yaml", "datasets/fastslow_cubic_small.yaml"),
+    # quick: a path of T = 400 simulated here (20 s); training cost does not grow with T (path statistics)
+    "cubic_path": ("datasets/fastslow_cubic.yaml", 400.0),
     "cubic_steps": (1000, 250),
     # full: a long path near the averaging limit. With eps = 1e-2 the fast law lags x (theta fitted
     # with the exact rho_x comes out ~0.81 instead of 1), and on a path of T = 400 the statistical
@@ -32,34 +46,62 @@ SIZES = {  # full / quick
     "tilted_steps": (600, 150),
     "tilted_fast_law_steps": (1500, 300),
     "coverage_datasets": (20, 6),
-    "coverage_t_end": (100.0, 40.0),
+    "coverage_t_end": (100.0, 100.0),
     "coverage_steps": (300, 200),
     "penalty_pretrain_steps": (1000, 300),
     "neural_steps": (800, 200),
 }
-# the fast law q(y | x) depends on g and tau only: it is fitted first to the known fast law (reverse KL
-# from a tempered, broad start; flow and Gaussian closure alike) and frozen, then the likelihood fits
-# theta and sigma. Jointly trained (penalty warm-up, weight 100), the likelihood pulled (theta, q) into
-# the mirrored basin (b < 0, q in the other well) at full size, and the stationarity penalty alone
-# never grew the second mode near x = 0 (see docs/benchmarks.md)
-TILTED_TRAINING = dict(bins=16, n_samples=64, fast_law_temperature=3.0)
-CUBIC_TARGET = (0.05, 0.5)  # quick: a path of length 40, whose statistical drift error alone is ~25%
-COVERAGE_NEEDED = (16, 4)
+# the tilted well's two recipes. "learned": q_phi from the path by penalized likelihood (bump test
+# functions, which see where the mass of a bimodal law sits; the penalty tempered from 3 tau^2 down
+# to tau^2 over the first half so that q starts broad over both wells). "known density": q_phi
+# fitted first to the system's known fast law by reverse KL and frozen (an option, not the method's
+# premise; jointly trained, the likelihood once pulled (theta, q) into the mirrored basin b < 0)
+TILTED_TRAINING = {
+    "learned from the path": dict(bins=16, n_samples=64, test_kind="bumps", penalty_weight=100.0,
+                                  anneal_temperature=3.0, anneal_fraction=0.5),
+    "known fast density": dict(bins=16, n_samples=64, fast_law_temperature=3.0),
+}
+CUBIC_TARGET = (0.05, 0.12)  # quick: T = 400 (320 trained), statistical drift error ~7%
+COVERAGE_NEEDED = 16  # of 20 (full); quick pools (a, b, sigma) over 6 datasets: >= 14 of 18
 
 
 def size(name, quick):
     return SIZES[name][1 if quick else 0]
 
 
-def train_point(recipe=None, path=None, steps=1000, seed=0, **model):
-    """Train an AveragedDynamicsModule; returns (model, datamodule, seconds)."""
+def clopper_pearson(successes: int, trials: int, level: float = 0.9):
+    """Exact binomial ``level`` interval of a proportion."""
+    from scipy.stats import beta
+
+    tail = (1 - level) / 2
+    lower = 0.0 if successes == 0 else float(beta.ppf(tail, successes, trials - successes + 1))
+    upper = 1.0 if successes == trials else float(beta.ppf(1 - tail, successes + 1, trials - successes))
+    return [lower, upper]
+
+
+def linear_drift_fit(x, dx, dt):
+    """Euler-Maruyama MLE of the trivial drift ``F = c0 + c1 x`` (one slow dimension): ``(c0, c1)``."""
+    design = torch.cat((torch.ones_like(x), x), dim=-1).double() * dt.double().sqrt().unsqueeze(-1)
+    target = (dx.double() / dt.double().sqrt().unsqueeze(-1))
+    return torch.linalg.lstsq(design, target).solution[:, 0]
+
+
+def relative_l2(estimate, truth):
+    return float((estimate.double() - truth.double()).norm() / truth.double().norm())
+
+
+def train_point(recipe=None, path=None, steps=1000, seed=0, batch_size=512, freeze_theta=False, **model):
+    """Train an AveragedDynamicsModule (``freeze_theta``: theta stays at ``theta_init``, the slow drift's
+    form and constants known); returns (model, datamodule, seconds)."""
     from trainers.averaged import AveragedDynamicsModule, fit_quietly
     from trainers.slow_path_data import SlowPathDataModule
 
-    data = SlowPathDataModule(recipe=recipe or "datasets/fastslow_cubic.yaml", path=path, batch_size=512,
+    data = SlowPathDataModule(recipe=recipe or "datasets/fastslow_cubic.yaml", path=path, batch_size=batch_size,
                               progress=False)
     data.prepare_data()  # simulate and cache before the clock starts
     module = AveragedDynamicsModule(seed=seed, **model)
+    if freeze_theta:
+        module.model.theta.requires_grad_(False)
     start = time.perf_counter()
     fit_quietly(module, data, steps, seed=seed)
     return module.model.eval(), data, time.perf_counter() - start
@@ -95,32 +137,64 @@ def simulate_to(out, name, system_name, params, t_end, experiments=1, seed=0, dt
     return data.save(target), system
 
 
+def cubic_path(args):
+    """The cubic path: the recipe (full) or a T = 400 path simulated here (quick); returns (recipe, path)."""
+    source = size("cubic_path", args.quick)
+    if isinstance(source, str):
+        return source, None
+    path, _ = simulate_to(args.out, "cubic", "fastslow_cubic", {}, source, seed=5, dt=0.005)
+    return None, str(path)
+
+
+def heldout_states(data, count=2000):
+    """Up to ``count`` evenly spaced states of the held-out end of the path: ``(n, 1)``."""
+    data.setup("validate")
+    x = data.validation_set.tensors[0]
+    return x[torch.linspace(0, x.shape[0] - 1, min(count, x.shape[0])).long()]
+
+
 def cubic_section(report, args):
-    from torchmf.averaging import drift_error
     from torchmf.averaging_plots import drift_band_plot
 
     quick = args.quick
-    model, data, seconds = train_point(recipe=size("cubic_recipe", quick), steps=size("cubic_steps", quick),
+    recipe, path = cubic_path(args)
+    model, data, seconds = train_point(recipe=recipe, path=path, steps=size("cubic_steps", quick),
                                        system="fastslow_cubic", theta_init=[0.5, 0.5])
-    error = drift_error(model)
-    neural, _, _ = train_point(recipe=size("cubic_recipe", quick), steps=size("neural_steps", quick),
+    neural, _, _ = train_point(recipe=recipe, path=path, steps=size("neural_steps", quick),
                                system="fastslow_cubic", density="neural", learning_rate=0.005)
-    report.metrics["cubic"] = {
-        "drift_relative_l2": error, "neural_baseline_drift_relative_l2": drift_error(neural),
-        "train_seconds": seconds, "theta": model.theta.tolist(), "sigma": model.sigma.tolist(),
-        "quantile_range": model.data_range[:2, 0].tolist(),
-        "heldout_nll_per_transition": {"flow": validation_nll(model, data), "neural_baseline": validation_nll(neural, data),
-                                       "true_averaged_model": true_nll(model.system, data)}}
-    target = CUBIC_TARGET[1 if quick else 0]
-    report.check("fastslow_cubic: relative L2 error of learned F on the 5-95% quantile range", round(error, 4),
-                 f"<= {target}" + (" (quick size: path of length 40; full target 0.05)" if quick else ""), error <= target)
+    system = model.system
+    coefficients = linear_drift_fit(*data.train_set.tensors)
     with torch.no_grad():
-        grid = model.quantile_grid(100)
+        grids = {"training range (5-95% quantiles)": model.quantile_grid(200), "held-out end of the path":
+                 heldout_states(data)}
+        errors = {}
+        for where, points in grids.items():
+            truth = system.averaged_drift(points.double())
+            generator = torch.Generator().manual_seed(0)
+            errors[where] = {"flow": relative_l2(model.drift(points, n_samples=4096, generator=generator), truth),
+                             "neural": relative_l2(neural.drift(points), truth),
+                             "linear fit F = c0 + c1 x": relative_l2(coefficients[0] + coefficients[1] * points, truth),
+                             "F = -x": relative_l2(-points, truth)}
+    report.metrics["cubic"] = {
+        "drift_relative_l2": errors, "linear_fit_coefficients": coefficients.tolist(), "train_seconds": seconds,
+        "theta": model.theta.tolist(), "sigma": model.sigma.tolist(), "quantile_range": model.data_range[:2, 0].tolist(),
+        "heldout_nll_per_transition": {"flow": validation_nll(model, data), "neural_baseline": validation_nll(neural, data),
+                                       "true_averaged_model": true_nll(system, data)}}
+    target = CUBIC_TARGET[1 if quick else 0]
+    note = f" (quick: T = {size('cubic_path', True):g}; full target 0.05 on T = 2500)" if quick else ""
+    for where, values in errors.items():
+        report.check(f"fastslow_cubic, fast law learned from the path: relative L2 error of F on the {where}",
+                     round(values["flow"], 4), f"<= {target}{note}", lambda v: v <= target,
+                     baseline=("best linear drift fitted to the same transitions",
+                               round(values["linear fit F = c0 + c1 x"], 4)))
+    with torch.no_grad():
+        grid = grids["training range (5-95% quantiles)"]
         generator = torch.Generator().manual_seed(0)
-        drift_band_plot(report.path("averaging_cubic_drift.png"), grid, model.system.averaged_drift(grid),
+        drift_band_plot(report.path("averaging_cubic_drift.png"), grid, system.averaged_drift(grid),
                         {"flow-averaged F": model.drift(grid, n_samples=2048, generator=generator),
-                         "neural baseline": neural.drift(grid)},
-                        title=f"fastslow_cubic: relative L2 error {error:.3f}")
+                         "neural baseline": neural.drift(grid),
+                         "linear fit (baseline)": coefficients[0].float() + coefficients[1].float() * grid},
+                        title=f"fastslow_cubic: relative L2 error {errors['training range (5-95% quantiles)']['flow']:.3f}")
     return model
 
 
@@ -134,49 +208,51 @@ def tilted_section(report, args):
     params = {"eps": size("tilted_eps", quick)}
     path, system = simulate_to(args.out, "tilted_well", "fastslow_tilted_well", params, size("tilted_t_end", quick),
                                dt=size("tilted_micro_dt", quick))
-    models, errors, distances, per_point, times = {}, {}, {}, {}, {}
-    for density in ("flow", "gaussian"):
-        model, _, seconds = train_point(path=str(path), steps=size("tilted_steps", quick),
-                                        system="fastslow_tilted_well", density=density, theta_init=[0.5, 0.5],
-                                        fast_law_prefit_steps=size("tilted_fast_law_steps", quick),
-                                        **TILTED_TRAINING)
-        models[density] = model
-        errors[density] = drift_error(model)
-        low, high = model.data_range[0, 0].item(), model.data_range[1, 0].item()
-        points = torch.linspace(low, high, 5).unsqueeze(-1)
-        with torch.no_grad():
-            learned = model.sample_fast(points, 4000, torch.Generator().manual_seed(1))
-        truth = system.sample_invariant(points, 4000, torch.Generator().manual_seed(2))
-        per_point[density] = [float(wasserstein_distance(learned[i, :, 0].numpy(), truth[i, :, 0].numpy()))
-                              for i in range(5)]
-        distances[density] = sum(per_point[density]) / 5
-        times[density] = seconds
-    report.metrics["tilted_well"] = {"drift_relative_l2": errors, "mean_w1_to_true_fast_law": distances,
-                                     "w1_points": points[:, 0].tolist(), "w1_per_point": per_point,
-                                     "theta": {name: model.theta.tolist() for name, model in models.items()},
-                                     "train_seconds": times}
-    drift_ratio = errors["gaussian"] / max(errors["flow"], 1e-12)
-    w1_ratio = distances["gaussian"] / max(distances["flow"], 1e-12)
-    report.check("fastslow_tilted_well: Gaussian-closure / flow drift error", round(drift_ratio, 3),
-                 ">= 2" + (" (quick size: on a path of T = 40 the statistical error of theta, ~30%, swamps the "
-                           "closure's structural 10-30%; only the full size can separate them)" if quick else ""),
-                 drift_ratio >= 2)
-    report.check("fastslow_tilted_well: Gaussian-closure / flow W1 to true rho_x", round(w1_ratio, 3), ">= 2",
-                 w1_ratio >= 2)
+    results, models = {}, {}
+    for recipe, training in TILTED_TRAINING.items():
+        extra = {"fast_law_prefit_steps": size("tilted_fast_law_steps", quick)} if recipe == "known fast density" else {}
+        for density in ("flow", "gaussian"):
+            model, _, seconds = train_point(path=str(path), steps=size("tilted_steps", quick),
+                                            system="fastslow_tilted_well", density=density, theta_init=[0.5, 0.5],
+                                            **training, **extra)
+            low, high = model.data_range[0, 0].item(), model.data_range[1, 0].item()
+            points = torch.linspace(low, high, 5).unsqueeze(-1)
+            with torch.no_grad():
+                learned = model.sample_fast(points, 4000, torch.Generator().manual_seed(1))
+            truth = system.sample_invariant(points, 4000, torch.Generator().manual_seed(2))
+            per_point = [float(wasserstein_distance(learned[i, :, 0].numpy(), truth[i, :, 0].numpy())) for i in range(5)]
+            results[(recipe, density)] = {"drift_relative_l2": drift_error(model), "mean_w1_to_true_fast_law":
+                                          sum(per_point) / 5, "w1_per_point": per_point, "w1_points": points[:, 0].tolist(),
+                                          "theta": model.theta.tolist(), "train_seconds": seconds}
+            models[(recipe, density)] = model
+    report.metrics["tilted_well"] = {f"{recipe} / {density}": values for (recipe, density), values in results.items()}
+    quick_note = (" (quick: on a path of T = 40 the statistical error of theta, ~30%, swamps the closure's structural "
+                  "10-30%; only the full size can separate them)") if quick else ""
+    for recipe in TILTED_TRAINING:
+        flow, gaussian = results[(recipe, "flow")], results[(recipe, "gaussian")]
+        # absolute targets: the closure is the trivial answer (one Gaussian per x) and must fail them
+        for metric, target, label in (("drift_relative_l2", 0.1, "relative L2 error of F"),
+                                      ("mean_w1_to_true_fast_law", 0.05, "mean W1 of q(y|x) to the true rho_x")):
+            report.check(f"fastslow_tilted_well, fast law {recipe}: flow {label}", round(flow[metric], 4),
+                         f"<= {target}" + (quick_note if metric == "drift_relative_l2" else ""),
+                         lambda v, t=target: v <= t,
+                         baseline=("Gaussian closure, same recipe", round(gaussian[metric], 4)))
+    low, high = (models[("learned from the path", "flow")].data_range[i, 0].item() for i in (0, 1))
     shown = torch.tensor([[low], [0.0], [high]])
     grid, density_values = system.invariant_density(shown.double())
     with torch.no_grad():
-        samples = {name: model.sample_fast(shown, 20000, torch.Generator().manual_seed(3))[..., 0]
-                   for name, model in models.items()}
-    fast_law_plot(report.path("averaging_fast_law.png"), shown[:, 0].tolist(), grid, density_values,
-                  {"flow q_phi": samples["flow"], "Gaussian closure": samples["gaussian"]},
+        samples = {f"flow q_phi ({recipe})": models[(recipe, "flow")].sample_fast(
+            shown, 20000, torch.Generator().manual_seed(3))[..., 0] for recipe in TILTED_TRAINING}
+        samples["Gaussian closure (learned from the path)"] = models[("learned from the path", "gaussian")].sample_fast(
+            shown, 20000, torch.Generator().manual_seed(3))[..., 0]
+    fast_law_plot(report.path("averaging_fast_law.png"), shown[:, 0].tolist(), grid, density_values, samples,
                   title="fastslow_tilted_well: q(y | x) against the true fast law")
 
 
 def coverage_section(report, args):
     """Independent datasets; per dataset a variational fit; count 90% intervals containing the truth."""
-    from torchmf.averaging import drift_error
     from torchmf.averaging_plots import drift_band_plot, posterior_pairs_plot
+    from torchmf.variational import band_scores
     from trainers.averaged import AveragedDynamicsModule, VariationalAveragedDynamicsModule, fit_quietly
     from trainers.slow_path_data import SlowPathDataModule
 
@@ -198,7 +274,8 @@ def coverage_section(report, args):
         schedule.step()
     names = ["a", "b", "sigma"]
     truth = system.true_theta.tolist() + [system.sigma]
-    inside = {name: 0 for name in names}
+    kinds = ("fitted", "untrained", "uncorrected sigma")
+    inside = {kind: {name: 0 for name in names} for kind in kinds}
     widths = {name: [] for name in names}
     start = time.perf_counter()
     for index in range(count):
@@ -207,45 +284,127 @@ def coverage_section(report, args):
                                                    penalty_weight=0.0, learning_rate=0.01, seed=index)
         module.model.model.density.load_state_dict(warm.model.density.state_dict())
         module.model.model.density.requires_grad_(False)  # q_phi depends on g and tau only: fitted once above
+        untrained = {}
+        with torch.no_grad():
+            untrained["lower"], untrained["upper"] = module.model.credible_intervals(
+                0.9, generator=torch.Generator().manual_seed(index), corrected_sigma=False)
         fit_quietly(module, data, size("coverage_steps", quick), seed=index)
         model = module.model.eval()
+        intervals = {"untrained": (untrained["lower"], untrained["upper"])}
         with torch.no_grad():
-            lower, upper = model.credible_intervals(0.9, generator=torch.Generator().manual_seed(index))
-        lower = lower.tolist()[:2] + [float(torch.tensor(lower[2]).exp())]
-        upper = upper.tolist()[:2] + [float(torch.tensor(upper[2]).exp())]
-        for name, low, high, value in zip(names, lower, upper, truth):
-            inside[name] += int(low <= value <= high)
-            widths[name].append(high - low)
+            intervals["fitted"] = model.credible_intervals(0.9, generator=torch.Generator().manual_seed(index))
+            intervals["uncorrected sigma"] = model.credible_intervals(
+                0.9, generator=torch.Generator().manual_seed(index), corrected_sigma=False)
+        for kind, (lower, upper) in intervals.items():
+            lower = lower.tolist()[:2] + [math.exp(float(lower[2]))]
+            upper = upper.tolist()[:2] + [math.exp(float(upper[2]))]
+            for name, low, high, value in zip(names, lower, upper, truth):
+                inside[kind][name] += int(low <= value <= high)
+                if kind == "fitted":
+                    widths[name].append(high - low)
         if index == 0:
             first = model
     seconds = time.perf_counter() - start
-    report.metrics["coverage"] = {"datasets": count, "inside_90": inside, "mean_width_90": {
-        name: sum(values) / len(values) for name, values in widths.items()}, "seconds": seconds,
-        "dataset_drift_relative_l2_first": drift_error(first)}
-    needed = COVERAGE_NEEDED[1 if quick else 0]
-    worst = min(inside["a"], inside["b"])
-    report.check("variational posterior: 90% intervals containing true theta = (a, b) (worst parameter)",
-                 f"{worst}/{count}", f">= {needed}/{count}", worst >= needed)
-    report.metrics["coverage"]["sigma_note"] = (
-        "sigma is in the posterior too; its interval is reported, not checked: the Euler-Maruyama "
-        "likelihood biases sigma by about 1% (O(dt) and fast fluctuations), more than its posterior width")
+    band = band_scores(first, n_points=100)
+    report.metrics["coverage"] = {
+        "datasets": count, "inside_90": inside,
+        "clopper_pearson_90": {kind: {name: clopper_pearson(value, count) for name, value in counts.items()}
+                               for kind, counts in inside.items()},
+        "mean_width_90": {name: sum(values) / len(values) for name, values in widths.items()}, "seconds": seconds,
+        "first_dataset_band": {key: band[key] for key in ("inside_fraction", "median_relative_l2",
+                                                           "median_roughness_ratio")},
+        "sigma_note": "sigma corrected for the fast fluctuations (eps D_theta(x), Poisson equation) and the Euler "
+                      "step (1 + F' dt), averaged over the path's occupation (torchmf.variational)"}
+    if quick:  # 6 datasets have no power per parameter: pool the 18 intervals (p = 0.6 passes 14/18 9% of the time)
+        pooled = {kind: sum(counts.values()) for kind, counts in inside.items()}
+        report.check("variational posterior: 90% intervals containing the truth, (a, b, sigma) pooled over "
+                     f"{count} datasets", pooled["fitted"], f">= 14 of {3 * count}", lambda v: v >= 14,
+                     baseline=("untrained posterior (initial q_psi)", pooled["untrained"]))
+    else:
+        for name in names:
+            base = ("uncorrected Euler-Maruyama sigma", inside["uncorrected sigma"][name]) if name == "sigma" else (
+                "untrained posterior (initial q_psi)", inside["untrained"][name])
+            report.check(f"variational posterior: 90% intervals containing the true {name} over {count} datasets "
+                         f"(Clopper-Pearson 90%: {clopper_pearson(inside['fitted'][name], count)})",
+                         inside["fitted"][name], f">= {COVERAGE_NEEDED} of {count}", lambda v: v >= COVERAGE_NEEDED,
+                         baseline=base)
+    drift_band_plot(report.path("averaging_credible_band.png"), band["grid"], band["truth"],
+                    {"posterior median F": band["median"]}, band=(band["lower"], band["upper"]),
+                    title="fastslow_cubic, one path of length "
+                          f"{size('coverage_t_end', quick):g}: 90% credible band")
     with torch.no_grad():
-        grid = first.quantile_grid(100)
-        generator = torch.Generator().manual_seed(0)
-        lower, median, upper = first.credible_band(grid, n_parameter_samples=300, generator=generator)
-        drift_band_plot(report.path("averaging_credible_band.png"), grid, system.averaged_drift(grid),
-                        {"posterior median F": median}, band=(lower, upper),
-                        title="fastslow_cubic, one path of length "
-                              f"{size('coverage_t_end', quick):g}: 90% credible band")
-        theta, log_sigma, _ = first.sample_parameters(3000, torch.Generator().manual_seed(1))
-        posterior_pairs_plot(report.path("averaging_posterior_pairs.png"),
-                             torch.cat((theta, log_sigma.exp()), -1), names, truth,
-                             title="posterior q_psi(a, b, sigma), one dataset")
+        theta, log_sigma = first.posterior_samples(3000, torch.Generator().manual_seed(1))
+    posterior_pairs_plot(report.path("averaging_posterior_pairs.png"), torch.cat((theta, log_sigma.exp()), -1),
+                         names, truth, title="posterior q_psi(a, b, sigma corrected), one dataset")
+
+
+TAGGED = {  # full / quick
+    "scales": ((100.0, 1000.0, 15000.0), (1000.0, 15000.0)),
+    "dims": ((1, 2), (1, 2)),
+    "t_end": (400.0, 200.0),
+    "flow_steps": (400, 150),
+    "neural_steps": (800, 300),
+    # the structured model's variants: "b known" is the paper's setting (the note: the interaction b
+    # is known in form, sigma known; only the fast law is learned); "theta learned" also fits the
+    # two constants of b (harder than the paper: x and |x|^2 x are nearly collinear over the range)
+    "variants": (("b known", "theta learned"), ("b known",)),
+}
+TAGGED_RATIO = 0.2  # the paper (secondhand): 0.0029 / 0.014 and 0.0002 / 0.008 for d = 1, N = 10
+
+
+def tagged_section(report, args):
+    """The paper's benchmark: a tagged particle in N = 10 solvent particles (torchmf.systems.tagged_particle):
+    the structured flow-averaged model (q_phi learned from the path by penalized likelihood) against an
+    unstructured MLP drift fitted to the same path; MSE against the true averaged drift on the visited states."""
+    quick = args.quick
+    pick = 1 if quick else 0
+    results = {}
+    for d in TAGGED["dims"][pick]:
+        for scale in TAGGED["scales"][pick]:
+            params = {"d": d, "scale": scale, "n_solvent": 10}
+            path, system = simulate_to(args.out, f"tagged-d{d}", "tagged_particle", params, TAGGED["t_end"][pick],
+                                       seed=int(scale) + d, dt=0.005)
+            batch = 512 if d == 1 else 4096  # d = 2: minibatch likelihood (path statistics are one-dimensional)
+            common = dict(path=str(path), batch_size=batch, system="tagged_particle", system_params=params)
+            models, seconds = {}, {}
+            for variant in TAGGED["variants"][pick]:
+                known = variant == "b known"
+                models[variant], data, seconds[variant] = train_point(
+                    steps=TAGGED["flow_steps"][pick], theta_init=[1.0, 1.0] if known else [0.5, 0.5],
+                    freeze_theta=known, n_samples=16, penalty_points=64, **common)
+            models["neural"], _, seconds["neural"] = train_point(steps=TAGGED["neural_steps"][pick], density="neural",
+                                                                 learning_rate=0.005, **common)
+            states = data.train_states[torch.linspace(0, data.train_states.shape[0] - 1, 2000).long()]
+            x, dx, dt = data.train_set.tensors
+            ones = torch.ones(x.shape[0], 1)
+            coefficients = torch.linalg.lstsq(  # trivial baseline: the best linear drift, F = A x + c
+                torch.cat((x, ones), -1).double(), (dx / dt.unsqueeze(-1)).double()).solution
+            with torch.no_grad():
+                truth = system.averaged_drift(states.double())
+                estimates = {name: model.drift(states, n_samples=256, generator=torch.Generator().manual_seed(0))
+                             if name != "neural" else model.drift(states) for name, model in models.items()}
+                estimates["linear"] = torch.cat((states, torch.ones(states.shape[0], 1)), -1).double() @ coefficients
+            mse = {name: float(((value.double() - truth) ** 2).mean()) for name, value in estimates.items()}
+            key = f"d={d}, n={scale:g}"
+            results[key] = {"mse": mse, "train_seconds": seconds,
+                            "theta": {name: models[name].theta.tolist() for name in TAGGED["variants"][pick]},
+                            "sigma": {name: model.sigma.tolist() for name, model in models.items()}}
+            print(f"tagged {key}: {results[key]}", flush=True)
+    report.metrics["tagged_particle"] = {"n_solvent": 10, "t_end": TAGGED["t_end"][pick], "results": results,
+                                         "mse_on": "2000 states of the training path (the visited range)"}
+    for key, values in results.items():
+        if float(key.split("n=")[1]) < 1000:
+            continue  # the acceptance line is about the two larger scale separations
+        mse = values["mse"]
+        report.check(f"tagged particle ({key}, N = 10), b known, fast law learned from the path: flow-averaged "
+                     "drift MSE / unstructured network's", round(mse["b known"] / mse["neural"], 4),
+                     f"<= {TAGGED_RATIO}", lambda v: v <= TAGGED_RATIO,
+                     baseline=("best linear drift / unstructured network", round(mse["linear"] / mse["neural"], 4)))
 
 
 def main(argv=None) -> int:
     parser = standard_parser(__doc__.strip().splitlines()[0])
-    parser.add_argument("--sections", default="cubic,tilted,coverage", help="comma-separated subset to run")
+    parser.add_argument("--sections", default="cubic,tilted,coverage,tagged", help="comma-separated subset to run")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small models: extra threads only contend on a shared CPU
     report = Report("reproduce_averaging", args)
@@ -258,6 +417,8 @@ def main(argv=None) -> int:
         tilted_section(report, args)
     if "coverage" in sections:
         coverage_section(report, args)
+    if "tagged" in sections:
+        tagged_section(report, args)
     report.metrics["total_seconds"] = time.perf_counter() - start
     report.write()
     return 0

@@ -405,3 +405,23 @@ def test_corrected_sigma_recovers_the_true_slow_noise_where_the_euler_estimate_d
     corrected = float(lower[2].exp())
     assert effective > 1.015 * system.sigma  # 400,000 transitions: the bias is ~10 standard errors
     assert abs(corrected - system.sigma) < 0.005 * system.sigma
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_tagged_particle_averaged_drift_fast_law_and_exact_fast_step(d):
+    system = systems.get("tagged_particle", d=d, n_solvent=5, scale=1000.0)
+    x = torch.randn(4, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    y = system.sample_invariant(x, 100000, torch.Generator().manual_seed(1))  # (4, S, 5 d)
+    monte_carlo = system.slow_drift(x.unsqueeze(-2), y, system.true_theta).mean(-2)
+    assert torch.allclose(monte_carlo, system.averaged_drift(x), atol=0.01)
+    features = system.drift_features(x.unsqueeze(-2), y)  # linear in theta: f = Phi theta
+    assert torch.allclose(features @ system.true_theta, system.slow_drift(x.unsqueeze(-2), y, system.true_theta))
+    # rho_x is stationary for the fast generator (E[g] = 0) and for the exact OU step
+    assert float(system.fast_drift(x.unsqueeze(-2), y).mean(-2).abs().max()) < 0.03
+    stepped = system.fast_step(x.unsqueeze(-2), y, 2e-4, torch.randn(y.shape, dtype=y.dtype,
+                                                                     generator=torch.Generator().manual_seed(2)))
+    assert torch.allclose(stepped.var(-2), y.var(-2), rtol=0.03)
+    # fast_log_density is the same Gaussian law up to a constant: its score is -(y - mean) / variance
+    point = y[:, :3].clone().requires_grad_(True)
+    score = torch.autograd.grad(system.fast_log_density(x.unsqueeze(-2), point).sum(), point)[0]
+    assert torch.allclose(score, 2 * system.fast_drift(x.unsqueeze(-2), point.detach()) / system.tau**2)
