@@ -4,13 +4,27 @@ For a threshold :math:`\lambda`, starting from :math:`w^0 = G^\dagger b`, MSTLS 
 coefficients whose magnitudes lie in :math:`[L^\lambda_i, U^\lambda_i]` with
 :math:`L^\lambda_i = \lambda\max(1, \|b\|/\|G_i\|)`, :math:`U^\lambda_i = \lambda^{-1}\min(1, \|b\|/\|G_i\|)`,
 re-solves least squares on that support, and repeats until the support is stable. The
-threshold is the smallest minimiser over the candidate set of
+threshold minimises over the candidate set
 
 .. math:: \mathcal L(\lambda) = \frac{\|G(w^\lambda - w^0)\|_2}{\|G w^0\|_2} + \frac{\|w^\lambda\|_0}{J}.
 
+Options (issue 16, measured in docs/benchmarks.md):
+
+- ``thresholding="relative"``: :math:`L_i = \lambda \|b\|/\|G_i\|`, :math:`U_i = \lambda^{-1}\|b\|/\|G_i\|`,
+  bounds on each term's share :math:`|w_i|\,\|G_i\|/\|b\|` of the data: rescaling a column does
+  not change the selection (eqs. 4.4-4.5 mix absolute and relative bounds).
+- ``exempt``/``nonnegative``: terms never thresholded and coefficients kept :math:`\ge 0` (the
+  authors' STLSQP for the constant diffusion); a small active-set QP on the ``J x J`` factor.
+  Exempt terms are not counted in :math:`\|w\|_0` (they are in every model).
+- ``ridge``: the thresholding path starts from and iterates with Tikhonov-regularised fits
+  (with collinear columns the plain :math:`w^0` has large cancelling coefficients that send the
+  path astray); the loss judges, and the result is, the plain fit on each support found.
+- ``plateau``: the chosen threshold is the largest one whose loss is within ``plateau`` of the
+  minimum (the smallest minimiser moved with round-off from run to run).
+
 All least-squares problems are solved through one QR factorisation of the column-scaled
 :math:`G` (:math:`\|Gw - b\|^2 = \|R w - Q^T b\|^2 + \text{const}`), so each of the ~100
-thresholds costs only ``J x J`` work.
+thresholds costs only ``J x J`` work; solutions are cached per support.
 """
 from __future__ import annotations
 
@@ -124,19 +138,21 @@ def mstls(matrix: torch.Tensor, rhs: torch.Tensor, thresholds: Optional[torch.Te
     count = matrix.shape[1]
     exempt = _mask("exempt", exempt, count, matrix.device)
     solver = LeastSquares(matrix, rhs, nonnegative, ridge)
-    full = solver.solve(torch.ones(count, dtype=torch.bool, device=matrix.device))
+    everything = torch.ones(count, dtype=torch.bool, device=matrix.device)
+    start = solver.solve(everything)  # with the ridge: it steers the thresholding path only
+    full = solver.solve(everything, regularised=False)  # w^0 of the loss (4.6)
     reference = (matrix @ full).norm()
     losses, solutions = [], []
     for threshold in thresholds:
-        w = sequential_thresholding(solver, full, float(threshold), thresholding, exempt, max_iterations)
-        losses.append((matrix @ (w - full)).norm() / reference + (w != 0).sum() / count)
+        support = sequential_thresholding(solver, start, float(threshold), thresholding, exempt, max_iterations)
+        w = solver.solve(support, regularised=False)  # the loss judges the plain fit on the support found
+        # the sparsity term counts the terms that are selected: the exempt ones are in every model
+        losses.append((matrix @ (w - full)).norm() / reference + ((w != 0) & ~exempt).sum() / count)
         solutions.append(w)
     losses = torch.stack(losses)
     # the largest threshold on the minimum's plateau (the smallest minimiser moved with round-off)
     best = int(torch.nonzero(losses <= losses.min() + plateau)[-1])
     w = solutions[best]
-    if solver.ridge:  # the ridge steers the thresholding; the model is the plain fit on its support
-        w = solver.solve(w != 0, regularised=False)
     residual = float((matrix @ w - rhs).norm() / max(float(rhs.norm()), 1e-300))
     return {"coefficients": w, "threshold": float(thresholds[best]), "losses": losses, "thresholds": thresholds,
             "least_squares": full, "residual": residual, "solver": solver}
@@ -145,7 +161,8 @@ def mstls(matrix: torch.Tensor, rhs: torch.Tensor, thresholds: Optional[torch.Te
 def sequential_thresholding(solver: "LeastSquares", start: torch.Tensor, threshold: float, thresholding: str,
                             exempt: torch.Tensor, max_iterations: int = 50) -> torch.Tensor:
     """MSTLS at one ``threshold`` from ``start`` ``(J,)``: drop the terms outside the bounds, re-solve on
-    the support, until it is stable. Returns the coefficients ``(J,)``."""
+    the support, until it is stable. Returns the support ``(J,)`` bool (the ``exempt`` terms stay in
+    it, also where a constraint holds them at 0)."""
     lower, upper = solver.bounds(threshold, thresholding)
     w = start
     support = torch.ones_like(exempt)
@@ -156,7 +173,7 @@ def sequential_thresholding(solver: "LeastSquares", start: torch.Tensor, thresho
             break
         support = new_support
         w = solver.solve(support)
-    return w
+    return support
 
 
 class LeastSquares:
