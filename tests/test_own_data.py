@@ -8,8 +8,6 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "own_data.md"
 BLOCK = re.compile(r"```(python|bash)\n(.*?)```", re.DOTALL)
 

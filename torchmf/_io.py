@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterator, List, Union
 
 __all__ = ["atomic_path", "write_json", "write_text", "sweep_stale_temporaries", "read_hdf5_array",
-           "check_output_path"]
+           "check_output_path", "read_plain_arrays"]
 
 PathLike = Union[str, os.PathLike]
 _ORPHAN_SECONDS = 3600.0
@@ -187,3 +187,33 @@ def read_hdf5_array(group, name: str, path: PathLike):
     if dataset.dtype.kind not in "fiub":
         raise ValueError(f"path: {str(path)!r}: {name!r} holds {dataset.dtype} values, expected numbers")
     return dataset[()]
+
+
+def read_plain_arrays(path: PathLike) -> dict:
+    """Every top-level numeric array of a ``.npz`` or ``.h5``/``.hdf5`` file made outside torchmf:
+    ``{name: numpy array}`` (``allow_pickle=False``; HDF5 through :func:`read_hdf5_array`, so links
+    and external storage are refused). Raises ``ValueError`` naming ``path``."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path: no such file {str(path)!r}")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError, KeyError) as error:
+            raise ValueError(f"path: {str(path)!r} is not a readable npz file ({type(error).__name__}: {error})") from None
+    if suffix in (".h5", ".hdf5"):
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as handle:
+                return {name: read_hdf5_array(handle, name, path) for name in handle
+                        if isinstance(handle.get(name, getclass=True), type) and
+                        issubclass(handle.get(name, getclass=True), h5py.Dataset)}
+        except OSError as error:
+            raise ValueError(f"path: {str(path)!r} is not a readable HDF5 file ({error})") from None
+    raise ValueError(f"path: expected a .npz, .h5 or .hdf5 file, but got {str(path)!r}")
+

@@ -14,6 +14,8 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
+from ._io import read_plain_arrays
+
 __all__ = ["read_images", "IMAGE_KEYS"]
 
 #: Array names searched, in order, when no ``key`` is given.
@@ -39,32 +41,15 @@ def read_images(path: Union[str, os.PathLike], key: Optional[str] = None) -> Tup
     suffix = path.suffix.lower()
     if suffix in _TIFF_SUFFIXES:
         return _as_float(path, _read_tiff(path)), {}
-    if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError) as error:
-            raise ValueError(f"path: {str(path)!r} is not a readable npz file ({error})") from None
-    elif suffix in _HDF5_SUFFIXES:
-        arrays = _read_hdf5(path)
-    else:
+    if suffix not in (".npz",) + tuple(_HDF5_SUFFIXES):
         raise ValueError(f"path: expected a .npz, .h5, .hdf5, .tif or .tiff image stack, but got {str(path)!r}")
+    arrays = read_plain_arrays(path)
     names = [key] if key is not None else [name for name in IMAGE_KEYS if name in arrays]
     if not names or names[0] not in arrays:
         wanted = repr(key) if key is not None else f"one of {list(IMAGE_KEYS)} (or pass key=)"
         raise ValueError(f"key: {str(path)!r} holds {sorted(arrays)}; expected an image array named {wanted}")
     stored = {name: np.asarray(arrays[name], dtype=np.float64) for name in ("times", "extent") if name in arrays}
     return _as_float(path, arrays[names[0]]), stored
-
-
-def _read_hdf5(path: Path) -> Dict[str, np.ndarray]:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as handle:
-            return {name: handle[name][()] for name in handle if isinstance(handle[name], h5py.Dataset)}
-    except OSError as error:
-        raise ValueError(f"path: {str(path)!r} is not a readable HDF5 file ({error})") from None
 
 
 def _read_tiff(path: Path) -> np.ndarray:

@@ -227,15 +227,9 @@ def read_observations(path, extent=None, frame_dt=None, **image_options):
 
 
 def _holds(path: Path, name: str) -> bool:
-    if path.suffix.lower() == ".npz":
-        import numpy as np
+    from ._io import read_plain_arrays
 
-        with np.load(path, allow_pickle=False) as data:
-            return name in data.files
-    import h5py
-
-    with h5py.File(path, "r") as handle:
-        return name in handle
+    return name in read_plain_arrays(path)
 
 
 def initial_particles(observations, count: int, seed: int):

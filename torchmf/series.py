@@ -39,6 +39,7 @@ def read_series(path: Union[str, os.PathLike], time: str = "time", columns: Opti
         ``(values (L, d) float64, times (L,) float64, meta)``; ``meta`` is the trajectories file's
         (system, parameters) when there is one, else ``{}``.
     """
+    from ._io import read_plain_arrays
     from .particles import Trajectories
     from .tracks import read_columns
 
@@ -54,7 +55,9 @@ def read_series(path: Union[str, os.PathLike], time: str = "time", columns: Opti
             raise ValueError(f"columns: {missing or 'no value column'} not found in {str(path)!r} ({sorted(table)})")
         values = np.stack([np.asarray(table[name], dtype=np.float64) for name in columns], -1)
         return _checked(path, values, np.asarray(table[time], dtype=np.float64), {})
-    arrays = _plain_arrays(path)
+    if suffix not in (".npz", ".h5", ".hdf5"):
+        raise ValueError(f"path: expected a .csv, .tsv, .txt, .npz, .h5 or .hdf5 series, but got {str(path)!r}")
+    arrays = read_plain_arrays(path)
     if "positions" in arrays:
         data = Trajectories.load(path)
         if data.n_particles != 1:
@@ -71,27 +74,6 @@ def read_series(path: Union[str, os.PathLike], time: str = "time", columns: Opti
     values = np.asarray(arrays[value_key], dtype=np.float64)
     return _checked(path, values.reshape(values.shape[0], -1) if values.ndim else values,
                     np.asarray(arrays[time_key], dtype=np.float64), {})
-
-
-def _plain_arrays(path: Path) -> dict:
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise FileNotFoundError(f"path: no such file {str(path)!r}")
-    if suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                return {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError) as error:
-            raise ValueError(f"path: {str(path)!r} is not a readable npz file ({error})") from None
-    if suffix in (".h5", ".hdf5"):
-        import h5py
-
-        try:
-            with h5py.File(path, "r") as handle:
-                return {name: handle[name][()] for name in handle if isinstance(handle[name], h5py.Dataset)}
-        except OSError as error:
-            raise ValueError(f"path: {str(path)!r} is not a readable HDF5 file ({error})") from None
-    raise ValueError(f"path: expected a .csv, .tsv, .txt, .npz, .h5 or .hdf5 series, but got {str(path)!r}")
 
 
 def _checked(path: Path, values: np.ndarray, times: np.ndarray, meta: dict):

@@ -230,8 +230,6 @@ def _nudge(args, sharded: bool) -> int:
 
 def _nudge_own_data(args) -> int:
     """``--observations FILE --model SPEC``: nudge the user's model towards the user's observations."""
-    import torch
-
     from .._io import write_json
     from ..metrics import smoothed_density
     from ..nudging import GridObservations, NudgedSDE
