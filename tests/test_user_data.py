@@ -343,3 +343,43 @@ def test_lot_extrapolate_matches_the_closed_form_euler_step_of_an_affine_flow():
     lost[3, 5] = np.nan
     with pytest.raises(ValueError, match="snapshots"):
         extrapolate(Trajectories.from_arrays(lost, data.times), horizon=1.0)
+
+
+def test_density_observations_of_masked_tracks_are_those_of_the_observed_particles():
+    from torchmf.nudging import density_observations
+
+    rng = np.random.default_rng(6)
+    frames = [rng.normal(size=(40, 2)), rng.normal(size=(25, 2))]
+    masked = Trajectories.from_arrays(frames, [0.0, 1.0])
+    grid = Grid(-5, 5, 64, dim=2)
+    images = density_observations(masked, grid, 0.4).densities[0]
+    from torchmf.metrics import smoothed_density
+
+    for index, frame in enumerate(frames):
+        assert torch.allclose(images[index], smoothed_density(torch.from_numpy(frame), grid, 0.4), atol=1e-12)
+
+
+def test_cli_nudge_on_tracks_and_its_bad_inputs(tmp_path, capsys):
+    from torchmf.cli import main
+
+    rng = np.random.default_rng(7)
+    positions = np.cumsum(rng.normal(scale=0.1, size=(6, 200, 2)), 0)
+    keep = rng.random((6, 200)) > 0.05
+    tracks = _write_tracks(tmp_path / "cells.csv", positions, keep)
+    library = wsindy.load_library("keller_segel_2d", 2)
+    coefficients = torch.zeros(len(library), dtype=torch.float64)
+    for name in ("D11:cos(0x1)*cos(0x2)", "D22:cos(0x1)*cos(0x2)"):
+        coefficients[library.names.index(name)] = 0.005
+    wsindy.WSINDyModel(library, coefficients).save(tmp_path / "diffusion.json")
+    arguments = ["nudge", "--observations", str(tracks), "--frame-dt", "1", "--model", str(tmp_path / "diffusion.json"),
+                 "--strength", "5", "--bandwidth", "0.3", "--particles", "100", "--dt", "0.5",
+                 "--out", str(tmp_path / "out"), "--no-progress"]
+    assert main(arguments) == 0
+    import json
+
+    misfit = json.loads((tmp_path / "out" / "nudge.json").read_text())["misfit"]
+    assert misfit["lambda=5"][-1] < misfit["un-nudged"][-1]
+    capsys.readouterr()
+    assert main(["nudge", "--observations", str(tracks), "--no-progress"]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert main(["lot", "--snapshots", str(tracks), "--frame-dt", "1"]) == 2

@@ -388,7 +388,7 @@ def density_observations(trajectories: Trajectories, grid: Grid, bandwidth: floa
     """Images of a reference run: :math:`K_h * \\mu_t` on ``grid`` at every ``every``-th recorded time.
 
     Arguments:
-        trajectories: reference ``(M, L, N, D)``.
+        trajectories: reference ``(M, L, N, D)``; with a ``mask`` each image is that of the observed particles.
         grid: the image grid (extent and resolution).
         bandwidth: :math:`h`.
         every: keep recorded times ``0, every, 2 every, ...``.
@@ -400,10 +400,12 @@ def density_observations(trajectories: Trajectories, grid: Grid, bandwidth: floa
     if not isinstance(trajectories, Trajectories):
         raise TypeError(f"trajectories: expected a Trajectories, but got {type(trajectories).__name__}")
     every = check_int("every", every, minimum=1)
-    positions = trajectories.positions[:, ::every]
+    positions = trajectories.filled_positions()[:, ::every]  # lost particles (mask) weigh 0
+    weights = None if trajectories.mask is None else trajectories.weights()[:, ::every]
     if dims is not None:
         positions = positions[..., list(dims)]
-    densities = torch.stack([smoothed_density(positions[:, i], grid, bandwidth) for i in range(positions.shape[1])], 1)
+    densities = torch.stack([smoothed_density(positions[:, i], grid, bandwidth, None if weights is None else weights[:, i])
+                             for i in range(positions.shape[1])], 1)
     return GridObservations(densities, grid, trajectories.times[::every], interpolation=interpolation, noise=noise,
                             seed=seed)
 

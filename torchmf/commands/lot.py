@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..runs import add_table_arguments
+
 NAME = "lot"
 HELP = "LOT projective integration of a registered system (large Euler steps from transport maps)"
 ORDER = 30
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order", type=int, choices=[1, 2], default=1,
                         help="with --snapshots: 1 = LOT Euler step, 2 = with the curvature term (needs exact maps)")
     parser.add_argument("-o", "--output", default=None, help="with --snapshots: write the forecast (.h5/.npz)")
+    add_table_arguments(parser)
     parser.add_argument("--particles", type=int, default=2000, help="particles N (default 2000)")
     parser.add_argument("--k", type=int, default=None,
                         help="centred differences averaged (2k+1 snapshots; default 80, with --snapshots all frames)")
@@ -122,7 +125,7 @@ def _extrapolate_snapshots(args) -> int:
         raise ValueError(f"system: give either a registered system or --snapshots, but got both ({args.system!r})")
     if not args.horizon:
         raise ValueError("--horizon: expected the time beyond the last snapshot (repeatable), but got none")
-    data = read_particle_data(args.snapshots)
+    data = read_particle_data(args.snapshots, args)
     forecast = extrapolate(data, horizon=list(args.horizon), k=args.k, order=args.order, method=args.method,
                            blur=args.blur)  # (H, N, d)
     last = float(data.times[-1])
