@@ -36,9 +36,25 @@ Fixed setup (the paper is silent on these; they are chosen here and kept fixed):
   the strength is large in these units). Error: L2 distance of 125 x 125 KDE images (h = 2 px),
   time-averaged over [0, 6.25] s.
 
-Checks (one per acceptance line of issue 3), averaged over seeds 0, 1, 2. --quick (about 2
-minutes) keeps every check with the tolerances its sizes allow: W2 ratio <= 0.45, reference
-Landau rate within 20%, collective-motion ratio >= 4; the others unchanged.
+Checks (issue 14: out of sample, each with the trivial baseline computed in the same run), averaged
+over seeds 0, 1, 2. A subset of the observation times is assimilated; the run is scored at the
+held-out times against an independent reference run (another seed), as a ratio to the sampling
+floor (the assimilated reference's own distance to that run):
+
+- linear, double well: every 4th snapshot assimilated; held-out W2 (t >= T/2) / floor at
+  lambda = 1000, worst biased a, <= 1.25; baseline: the un-nudged biased model, best a.
+  (--quick: 1,000 particles, lambda in {10, 1000}.)
+- Landau: the reference PIC's rate within 10% of -0.1533 (quick 20%; baseline: the v_th = 0.7
+  plasma); |E_1| of the nudged model at held-out steps (images every 0.5) vs the independent run,
+  relative L2 <= 0.2 (baseline: un-nudged). Not corrected, as metrics: the unobserved velocity
+  spread, and the field after the observations stop (a run that sees t <= t_end / 2 only).
+- two-stream: held-out phase-space L2 at h = 0.5 (images assimilated at h = 0.3 every 1.0) over
+  the floor, t >= 15, <= 1.5 (baseline: the single-Maxwellian forecast).
+- collective motion: held-out KDE image L2 (images every 0.1 s assimilated) over the floor, <= 1.15
+  (baseline: the un-nudged learned drift).
+
+The in-sample figures of the paper (W2 to the assimilated particles, biased / nudged ratios) are
+metrics (``in_sample_*``).
 """
 from __future__ import annotations
 
