@@ -5,11 +5,11 @@
 Fixed setup (the paper is silent on these; they are chosen here and kept fixed):
 
 - Linear (``ou_linear``) and double-well (``double_well``), 1-D: reference a = 1, biased a in
-  {0.5, 2, 5} and {0.1, 0.5, 1.5}; N = 4000 particles (quick 500), dt = 0.01, same initial
+  {0.5, 2, 5} and {0.1, 0.5, 1.5}; N = 4000 particles (quick 1000), dt = 0.01, same initial
   cloud for reference and forecast, independent noises. Observations: the reference particle
   snapshots every 0.05 (linear) / 0.1 (double well), linearly interpolated in time; Gaussian
   kernel h = 0.2; grid backend (512 nodes covering the snapshots). W2 by sorting, against the
-  reference particles; seeds 0, 1, 2. lambda in {1, 10, 100, 1000} (quick: up to 100).
+  reference particles; seeds 0, 1, 2. lambda in {1, 10, 100, 1000} (quick: 10 and 1000).
 - Mean-field Lorenz-63 (``lorenz_mf``, 3-D): reference r = 28, biased r = 24; N = 300
   (quick 60), dt = 2e-3, t in [0, 5] (quick 0.5); snapshots every 0.05, h = 2, pairwise backend;
   mean-trajectory error |m_nudged(t) - m_ref(t)| for lambda in {1e3, 1e4, 1e5} (the paper's
