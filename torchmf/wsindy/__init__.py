@@ -108,8 +108,9 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
             by its observed particles.
         library: preset name (:data:`~torchmf.wsindy.library.PRESETS`), spec dict, YAML path or :class:`Library`.
         times: ``(L,)`` uniformly spaced recording times (taken from ``trajectories`` when it is one).
-        grid: the computational grid C (free space; must contain every particle). Default: mean +- 3
-            standard deviations, 256 points in 1-D, 128 per axis otherwise (``grid_shape`` overrides).
+        grid: the computational grid C (free space; every particle within half a cell of its box,
+            unless ``crop``). Default: by ``grid_rule`` from mean +- 3 standard deviations, 256
+            points in 1-D, 128 per axis otherwise (``grid_shape`` overrides).
         test_functions: None (changepoint rule), a preset of :data:`TEST_FUNCTION_PRESETS`, or a dict.
         thresholds: candidate sparsity thresholds (default ``logspace(-4, 0, 100)``).
         convolution: ``"fft"`` or ``"svd"`` (2-D low-rank split), see :mod:`.system`.
@@ -126,7 +127,7 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
             :func:`.histogram.default_grid`.
         crop: particles outside ``grid`` are left out of the histogram instead of raising; the
             fraction left out is ``info["mass_left_out"]`` (mean and largest over time).
-        trim: drop the test functions (rows of G) where :math:`\langle\psi_k, U\rangle` is below
+        trim: drop the test functions (rows of G) where :math:`\\langle\\psi_k, U\\rangle` is below
             ``trim`` times its largest value (the authors use 0.01): rows that see almost no data
             carry mostly noise. None keeps every row.
         regression: ``"mstls"`` (the paper's MSTLS) or ``"constrained"`` (MSTLS with the ``exempt``
@@ -145,7 +146,7 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
     Returns:
         :class:`WSINDyModel` (coefficients ``(J,)`` float64 on the data's device; every step runs there,
         host synchronisations: the data checks, the box of the data, and a few per MSTLS iteration --
-        the support test and the smallest minimiser of the loss). Raises ``ValueError`` on bad data (NaN, particles outside ``grid``,
+        the support test and the threshold chosen on the loss). Raises ``ValueError`` on bad data (NaN, particles outside ``grid``,
         non-uniform or too few times), degenerate libraries, and :class:`RankDeficientError` (a
         ``ValueError`` carrying ``condition_number``) when G is rank deficient.
     """
