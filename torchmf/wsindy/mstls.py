@@ -110,7 +110,7 @@ THRESHOLDINGS = ("paper", "relative")
 def mstls(matrix: torch.Tensor, rhs: torch.Tensor, thresholds: Optional[torch.Tensor] = None,
           max_iterations: int = 50, *, thresholding: str = "paper", exempt: Optional[torch.Tensor] = None,
           nonnegative: Optional[torch.Tensor] = None, plateau: float = 1e-9, ridge: float = 0.0) -> dict:
-    """Sparse solution of ``matrix (n, J) @ w = rhs (n,)`` by MSTLS with the loss (4.6).
+    r"""Sparse solution of ``matrix (n, J) @ w = rhs (n,)`` by MSTLS with the loss (4.6).
 
     Arguments:
         thresholds: candidate sparsity thresholds in (0, 1] (default :func:`default_thresholds`).

@@ -223,7 +223,7 @@ def interaction_columns(density: torch.Tensor, grid: Grid, terms, test_functions
 
 
 class _BoxConvolution:
-    """:math:`\partial_i K_j * m` on a (box) grid for blocks of masses ``(T, *B)``; calling yields, per
+    r""":math:`\partial_i K_j * m` on a (box) grid for blocks of masses ``(T, *B)``; calling yields, per
     term, the ``d`` components ``(T, *B)`` each.
 
     ``"fft"``: d-dimensional real FFT with the kernel spectra computed once (in float64, then cast).
