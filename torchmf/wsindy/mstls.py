@@ -177,7 +177,7 @@ def sequential_thresholding(solver: "LeastSquares", start: torch.Tensor, thresho
 
 
 class LeastSquares:
-    """Least squares ``min |G w - b|`` on column subsets from one QR factorisation of the
+    r"""Least squares ``min |G w - b|`` on column subsets from one QR factorisation of the
     column-scaled ``G`` (:math:`\|Gw - b\|^2 = \|R w - Q^T b\|^2 + \text{const}`), optionally with
     ``w_i >= 0`` on the ``nonnegative`` columns (active set: a negative constrained coefficient is
     held at 0 and released again when the gradient there points inwards)."""
