@@ -102,6 +102,8 @@ def before_equilibrium_check(report, label, rows):
                      f"<= {FLOOR_RATIO}", None, skipped="no large step lands before equilibrium",
                      baseline=("standing still or a fresh equilibrium sample", None))
         return
+    beaten = [row["t"] for row in scored if min(row["standing_still"], row["equilibrium_sample"]) < row["lot"]]
+    report.metrics.setdefault("steps_where_a_trivial_answer_beats_lot", {})[label] = beaten
     worst = max(row["lot"] for row in scored)
     trivial = {name: max(row[name] for row in scored) for name in ("standing_still", "equilibrium_sample")}
     better = min(trivial, key=trivial.get)
