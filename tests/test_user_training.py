@@ -2,8 +2,8 @@
 a CSV slow series read directly, ``validation_fraction: 0``, and a checkpoint that loads and predicts
 in a fresh process (``torchmf-train predict`` writes the predictions).
 
-Bad inputs tried: ``density: flow`` without a system (``system``), ``validation_fraction`` of 1
-(``validation_fraction``), a class path that is not a FastSlowSystem (``system``).
+Bad inputs tried: ``validation_fraction`` of 1 (``validation_fraction``), a class path that is not a
+FastSlowSystem (``system``).
 """
 from __future__ import annotations
 
@@ -151,8 +151,8 @@ def test_series_readers_and_bad_configs(tmp_path):
         assert data.truth is None and len(data.validation_set) == 0
     neural = AveragedDynamicsModule(system=None, density="neural", dim=1)
     assert neural.model.system is None  # no truth: no drift error is logged
-    with pytest.raises(ValueError, match="system"):
-        AveragedDynamicsModule(system=None, density="flow")
+    assert AveragedDynamicsModule(density="neural").model.system is None  # neural: no system unless named
+    assert AveragedDynamicsModule(density="gaussian").model.system.registered_name == "fastslow_cubic"
     with pytest.raises(ValueError, match="validation_fraction"):
         SlowPathDataModule(path=str(tmp_path / "series.npz"), validation_fraction=1.0)
     with pytest.raises(ValueError, match="system"):

@@ -5,8 +5,9 @@
 * :class:`VariationalAveragedDynamicsModule` -- the flow posterior over ``(theta, log sigma)``.
 
 Batches are ``(x (B, d), dx (B, d), dt (B,))`` transitions of one observed slow path. Both
-modules log ``train_loss``, ``val_nll`` and, where the system's averaged drift is cheap,
-``val_drift_error`` (relative L2 on the 5-95% quantile range).
+modules log ``train_loss``, ``val_nll`` and, where the system's averaged drift is cheap and the data
+came from that system (the datamodule's ``truth``: a recipe, or a torchmf file recording it; never
+a user's CSV), ``val_drift_error`` (relative L2 on the 5-95% quantile range).
 
 ``likelihood``: ``"path"`` -- every step uses the Euler-Maruyama likelihood of the *whole* training
 path through its sufficient statistics on an interpolation grid
@@ -204,6 +205,10 @@ class AveragedDynamicsModule(_AveragedBase):
     to the model's ``tau`` at ``anneal_fraction`` of the steps; helps multimodal fast laws);
     ``slow_learning_rate_factor`` (theta and sigma, or the posterior flow, learn this many times faster);
     ``penalty_warmup`` (fraction of the steps trained on the penalty alone, see :meth:`_penalty_only`);
+    ``system``: a registered fast-slow system, ``{class_path: package.module.Class, init_args: {...}}`` for
+    a user-defined one (rebuilt by import when a checkpoint loads), or None: no system for
+    ``density="neural"`` (then ``dim`` gives the slow dimension, default 1, and no truth is scored),
+    ``fastslow_cubic`` for the others (their structure needs one);
     ``likelihood`` (``auto``, ``path``, ``minibatch``; see the module docstring) and ``path_nodes``
     (interpolation nodes of the path statistics); ``fast_law_prefit_steps`` (> 0: q_phi fitted first to
     the known fast law by reverse KL with a tempered start ``fast_law_temperature``, then frozen;
@@ -212,7 +217,7 @@ class AveragedDynamicsModule(_AveragedBase):
     stationarity penalty) or :class:`~torchmf.averaging.NeuralDrift`, which has no penalty.
     """
 
-    def __init__(self, system: Union[str, dict, None] = "fastslow_cubic", system_params: Optional[dict] = None,
+    def __init__(self, system: Union[str, dict, None] = None, system_params: Optional[dict] = None,
                  density: str = "flow", hidden: int = 32, layers: int = 1, bins: int = 8, tail_bound: float = 4.0,
                  scale: float = 1.5,
                  n_samples: int = 32, theta_init: Optional[List[float]] = None, sigma_init: float = 1.0,
@@ -233,10 +238,8 @@ class AveragedDynamicsModule(_AveragedBase):
             known = None if system is None else fast_system(system, system_params)
             self.model = NeuralDrift(known.dim if known is not None else (dim or 1), hidden, sigma_init, seed)
             self.model.system = known  # None: no truth to score against
-        elif system is None:
-            raise ValueError(f"system: density={density!r} needs the fast-slow system's structure (a registered "
-                             f"name or {{class_path, init_args}}); only density='neural' runs without one")
         else:
+            system = "fastslow_cubic" if system is None else system  # the benchmark, the default before issue 15
             self.model = FlowAveragedDrift(system, system_params, density, hidden, layers, bins, tail_bound, scale,
                                            n_samples, theta_init, sigma_init, n_fourier, test_length, seed, test_kind,
                                            test_degree, normalize_penalty, flow_affine)
