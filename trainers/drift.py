@@ -240,7 +240,8 @@ class TrajectoryDataModule(LightningDataModule):
 
     def trajectories(self) -> Trajectories:
         if self.path is not None:
-            return Trajectories.load(self.path)
+            # the mean-field drift of a snapshot needs every particle of it: lost tracks have no meaning here
+            return Trajectories.load(self.path).require_complete("the drift model's snapshot pairs")
         from torchmf import systems
 
         model = systems.get(self.system, **self.params)
