@@ -81,6 +81,19 @@ def test_csv_tracks_equal_the_arrays_they_were_written_from(tmp_path):
         Trajectories.from_tracks(table, id="cell", time="t")
 
 
+def test_pandas_dataframe_tracks_equal_the_csv(tmp_path):
+    pandas = pytest.importorskip("pandas", reason="pandas is optional")
+    rng = np.random.default_rng(8)
+    positions = rng.normal(size=(4, 9, 2))
+    keep = rng.random((4, 9)) > 0.2
+    keep[:, 0] = True
+    path = _write_tracks(tmp_path / "tracks.csv", positions, keep)
+    from_frame = Trajectories.from_tracks(pandas.read_csv(path))
+    from_csv = Trajectories.from_tracks(path)
+    assert torch.equal(from_frame.mask, from_csv.mask)
+    assert torch.allclose(from_frame.filled_positions(), from_csv.filled_positions())
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])
 def test_plain_files_and_masked_round_trip(tmp_path, suffix):
     rng = np.random.default_rng(2)

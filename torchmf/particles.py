@@ -67,7 +67,11 @@ class Trajectories:
     ):
         if isinstance(positions, np.ndarray):
             positions = torch.from_numpy(positions)
-        positions = check_tensor("positions", positions, finite=mask is None)
+        positions = check_tensor("positions", positions, finite=False)
+        if mask is None and positions.is_floating_point() and not bool(torch.isfinite(positions).all()):
+            bad = int((~torch.isfinite(positions)).sum())
+            raise ValueError(f"positions: expected finite values, but found {bad} NaN/inf entries; for lost particles "
+                             f"use Trajectories.from_arrays (NaN = lost) or pass mask=")
         if positions.ndim == 3:
             positions = positions.unsqueeze(0)
         if positions.ndim != 4:
