@@ -19,8 +19,9 @@ Examples:
 Your own observations and model (no reference run): --observations FILE (particle data .h5/.npz/.csv
 with positions and times, or an image stack .npz/.h5/.tif with --extent edges) and --model (a
 registered system, an identified WSINDy model .json, a drift checkpoint .pt/.ckpt). The forecast
-starts from --initial FILE (its first frame) or from --particles drawn from the first observation;
-writes OUT/nudge.json (misfit to the observations, nudged and un-nudged) and, with -o, the run.
+starts from --initial FILE (its first frame) or from --particles (default 2000) drawn from the first
+observation; --dt defaults to a tenth of the smallest observation spacing. Writes OUT/nudge.json
+(misfit to the observations at their times, nudged and un-nudged) and, with -o, the nudged run.
     torchmf nudge --observations images.npz --model model.json --strength 50 --bandwidth 0.3 -o runs/nudged.h5
     torchmf nudge --observations cells.tif --extent 0 640 0 480 --frame-dt 5 --model ou_linear --particles 3000
 """
