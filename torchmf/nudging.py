@@ -571,6 +571,9 @@ class NudgedSDE(nn.Module):
         self._fields: Dict[tuple, torch.Tensor] = {}
         self._peaks: Dict[int, float] = {}
         self._field_of_view = None
+        if sharded and getattr(observations, "weights", None) is not None:
+            raise ValueError("observations: masked particle observations (lost particles) are not supported with "
+                             "sharded=True; each rank's share would be normalized on its own")
         if isinstance(observations, GridObservations) and observations.window is not None:
             if self.backend != "grid" or sharded or grid is not None:
                 raise ValueError("observations: a field of view needs backend='grid', no sharding and the default "
