@@ -61,6 +61,9 @@ def run(args) -> int:
     if args.json:
         check_output_path("--json", args.json)
     if args.noise:
+        if data.mask is not None:  # the noise helper scales by the RMS of complete data
+            raise ValueError(f"--noise: adding synthetic measurement noise needs complete tracks, but {args.data} has "
+                             f"{int((~data.mask).sum())} missing entries (they are already real data)")
         data = wsindy.add_measurement_noise(data, args.noise, seed=args.seed)
     model = wsindy.identify(data, args.library, test_functions=args.test_functions, grid_shape=args.grid_shape)
     info = model.info
