@@ -6,8 +6,9 @@ Every check carries a trivial baseline computed in the same run that must fail i
 
   * fastslow_cubic (default recipe: theta, sigma and the fast law q_phi learned from the slow path,
     penalized likelihood): relative L2 error of F against the true averaged drift on the 5-95% range
-    of the training path, and on the states of the held-out end of the path; baseline: the best
-    linear drift F = c0 + c1 x fitted to the same transitions (stronger than F = -x, also reported);
+    of the training path, and on the states of the held-out end of the path; baseline: the better of
+    the untrained guess F = -x and the best line F = c0 + c1 x fitted to the same transitions; W1
+    between the held-out states and each learned SDE's long-run law in metrics;
   * fastslow_tilted_well, both ways: q_phi learned from the path (penalized likelihood, the method's
     premise, the default) and q_phi fitted to the known fast density (an option, named as such);
     flow against the Gaussian closure in drift error and in W1 to the true rho_x;
@@ -34,9 +35,9 @@ from _report import Report, standard_parser  # noqa: E402
 import torch  # noqa: E402
 
 SIZES = {  # full / quick
-    # quick: a path of T = 400 simulated here (20 s); training cost does not grow with T (path statistics)
-    "cubic_path": ("datasets/fastslow_cubic.yaml", 400.0),
-    "cubic_steps": (1000, 250),
+    # quick: a path of T = 1000 simulated here; training cost does not grow with T (path statistics)
+    "cubic_path": ("datasets/fastslow_cubic.yaml", 1000.0),
+    "cubic_steps": (1000, 400),
     # full: a long path near the averaging limit. With eps = 1e-2 the fast law lags x (theta fitted
     # with the exact rho_x comes out ~0.81 instead of 1), and on a path of T = 400 the statistical
     # error of theta alone (~12%) is as large as the Gaussian closure's structural error (~14%)
@@ -61,7 +62,10 @@ TILTED_TRAINING = {
                                   anneal_temperature=3.0, anneal_fraction=0.5),
     "known fast density": dict(bins=16, n_samples=64, fast_law_temperature=3.0),
 }
-CUBIC_TARGET = (0.05, 0.12)  # quick: T = 400 (320 trained), statistical drift error ~7%
+# quick: T = 1000 (800 trained; the statistical floor, theta fitted with the exact fast law, is in
+# metrics: exact_law_fit). T = 400 was too short: its floor was 14% and the trained flow (21.6%)
+# no better than the untrained guess F = -x (21.2%)
+CUBIC_TARGET = (0.05, 0.15)
 COVERAGE_NEEDED = 16  # of 20 (full); quick pools (a, b, sigma) over 6 datasets: >= 14 of 18
 
 
@@ -153,6 +157,61 @@ def heldout_states(data, count=2000):
     return x[torch.linspace(0, x.shape[0] - 1, min(count, x.shape[0])).long()]
 
 
+class _KnownDrift(torch.nn.Module):
+    """A drift given as a function (the true averaged drift, a fitted line) with a constant sigma, for simulate_reduced."""
+
+    def __init__(self, function, sigma):
+        super().__init__()
+        self.function, self.sigma = function, torch.tensor([float(sigma)])
+
+    def drift(self, x):
+        return self.function(x)
+
+
+def heldout_w1(data, system, models, coefficients, paths=512, t_end=20.0):
+    """W1 between the states of the held-out end of the path and the long-run law of each reduced SDE
+    (``paths`` simulations from x = 0 to ``t_end``, well past the relaxation time ~1), with the true
+    averaged SDE as the floor (the held-out window is finite) and the fitted line as the trivial baseline."""
+    from scipy.stats import wasserstein_distance
+
+    from torchmf.averaging import simulate_reduced
+
+    heldout = heldout_states(data, 100000)[:, 0].double().numpy()
+    candidates = dict(models)
+    candidates["true averaged SDE"] = _KnownDrift(lambda x: system.averaged_drift(x.double()).to(x), system.sigma)
+    line = coefficients.float()
+    candidates["linear fit F = c0 + c1 x"] = _KnownDrift(lambda x: line[0] + line[1] * x, models["flow"].sigma)
+    distances = {}
+    for name, model in candidates.items():
+        final = simulate_reduced(model, torch.zeros(paths, 1), torch.tensor([0.0, t_end]), dt=0.02, seed=7,
+                                 n_samples=64).positions[:, -1, 0, 0]
+        distances[name] = float(wasserstein_distance(final.double().numpy(), heldout))
+    return distances
+
+
+def exact_law_fit(system, x, dx, dt, grid, n_nodes=512, n_samples=20000):
+    """The statistical floor of a one-dimensional path: theta fitted by least squares with the *exact* fast
+    law, scored on ``grid``: ``(theta, relative L2 error)``. The features E_rho[Phi(x, Y)] come from
+    ``n_samples`` invariant draws at ``n_nodes`` nodes, interpolated linearly to the states (a few draws
+    per state would put noise in the regressors and bias theta towards 0)."""
+    generator = torch.Generator().manual_seed(0)
+    def features_at(points):
+        return system.drift_features(points.unsqueeze(-2), system.sample_invariant(
+            points, n_samples, generator)).mean(-3)  # (n, 1, P)
+    low, high = float(x.min()), float(x.max())
+    nodes = torch.linspace(low, high, n_nodes, dtype=torch.float64).unsqueeze(-1)
+    table = features_at(nodes)
+    position = (x.double()[:, 0] - low) / (high - low) * (n_nodes - 1)
+    index = position.floor().clamp(0, n_nodes - 2).long()
+    weight = (position - index).reshape(-1, 1, 1)
+    features = (1 - weight) * table[index] + weight * table[index + 1]
+    scale = dt.double().sqrt().reshape(-1, 1, 1)
+    theta = torch.linalg.lstsq((features * scale).reshape(-1, features.shape[-1]),
+                               (dx.double().unsqueeze(-1) / scale).reshape(-1)).solution
+    truth = system.averaged_drift(grid.double())
+    return theta.tolist(), relative_l2(features_at(grid.double()) @ theta, truth)
+
+
 def cubic_section(report, args):
     from torchmf.averaging_plots import drift_band_plot
 
@@ -175,18 +234,24 @@ def cubic_section(report, args):
                              "neural": relative_l2(neural.drift(points), truth),
                              "linear fit F = c0 + c1 x": relative_l2(coefficients[0] + coefficients[1] * points, truth),
                              "F = -x": relative_l2(-points, truth)}
+    floor_theta, floor_error = exact_law_fit(system, *data.train_set.tensors, model.quantile_grid(200))
     report.metrics["cubic"] = {
+        "exact_law_fit": {"theta": floor_theta, "drift_relative_l2": floor_error},
+        "heldout_w1_to_stationary_law": heldout_w1(data, system, {"flow": model, "neural": neural},
+                                                   coefficients),
         "drift_relative_l2": errors, "linear_fit_coefficients": coefficients.tolist(), "train_seconds": seconds,
         "theta": model.theta.tolist(), "sigma": model.sigma.tolist(), "quantile_range": model.data_range[:2, 0].tolist(),
         "heldout_nll_per_transition": {"flow": validation_nll(model, data), "neural_baseline": validation_nll(neural, data),
                                        "true_averaged_model": true_nll(system, data)}}
     target = CUBIC_TARGET[1 if quick else 0]
-    note = f" (quick: T = {size('cubic_path', True):g}; full target 0.05 on T = 2500)" if quick else ""
+    note = (f" (quick: T = {size('cubic_path', True):g}, whose exact-law fit is {floor_error:.1%} off; full target 0.05 "
+            "on T = 2500)") if quick else ""
     for where, values in errors.items():
+        # the stronger of the two trivial answers: the untrained guess F = -x, or the best line
+        trivial = min(("F = -x", "linear fit F = c0 + c1 x"), key=lambda name: values[name])
         report.check(f"fastslow_cubic, fast law learned from the path: relative L2 error of F on the {where}",
                      round(values["flow"], 4), f"<= {target}{note}", lambda v: v <= target,
-                     baseline=("best linear drift fitted to the same transitions",
-                               round(values["linear fit F = c0 + c1 x"], 4)))
+                     baseline=(f"the better trivial drift: {trivial}", round(values[trivial], 4)))
     with torch.no_grad():
         grid = grids["training range (5-95% quantiles)"]
         generator = torch.Generator().manual_seed(0)
@@ -359,12 +424,14 @@ def tagged_section(report, args):
     quick = args.quick
     pick = 1 if quick else 0
     results = {}
-    for d in TAGGED["dims"][pick]:
-        for scale in TAGGED["scales"][pick]:
+    dims = [int(d) for d in args.tagged_dims.split(",")] if args.tagged_dims else TAGGED["dims"][pick]
+    scales = [float(n) for n in args.tagged_scales.split(",")] if args.tagged_scales else TAGGED["scales"][pick]
+    for d in dims:
+        for scale in scales:
             params = {"d": d, "scale": scale, "n_solvent": 10}
             path, system = simulate_to(args.out, f"tagged-d{d}", "tagged_particle", params, TAGGED["t_end"][pick],
                                        seed=int(scale) + d, dt=0.005)
-            batch = 512 if d == 1 else 4096  # d = 2: minibatch likelihood (path statistics are one-dimensional)
+            batch = 512  # d = 2: minibatch likelihood (path statistics are one-dimensional)
             common = dict(path=str(path), batch_size=batch, system="tagged_particle", system_params=params)
             models, seconds = {}, {}
             for variant in TAGGED["variants"][pick]:
@@ -405,6 +472,10 @@ def tagged_section(report, args):
 def main(argv=None) -> int:
     parser = standard_parser(__doc__.strip().splitlines()[0])
     parser.add_argument("--sections", default="cubic,tilted,coverage,tagged", help="comma-separated subset to run")
+    parser.add_argument("--tagged-dims", default=None, help="tagged particle: comma-separated d (default 1,2)")
+    parser.add_argument("--tagged-scales", default=None,
+                        help="tagged particle: comma-separated scale separations n (default 100,1000,15000; quick "
+                             "1000,15000)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small models: extra threads only contend on a shared CPU
     report = Report("reproduce_averaging", args)

@@ -30,6 +30,7 @@ Two corrections make the posterior's statements calibrated (issue 14):
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -134,9 +135,9 @@ class VariationalAveragedDrift(nn.Module):
         """Slow-noise draws corrected for fast fluctuations and the Euler step (module docstring):
         ``theta (T, P)``, effective ``log_sigma (T, 1)`` -> ``(T, 1)``.
 
-        ``n_samples`` stratified fast samples per histogram node give :math:`F'_\theta` (autograd in
-        ``x``). A draw whose fluctuation variance exceeds its effective variance has no corrected
-        sigma: a ``ValueError`` says so (the model's fast law or theta is then far off).
+        ``n_samples`` stratified fast samples per histogram node give :math:`F'_\\theta` (central
+        differences). A draw whose fluctuation variance exceeds its effective variance has no
+        corrected sigma (zero likelihood under the corrected model): NaN for that draw.
         """
         if not self.corrects_sigma:
             raise ValueError("model: the sigma correction needs one slow and one fast dimension, a system with "
@@ -166,7 +167,7 @@ class VariationalAveragedDrift(nn.Module):
         return [(points, self.model.density.sample_from_noise(noise, points)) for points in (nodes - step, nodes + step)]
 
     def _drift_slope(self, theta: torch.Tensor, shifted) -> torch.Tensor:
-        """:math:`\partial_x F_\theta` at the occupation nodes by central differences (``shifted`` from
+        """:math:`\\partial_x F_\\theta` at the occupation nodes by central differences (``shifted`` from
         :meth:`_shifted_fast_samples`): ``theta (t, P)`` -> ``(t, nodes, 1)`` (float64)."""
         (low, y_low), (high, y_high) = shifted
         def mean_drift(points, y):
@@ -301,13 +302,26 @@ class VariationalAveragedDrift(nn.Module):
                           corrected_sigma: Optional[bool] = None):
         """Posterior draws ``theta (n, P)``, ``log_sigma (n, d)`` (no gradient); ``corrected_sigma``
         (default: whenever :attr:`corrects_sigma`) maps the effective slow noise to the model's sigma
-        (:meth:`corrected_log_sigma`)."""
+        (:meth:`corrected_log_sigma`), dropping draws without an admissible sigma (a warning gives the
+        count, kept in ``rejected_draws``; more than 5% is a ``ValueError``), so fewer than ``n`` may return."""
         theta, log_sigma, _ = self.sample_parameters(n_samples, generator)
         theta, log_sigma = theta.detach(), log_sigma.detach()
         if corrected_sigma is None:
             corrected_sigma = self.corrects_sigma
+        self.rejected_draws = 0
         if corrected_sigma:
             log_sigma = self.corrected_log_sigma(theta, log_sigma)
+            # draws with no admissible sigma have zero likelihood under the corrected model: the
+            # posterior restricted to sigma^2 > 0 drops them (counted; an error when they are many)
+            valid = torch.isfinite(log_sigma).all(-1)
+            self.rejected_draws = int((~valid).sum())
+            if self.rejected_draws > 0.05 * n_samples:
+                raise ValueError(f"theta: {self.rejected_draws} of {n_samples} posterior draws have fast fluctuations "
+                                 "larger than their effective slow noise; the sigma correction does not apply")
+            if self.rejected_draws:
+                warnings.warn(f"posterior_samples: dropped {self.rejected_draws} of {n_samples} draws whose fast "
+                              "fluctuations exceed their effective slow noise (no admissible sigma)", stacklevel=2)
+            theta, log_sigma = theta[valid], log_sigma[valid]
         return theta, log_sigma
 
     def credible_intervals(self, level: float = 0.9, n_parameter_samples: int = 4000,
