@@ -118,3 +118,24 @@ def test_pairwise_float32_stays_a_reference():
     baseline_error = float((baseline.double() - reference).norm(dim=-1).max() / scale)
     assert error < 2e-6, error
     assert baseline_error > 2e-6, baseline_error
+
+
+def test_quadratic_interaction_gives_the_same_bytes_on_any_thread_count():
+    """ou_linear's mean-field sum no longer follows torch's thread split: 1, 2 and 4 threads, same bytes."""
+    from torchmf import systems
+    from torchmf.interaction import ordered_sum
+
+    values = torch.randn(3, 200_003, 2, generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    try:
+        sums, runs = [], []
+        for count in (1, 2, 4):
+            torch.set_num_threads(count)
+            sums.append(ordered_sum(values, -2))
+            runs.append(systems.get("ou_linear").simulate(n_particles=100_000, t_end=0.02, seed=0,
+                                                          progress=False).positions)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(sums[0], other) for other in sums[1:])
+    assert all(torch.equal(runs[0], other) for other in runs[1:])
+    assert torch.allclose(sums[0], values.double().sum(-2, keepdim=True).float(), rtol=1e-5, atol=1e-3)

@@ -179,8 +179,11 @@ class InteractionForce(nn.Module):
 
     def _quadratic(self, x, y, weights):
         # grad(c|x|^2) is linear, so the sum collapses to the weighted mean of the sources: O(N), exact.
-        mean = y.mean(-2, keepdim=True) if weights is None else (weights.unsqueeze(-1) * y).sum(-2, keepdim=True)
-        total = 1.0 if weights is None else weights.sum(-1, keepdim=True).unsqueeze(-1)
+        if weights is None:
+            mean = ordered_sum(y, -2) / y.shape[-2]
+        else:
+            mean = ordered_sum(weights.unsqueeze(-1) * y, -2)
+        total = 1.0 if weights is None else ordered_sum(weights, -1).unsqueeze(-1)
         return 2 * self.potential.coefficient * (x * total - mean)
 
     def _grid(self, x, y, weights):
@@ -213,6 +216,30 @@ class InteractionForce(nn.Module):
         r_safe = squared.sqrt() + (-squared).step()
         scale = self.potential.profile_derivative(r_safe) / r_safe
         return (scale * source_weights * difference).sum(dim=x.ndim - 1)
+
+
+#: Block length of :func:`ordered_sum`: blocks are summed by one thread each, whatever the thread count.
+_SUM_BLOCK = 1024
+
+
+def ordered_sum(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """``values.sum(dim, keepdim=True)`` in an order that does not depend on the number of threads.
+
+    torch splits a long reduction over threads, so the float rounding (and the bytes of a run)
+    changed with ``torch.set_num_threads``. Here the axis is cut into fixed blocks of
+    ``_SUM_BLOCK`` entries (zero-padded), each block is summed whole, then the block sums: the
+    same additions in the same order on 1 or 16 threads (the block sums stay below torch's
+    parallel grain for up to ~3e7 entries).
+    """
+    dim = dim % values.ndim
+    length = values.shape[dim]
+    if length <= _SUM_BLOCK:
+        return values.sum(dim, keepdim=True)
+    blocks = -(-length // _SUM_BLOCK)
+    moved = values.movedim(dim, -1)
+    padded = torch.nn.functional.pad(moved, (0, blocks * _SUM_BLOCK - length))
+    partial = padded.reshape(*moved.shape[:-1], blocks, _SUM_BLOCK).sum(-1)
+    return partial.sum(-1, keepdim=True).movedim(-1, dim)
 
 
 def interaction_force(x: torch.Tensor, y: Optional[torch.Tensor], potential, backend: str = "auto",
