@@ -146,7 +146,10 @@ def cubic_path(args):
     source = size("cubic_path", args.quick)
     if isinstance(source, str):
         return source, None
-    path, _ = simulate_to(args.out, "cubic", "fastslow_cubic", {}, source, seed=5, dt=0.005)
+    # seed 0, the recipe's: the first 1000 time units of the full path. Seed 5 (the first choice) gave
+    # an atypical path: theta fitted with the exact fast law came out (0.15, 0.62), 14.5% drift error,
+    # so no estimator could separate from F = -x (20.9%); seed 0's floor is 7.3%
+    path, _ = simulate_to(args.out, "cubic", "fastslow_cubic", {}, source, seed=0, dt=0.005)
     return None, str(path)
 
 

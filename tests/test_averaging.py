@@ -425,3 +425,18 @@ def test_tagged_particle_averaged_drift_fast_law_and_exact_fast_step(d):
     point = y[:, :3].clone().requires_grad_(True)
     score = torch.autograd.grad(system.fast_log_density(x.unsqueeze(-2), point).sum(), point)[0]
     assert torch.allclose(score, 2 * system.fast_drift(x.unsqueeze(-2), point.detach()) / system.tau**2)
+
+
+def test_draws_without_an_admissible_corrected_sigma_are_dropped_and_counted():
+    model = VariationalAveragedDrift(system="fastslow_cubic", n_samples=16, theta_init=[1.0, 1.0], sigma_init=0.33,
+                                     posterior_init_std=0.2)
+    model.set_data_range(0.6 * torch.randn(5000, 1, generator=torch.Generator().manual_seed(0)))
+    model.set_observation_step(0.01)
+    with pytest.warns(UserWarning, match="dropped 2 of 400"):
+        theta, log_sigma = model.posterior_samples(400, torch.Generator().manual_seed(0))
+    assert theta.shape == (398, 2) and model.rejected_draws == 2 and bool(torch.isfinite(log_sigma).all())
+    narrow = VariationalAveragedDrift(system="fastslow_cubic", n_samples=16, sigma_init=0.1)  # noise << fluctuations
+    narrow.set_data_range(0.6 * torch.randn(5000, 1, generator=torch.Generator().manual_seed(0)))
+    narrow.set_observation_step(0.01)
+    with pytest.raises(ValueError, match="theta: .* posterior draws"):
+        narrow.posterior_samples(100, torch.Generator().manual_seed(0))

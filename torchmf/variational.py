@@ -152,10 +152,9 @@ class VariationalAveragedDrift(nn.Module):
             slope = (self._drift_slope(part, shifted) * weights[None, :, None]).sum(1)  # (t, 1)
             effective = (2 * log_sigma[start:start + chunk].double()).exp()
             variance = (effective - extra) / (1 + slope * float(self.observation_step))
-            if not bool((variance > 0).all()):
-                raise ValueError("theta: a posterior draw's fast-fluctuation variance exceeds its effective slow "
-                                 "variance; the sigma correction does not apply to this model")
-            corrected.append(0.5 * variance.log())
+            # a draw whose fast fluctuations alone exceed its observed noise has no sigma: NaN marks it
+            # (posterior_samples drops such draws and says how many)
+            corrected.append(torch.where(variance > 0, 0.5 * variance.clamp_min(1e-300).log(), float("nan")))
         return torch.cat(corrected).to(log_sigma.dtype)
 
     def _shifted_fast_samples(self, n_samples: int, step: float = 1e-2):
