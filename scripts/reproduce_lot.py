@@ -64,7 +64,10 @@ EQUILIBRIUM_FAILS = 2.0  # a record is "before equilibrium" where the fresh unif
 
 def cached_control(report, lot, system, name, n, seed, times):
     """``lot.control`` of ``system`` (N = n, seed) at ``times``, cached in OUT/cache/ (controls use no transport)."""
-    key = hashlib.sha256(f"{name}|{n}|{seed}|{[round(float(t), 9) for t in times]}".encode()).hexdigest()[:16]
+    # the key holds the system's plain parameters too, so a changed system never reads a stale control
+    parameters = sorted((k, v) for k, v in vars(system).items() if isinstance(v, (bool, int, float, str, list, tuple)))
+    text = f"{name}|{parameters}|{n}|{seed}|{[round(float(t), 9) for t in times]}"
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(report.out) / "cache" / f"lot_control_{name}_{n}_{seed}_{key}.pt"
     if path.exists():
         return torch.load(path, weights_only=True)
