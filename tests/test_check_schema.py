@@ -148,3 +148,24 @@ def test_lot_scores_before_equilibrium_against_the_better_trivial_answer(tmp_pat
     assert entry["baseline"]["pass"] is False and report_module.schema_problems(entry) == []
     lot.before_equilibrium_check(report, "box", rows[2:])
     assert report.checks[-1]["pass"] is None and report_module.schema_problems(report.checks[-1]) == []
+
+
+def test_lot_control_cache_returns_the_same_run_and_keys_on_the_system(tmp_path):
+    import torch
+
+    from torchmf import systems
+
+    lot = _import_script("reproduce_lot")
+    report = _report(tmp_path)
+    integrator = lot.integrator(lot.box_protocol(True))
+    times = torch.tensor([10.0, 20.0])
+    box = systems.get("box_diffusion")
+    first = lot.cached_control(report, integrator, box, "box_diffusion", 50, 2, times)
+    files = list((tmp_path / "cache").iterdir())
+    assert len(files) == 1
+    again = lot.cached_control(report, integrator, box, "box_diffusion", 50, 2, times)
+    fresh = integrator.control(lot.SystemSimulator(box, 50, seed=2), times)
+    assert torch.equal(first, again) and torch.equal(first, fresh)
+    slower = systems.get("box_diffusion", speed=0.05)
+    lot.cached_control(report, integrator, slower, "box_diffusion", 50, 2, times)
+    assert len(list((tmp_path / "cache").iterdir())) == 2  # another system, another entry
