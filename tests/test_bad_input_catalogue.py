@@ -663,3 +663,66 @@ def test_sigkill_during_writes_leaves_no_half_written_file_and_the_next_write_sw
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".run.h5.")] == []
     assert leftovers, "the kill should have caught a write in progress"
     assert math.isclose(float(Trajectories.load(target).times[-1]), 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# torchmf-train: Lightning's own checks and ours end in one line, exit 2
+# ---------------------------------------------------------------------------------------------------
+TRAIN_CASES = [
+    ("threads negative", ["--threads", "-2"], "threads"),
+    ("threads zero", ["--threads", "0"], "threads"),
+    ("max_steps -5", ["--trainer.max_steps", "-5"], "max_steps"),
+    ("max_epochs -3", ["--trainer.max_epochs", "-3"], "max_epochs"),
+    ("precision 7", ["--trainer.precision", "7"], "7"),
+    ("seed_everything -1", ["--seed_everything", "-1"], "-1"),
+    ("weights_only false", ["--weights_only", "false"], "weights_only"),
+    ("ckpt_path missing", ["--ckpt_path", "missing.ckpt"], "missing.ckpt"),
+    ("ckpt_path folder", ["--ckpt_path", "."], "ckpt_path"),
+    ("ckpt_path https", ["--ckpt_path", "https://example.invalid/x.ckpt"], "remote"),
+    # these two build the data and the trainer before Lightning resolves "last" (~14 s each)
+    pytest.param("ckpt_path last is a pickle", ["--ckpt_path", "last"], "last.ckpt", marks=pytest.mark.slow),
+    pytest.param("ckpt_path last is truncated", ["--ckpt_path", "last"], "last.ckpt", marks=pytest.mark.slow),
+]
+
+
+def _rebind_log_handlers():
+    # Lightning's log handlers keep the stderr of the test that first imported it; capsys closes that
+    # stream after the test, and logging would then print "--- Logging error ---" with a traceback
+    import logging
+
+    names = [name for name in logging.root.manager.loggerDict if name.startswith(("lightning", "pytorch_lightning"))]
+    for logger in map(logging.getLogger, names):
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.stream = sys.stderr  # not setStream: it flushes the closed stream
+
+
+@pytest.mark.parametrize("name, options, fragment", TRAIN_CASES,
+                         ids=[c.values[0] if hasattr(c, "values") else c[0] for c in TRAIN_CASES])
+def test_train_cli_bad_input_is_one_line_exit_2(name, options, fragment, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("lightning")
+    from trainers.cli import main as train_main
+
+    monkeypatch.chdir(tmp_path)
+    _rebind_log_handlers()
+    marker = tmp_path / "ran"
+    if "last" in options:  # the config's checkpoint folder, relative to the working folder
+        folder = tmp_path / "runs" / "train" / "fastslow_cubic_neural" / "checkpoints"
+        folder.mkdir(parents=True)
+
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        payload = pickle.dumps({"state_dict": Evil()}) if "pickle" in name else b"PK\x03\x04 truncated"
+        (folder / "last.ckpt").write_bytes(payload)
+    config = Path(__file__).resolve().parents[1] / "trainers" / "configs" / "fastslow_cubic_neural.yaml"
+    code = train_main(["fit", "-c", str(config), "--trainer.max_steps", "1"] + options
+                      if "max_steps" not in name else ["fit", "-c", str(config)] + options)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("torchmf-train: error:")]
+    assert code == 2, (name, err[-2000:])
+    assert "Traceback" not in err
+    assert len(errors) == 1 and fragment in errors[0], (name, errors)
+    assert not marker.exists()
+    assert not [p for p in tmp_path.rglob("*.ckpt") if p.name != "last.ckpt"]  # no checkpoint was written

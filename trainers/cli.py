@@ -18,6 +18,8 @@ __all__ = ["main"]
 
 _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _CKPT_NAMES = ("last", "best", "hpc")
+_CHECKPOINT_LOAD_ERRORS = ("Weights only load failed", "PytorchStreamReader", "central directory", "Unpickl",
+                           "pickle data was truncated", "invalid load key")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -101,6 +103,19 @@ def _cli_class():
                 if stored and wanted and stored != wanted:
                     raise ValueError(f"ckpt_path: the checkpoint was written by {stored}, but the config trains {wanted}")
             return super()._parse_ckpt_path()
+
+        def _run_subcommand(self, subcommand):
+            # a corrupt or pickled checkpoint behind "last"/"best" is found only when Lightning
+            # loads it: name the resolved file instead of torch's multi-line message
+            try:
+                return super()._run_subcommand(subcommand)
+            except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
+                text = str(error)
+                if not any(marker in text for marker in _CHECKPOINT_LOAD_ERRORS):
+                    raise
+                path = getattr(self.trainer, "ckpt_path", None) or self.config[subcommand].get("ckpt_path")
+                reason = "code (a pickle) inside, refused" if "Weights only" in text else "corrupt or truncated"
+                raise ValueError(f"ckpt_path: {str(path)!r} is not a readable Lightning checkpoint ({reason})") from None
 
         def _prepare_subcommand_kwargs(self, subcommand):
             # every checkpoint Lightning reads (a local file, "last", "best") is loaded without unpickling code
