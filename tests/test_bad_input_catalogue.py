@@ -482,11 +482,20 @@ API_CASES = [
     ("nudge substeps zero", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, 1.0, substeps=0), ValueError, "substeps"),
     ("nudge huge default grid", lambda f: NudgedSDE(BASE, OBSERVATIONS, 0.2, 1.0, grid_shape=10 ** 11), ValueError,
      "shape"),
+    # LOT (the message used to say "expected 2k+1 = 3 snapshots for k = 2")
+    ("lot_velocity k mismatch", lambda f: _lot_velocity(torch.randn(3, 10, 1), 0.1, k=2), ValueError, "2k+1 = 5"),
+    ("lot_velocity even count", lambda f: _lot_velocity(torch.randn(4, 10, 1), 0.1), ValueError, "snapshots"),
     # interaction
     ("pairwise NaN queries", lambda f: InteractionForce(GaussianKernel(0.5))(torch.full((4, 1), NAN)), ValueError, "x"),
     ("interaction unknown backend", lambda f: InteractionForce(GaussianKernel(0.5), backend="fast"), ValueError,
      "backend"),
 ]
+
+
+def _lot_velocity(*args, **kwargs):
+    from torchmf.lot import lot_velocity
+
+    return lot_velocity(*args, **kwargs)
 
 
 def _evil_pickle(path: Path) -> Path:

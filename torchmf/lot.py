@@ -67,7 +67,7 @@ def _check_window(snapshots, k):
         k = (count - 1) // 2
     k = check_int("k", k, minimum=1)
     if count != 2 * k + 1:
-        raise ValueError(f"k: expected 2k+1 = {count} snapshots for k = {k}, but got {count} snapshots")
+        raise ValueError(f"k: k = {k} needs 2k+1 = {2 * k + 1} snapshots, but got {count} snapshots")
     return snapshots, k
 
 
