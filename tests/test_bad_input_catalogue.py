@@ -168,6 +168,8 @@ CLI_CASES = [
     ("simulate unknown option", SIM + ["--bogus", "1"], "--bogus"),
     ("nudge bad interpolation", NUDGE + ["--interpolation", "cubic"], "--interpolation"),
     ("nudge bad backend", NUDGE + ["--backend", "keops"], "--backend"),
+    ("nudge bad scheme", NUDGE + ["--scheme", "rk4"], "--scheme"),
+    ("nudge implicit pairwise", NUDGE + ["--scheme", "implicit", "--backend", "pairwise"], "--scheme"),
     ("nudge text strength", NUDGE + ["--strength", "strong"], "--strength"),
     ("nudge float obs-every", NUDGE + ["--obs-every", "1.5"], "--obs-every"),
     ("lot bad reinit", LOT + ["--reinit", "never"], "--reinit"),

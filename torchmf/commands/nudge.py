@@ -69,6 +69,10 @@ def add_arguments(parser) -> None:
                         help="rule between observation times (default linear)")
     parser.add_argument("--noise", type=float, default=0.0, help="observation noise std on positions (default 0)")
     parser.add_argument("--backend", choices=["grid", "pairwise"], default="grid")
+    parser.add_argument("--scheme", choices=["auto", "explicit", "implicit"], default="auto",
+                        help="nudging sub-steps: explicit Euler from the stability bound, linearly implicit (grid "
+                        "backend; any lambda at a few sub-steps per step) or auto (default: explicit up to 100 "
+                        "sub-steps per step, implicit above)")
     parser.add_argument("--particles", type=int, default=None, help="particles N (default: the system's)")
     parser.add_argument("--t-end", type=float, default=None, help="final time (default: the system's)")
     parser.add_argument("--dt", type=float, default=None, help="time step (default: the system's)")
@@ -111,6 +115,8 @@ def _check_args(args):
     check_output_path("--out", args.out, folder=True)
     if args.output is not None:
         check_output_path("--output", args.output)
+    if args.scheme == "implicit" and args.backend != "grid":
+        raise ValueError(f"--scheme: 'implicit' needs --backend grid, but got --backend {args.backend}")
     if args.obs_every < 1:
         raise ValueError(f"--obs-every: expected an integer >= 1, but got {args.obs_every}")
     for value in args.strength:
@@ -186,7 +192,8 @@ def _nudge(args, sharded: bool) -> int:
     metric = "w2" if one_dimensional or n_total <= 1000 else "mean_error"
     curves, summary, kept = {}, {}, None
     for strength in [0.0] + strengths:
-        model = NudgedSDE(base, observations, args.bandwidth, strength, backend=args.backend, sharded=sharded)
+        model = NudgedSDE(base, observations, args.bandwidth, strength, backend=args.backend, sharded=sharded,
+                          scheme=args.scheme)
         # P = 1: reference seed, nudged seed + 1; rank r of P: reference seed + r, nudged seed + P + r
         part = model.simulate(x0, times, dt, seed=args.seed + size + rank, progress=progress)
         run = gather_trajectories(part, args.seed, "nudged, sharded") if sharded else part
@@ -212,7 +219,7 @@ def _nudge(args, sharded: bool) -> int:
                        logy=True)
     result = {"system": args.system, "biased_params": biased_params, "reference_params": reference_params,
               "strengths": strengths, "bandwidth": args.bandwidth, "obs_every": args.obs_every,
-              "interpolation": args.interpolation, "noise": args.noise, "backend": args.backend,
+              "interpolation": args.interpolation, "noise": args.noise, "backend": args.backend, "scheme": args.scheme,
               "particles": n_total, "dt": dt, "seed": args.seed, "metric": metric, "summary": summary,
               "times": times.tolist(), "errors": {k: v.tolist() for k, v in curves.items()},
               "figures": [figure.name], "device": str(device), "processes": size}
@@ -262,7 +269,7 @@ def _nudge_own_data(args) -> int:
     grid = observations.grid if is_image else None
     runs, misfits = {}, {}
     for strength in [0.0] + strengths:
-        nudged = NudgedSDE(model, observations, args.bandwidth, strength, backend=args.backend)
+        nudged = NudgedSDE(model, observations, args.bandwidth, strength, backend=args.backend, scheme=args.scheme)
         run = nudged.simulate(start, times, dt, seed=args.seed + 1, progress=not args.no_progress)
         label = "un-nudged" if strength == 0 else f"lambda={strength:g}"
         runs[label] = run
