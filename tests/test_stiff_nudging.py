@@ -4,7 +4,9 @@ import torch
 
 from torchmf import systems
 from torchmf.metrics import w2
+from torchmf.grid import Grid
 from torchmf.nudging import NudgedSDE, ParticleObservations
+from torchmf.sde import McKeanVlasovSDE
 
 
 @pytest.fixture(scope="module")
@@ -34,24 +36,30 @@ def test_large_strength_costs_a_few_substeps_and_beats_lambda_100(linear_case, s
     assert unnudged > 2 * moderate  # the trivial baseline (no nudging) misses the target
 
 
-def test_implicit_filter_damps_every_mode_by_one_over_one_plus_rate(linear_case):
+def test_implicit_step_without_damping_is_the_explicit_velocity(linear_case):
     reference, observations, biased = linear_case
-    model = NudgedSDE(biased.sde, observations, 0.2, 1.0)
-    grid = model.grid
-    field = torch.randn(1, *grid.shape, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert torch.allclose(model._implicit_field(field, 0.0), field, atol=1e-12)  # no damping: unchanged
-    # a single long-wave mode, well inside the grid: damped by 1 / (1 + c k^2 exp(-k^2 h^2))
-    nodes = grid.nodes(dtype=torch.float64)[..., 0]
-    width = grid.upper[0] - grid.lower[0]
-    k = 2 * torch.pi / (width / 4)
-    envelope = torch.exp(-((nodes - nodes.mean()) / (width / 6)) ** 2)
-    mode = (torch.cos(k * nodes) * envelope).reshape(1, -1, 1)
-    damping = 0.05
-    filtered = model._implicit_field(mode, damping)
-    expected = 1 / (1 + damping * k ** 2 * torch.exp(torch.tensor(-(k * 0.2) ** 2)))
-    centre = slice(grid.shape[0] // 2 - 20, grid.shape[0] // 2 + 20)
-    ratio = filtered[0, centre, 0].norm() / mode[0, centre, 0].norm()
-    assert abs(float(ratio) - float(expected)) < 0.05 * float(expected), (float(ratio), float(expected))
+    model = NudgedSDE(biased.sde, observations, 0.2, 50.0)
+    x = reference.positions[:, 3] + 0.1
+    rule = observations.rule(float(reference.times[3]))
+    implicit = model._implicit_velocity(rule, x, damping=0.0)
+    explicit = model.velocity(float(reference.times[3]), x)
+    assert float((implicit - explicit).abs().max()) < 1e-4 * float(explicit.abs().max())
+
+
+def test_one_implicit_substep_corrects_a_shift_without_overshoot_where_explicit_euler_overshoots():
+    generator = torch.Generator().manual_seed(0)
+    target = 0.5 * torch.randn(1, 2, 2000, 1, generator=generator, dtype=torch.float64)
+    observations = ParticleObservations(target, times=[0.0, 1.0])
+    still = McKeanVlasovSDE(1)  # no drift, no noise: only the nudging moves the particles
+    shift = 0.05
+    start = target[:, 0] + shift
+    after = {}
+    for scheme in ("implicit", "explicit"):
+        model = NudgedSDE(still, observations, 0.2, 1e6, scheme=scheme, substeps=1, grid=Grid(-8, 8, 1024))
+        moved = model.step(0.0, start, 0.01, None)
+        after[scheme] = float((moved - target[:, 0]).mean())
+    assert 0.0 <= after["implicit"] < 0.5 * shift, after  # corrected, same side: no overshoot
+    assert abs(after["explicit"]) > shift, after  # the explicit Euler step of the same length overshoots
 
 
 def test_implicit_scheme_needs_the_grid_backend(linear_case):

@@ -591,6 +591,8 @@ class NudgedSDE(nn.Module):
                              f"misfit on the grid's spectrum), but got backend={self.backend!r}")
         self._implicit_possible = self.backend == "grid" and self._field_of_view is None
         self._wavenumbers: Dict[tuple, torch.Tensor] = {}
+        self._observation_masses: Dict[tuple, torch.Tensor] = {}
+        self._observation_transforms: Dict[tuple, torch.Tensor] = {}
         self._planned_steps: Optional[int] = None
         self._warned_cost = False
         self._warned_hold = False
@@ -661,6 +663,7 @@ class NudgedSDE(nn.Module):
             both = self._observation_both(masses)
             self._peaks[index] = float(both[..., 0].max())
             self._fields[key] = both[..., 1:].contiguous()
+            self._observation_masses[key] = masses  # the implicit scheme filters the mass misfit
         return self._fields[key]
 
     def _observation_peak(self, index: int, like: torch.Tensor) -> float:
@@ -762,30 +765,66 @@ class NudgedSDE(nn.Module):
             raise ValueError(f"strength: the nudging field is not finite at t={t:g}")
         return field, peak
 
-    def _implicit_field(self, field: torch.Tensor, damping: float) -> torch.Tensor:
-        r"""The misfit field of one linearly implicit sub-step: ``field (M, *G, d)`` filtered by
-        :math:`1 / (1 + \tau \lambda P |k|^2 e^{-|k|^2 h^2})` (``damping`` :math:`= \tau \lambda P`).
+    def _implicit_symbol(self, damping: float, like: torch.Tensor) -> torch.Tensor:
+        """:math:`1 / (1 + \tau \lambda P |k|^2 e^{-|k|^2 h^2})` on the real-FFT frequencies (``damping`` = tau lambda P)."""
+        key = (like.device, like.dtype, self.grid)
+        if key not in self._wavenumbers:  # |k|^2 exp(-|k|^2 h^2), the linearized decay rate per lambda P
+            squared = self.grid.squared_wavenumbers(like.device, like.dtype)
+            self._wavenumbers[key] = squared * torch.exp(-squared * self.bandwidth ** 2)
+        return 1.0 / (1.0 + damping * self._wavenumbers[key])
+
+    def _observation_transform(self, index: int, like: torch.Tensor) -> torch.Tensor:
+        """``rfftn`` of the observed masses at ``index`` on the FFT grid, ``(M_obs, *freq)`` (cached)."""
+        key = (index, like.device, like.dtype)
+        if key not in self._observation_transforms:
+            for old in [k for k in self._observation_transforms if k[0] < index - 1]:
+                del self._observation_transforms[old]
+            self._observation_field(index, like)
+            masses = self._observation_masses.pop(key)
+            self._observation_transforms[key] = torch.fft.rfftn(masses, s=self.grid.fft_shape(),
+                                                                dim=tuple(range(-self.grid.dim, 0)))
+        return self._observation_transforms[key]
+
+    def _observed_spectrum(self, rule, like: torch.Tensor, batch: int) -> torch.Tensor:
+        """:math:`\widehat{\nabla K * \mu^{obs}}` of the rule's observations on the FFT grid, ``(M, d, *freq)``."""
+        kernel = self._observation_both.spectrum(like.device, like.dtype)[1:]
+        total = None
+        for index, weight in rule:
+            observed = self._batch(self._observation_transform(index, like), batch).unsqueeze(-self.grid.dim - 1)
+            term = weight * (kernel * observed)
+            total = term if total is None else total + term
+        return total
+
+    def _implicit_velocity(self, rule, points: torch.Tensor, damping: float, observed_spectrum=None,
+                           symbol=None) -> torch.Tensor:
+        r"""Velocity ``(M, N, d)`` of one linearly implicit sub-step of length :math:`\tau`.
 
         Around a density :math:`P` the nudging flow damps the misfit's mode :math:`k` at the rate
         :math:`\lambda P |k|^2 \hat G(k)` (:math:`\hat G(k) = e^{-|k|^2 h^2}` for
-        :math:`G = K_{\sqrt2 h}`); moving the particles with the filtered field for a time
-        :math:`\tau` multiplies every mode by :math:`1/(1 + \tau \lambda P |k|^2 \hat G)`, which is
-        implicit Euler of that linear decay: stable for any :math:`\tau \lambda`, with the same fixed
-        point (the filter is positive, so the field vanishes only where the misfit does). With the
-        largest density for :math:`P` the damping is, if anything, too strong where the density is
-        lower: the step then corrects less of the misfit, never overshoots.
+        :math:`G = K_{\sqrt2 h}`). The velocity here is :math:`-\lambda \nabla G * \phi * (\mu - \mu^{obs})`
+        with :math:`\hat\phi = 1/(1 + \tau \lambda P |k|^2 \hat G)` (``damping`` :math:`= \tau\lambda P`):
+        moving the particles with it for :math:`\tau` multiplies every mode of the misfit by
+        :math:`1/(1 + \tau \lambda P |k|^2 \hat G)`, implicit Euler of that linear decay: stable for any
+        :math:`\tau \lambda`, with the same fixed point (the filter is positive, so the velocity vanishes
+        only where the misfit does). With the largest density for :math:`P` the damping is, if anything,
+        too strong where the density is lower: the step then corrects less, never overshoots. The
+        filter acts on the (scalar) mass misfit, in one FFT pair with the kernel: ``rfft`` of the
+        masses, ``irfft`` of the ``d`` filtered gradient channels.
         """
+        self._check_inside("grid", points, self.grid, "forecast particles")
+        masses = self._reduce_masses(self.grid.deposit(points, check=False), points.shape[-2])
         dims = tuple(range(-self.grid.dim, 0))
-        key = (field.device, field.dtype, self.grid)
-        if key not in self._wavenumbers:
-            self._wavenumbers[key] = self.grid.squared_wavenumbers(field.device, field.dtype)
-        squared = self._wavenumbers[key]
-        symbol = 1.0 / (1.0 + damping * squared * torch.exp(-squared * self.bandwidth ** 2))
-        channels = field.movedim(-1, -self.grid.dim - 1)  # (M, d, *G)
-        spectrum = torch.fft.rfftn(channels, s=self.grid.fft_shape(), dim=dims)
-        filtered = torch.fft.irfftn(spectrum * symbol, s=self.grid.fft_shape(), dim=dims)
+        channel = -self.grid.dim - 1
+        model = torch.fft.rfftn(masses, s=self.grid.fft_shape(), dim=dims).unsqueeze(channel)
+        spectrum = self._model_gradient.spectrum(masses.device, masses.dtype) * model
+        if observed_spectrum is None:
+            observed_spectrum = self._observed_spectrum(rule, masses, points.shape[0])
+        if symbol is None:
+            symbol = self._implicit_symbol(damping, masses)
+        field = torch.fft.irfftn((spectrum - observed_spectrum) * symbol, s=self.grid.fft_shape(), dim=dims)
         slices = (Ellipsis,) + tuple(slice(0, g) for g in self.grid.shape)
-        return filtered[slices].movedim(-self.grid.dim - 1, -1)
+        field = field[slices].movedim(channel, -1)
+        return -self.strength * self.grid.interpolate(field, points, check=False)
 
     def velocity(self, t: float, x: torch.Tensor) -> torch.Tensor:
         """Nudging velocity at time ``t`` for states ``x (M, N, D)``: ``(M, N, D)`` (zero off ``observed_dims``)."""
@@ -832,7 +871,7 @@ class NudgedSDE(nn.Module):
         implicit = field is not None and (self.scheme == "implicit" or explicit_count > _EXPLICIT_LIMIT)
         if implicit:
             count = self.substeps or min(explicit_count, self.implicit_substeps)
-            observed = self._implicit_substeps(t + dt, rule, observed, field, dt / count, count, density)
+            observed = self._implicit_substeps(t + dt, rule, observed, dt / count, count, density)
         else:
             count = self.substeps or explicit_count
             self._announce_cost(count)
@@ -857,14 +896,13 @@ class NudgedSDE(nn.Module):
             observed = observed + h * velocity
         return observed
 
-    def _implicit_substeps(self, t, rule, observed, field, h, count, density):
+    def _implicit_substeps(self, t, rule, observed, h, count, density):
         damping = h * self.strength * density
-        for index in range(count):
-            if index > 0:
-                field, _ = self._grid_field(t, rule, observed, want_peak=False)
-            velocity = -self.strength * self.grid.interpolate(self._implicit_field(field, damping), observed,
-                                                              check=False)
-            observed = observed + h * velocity
+        # the observed part and the filter are fixed within the step: computed once, not per sub-step
+        observed_spectrum = self._observed_spectrum(rule, observed, observed.shape[0])
+        symbol = self._implicit_symbol(damping, observed)
+        for _ in range(count):
+            observed = observed + h * self._implicit_velocity(rule, observed, damping, observed_spectrum, symbol)
         return observed
 
     def _warn_past_observations(self, t: float) -> None:
