@@ -64,7 +64,7 @@ def test_sinkhorn_agrees_with_exact_assignment(method):
     x, y, _ = gaussian_clouds(800, seed=3)
     exact = transport_map(x, y, "exact")
     mapped = transport_map(x, y, method, blur=0.03)
-    # measured 0.05-0.08 (dense stops after 20 final iterations); assignment noise itself is ~0.04
+    # converged maps at blur 0.03: the rest is the blur (measured 0.03-0.05)
     assert relative(mapped - x, exact - x) < 0.1
 
 
@@ -81,21 +81,6 @@ def test_debiasing_removes_the_blur_contraction():
     assert debiased_error < 0.75 * raw_error  # measured 0.11 vs 0.18; the rest is sampling noise
     geomloss = transport_map(x, y, "sinkhorn-geomloss", blur=0.5, debias=True)
     assert relative(geomloss - x, truth - x) < 0.75 * raw_error
-
-
-def test_warm_start_matches_cold_start_with_fewer_iterations():
-    x, y, _ = gaussian_clouds(2000, seed=5)
-    generator = torch.Generator().manual_seed(6)
-    y_next = y + 0.01 * torch.randn(y.shape, generator=generator)
-    for method in ("sinkhorn-multiscale", "sinkhorn-dense"):
-        solver = TransportSolver(method, blur=0.05, debias=False)
-        solver(x, y)
-        cold_iterations = solver.last_iterations
-        warm = solver(x, y_next)
-        warm_iterations = solver.last_iterations
-        cold = TransportSolver(method, blur=0.05, debias=False)(x, y_next)
-        assert relative(warm - x, cold - x) < 0.04, method  # both stop at a 5% marginal tolerance
-        assert warm_iterations < cold_iterations, method
 
 
 def test_warm_start_after_a_large_move_restarts_cold():
@@ -131,8 +116,15 @@ BAD_INPUTS = [
     ("integer tensor", lambda: transport_map(torch.ones(3, 2, dtype=torch.long), torch.rand(3, 2)), TypeError, "x"),
     ("unknown method", lambda: transport_map(torch.rand(5, 2), torch.rand(5, 2), "fast"), ValueError, "method"),
     ("sort in 2-D", lambda: transport_map(torch.rand(5, 2), torch.rand(5, 2), "sort"), ValueError, "method"),
-    ("exact too large", lambda: transport_map(torch.rand(5001, 2), torch.rand(5001, 2), "exact"), ValueError,
+    ("exact too large", lambda: transport_map(torch.rand(10_001, 2), torch.rand(10_001, 2), "exact"), ValueError,
      "method"),
+    ("omega out of (0, 2)", lambda: TransportSolver("sinkhorn", omega=2.0), ValueError, "omega"),
+    ("tolerance zero", lambda: TransportSolver("sinkhorn", tolerance=0.0), ValueError, "tolerance"),
+    ("max_iterations zero", lambda: TransportSolver("sinkhorn", max_iterations=0), ValueError, "max_iterations"),
+    ("on_unconverged unknown", lambda: TransportSolver("sinkhorn", on_unconverged="skip"), ValueError,
+     "on_unconverged"),
+    ("unknown case", lambda: __import__("torchmf.transport", fromlist=["x"]).transport_case("blob", 10), ValueError,
+     "name"),
     ("keops absent", lambda: transport_map(torch.rand(5, 2), torch.rand(5, 2), "sinkhorn-keops"), ValueError,
      "method"),
     ("multiscale in 4-D", lambda: transport_map(torch.rand(5, 4), torch.rand(5, 4), "sinkhorn-multiscale"),
@@ -244,18 +236,14 @@ def test_online_budget_too_small_is_a_clear_error():
         tile_rows(10, 10 ** 12, 4, "cpu")  # 8 TB for one row: more than any machine's free memory
 
 
-def test_sinkhorn_routing_never_picks_keops_and_follows_memory():
-    # CPU: online up to N = 30,000, then multiscale for d <= 3 (measured); online for d > 3
-    assert resolve_method("sinkhorn", 30_000, 2, "cpu") == "sinkhorn-online"
-    assert resolve_method("sinkhorn", 30_001, 2, "cpu") == "sinkhorn-multiscale"
+def test_sinkhorn_routing_never_picks_keops_or_the_unconverged_geomloss_loop():
+    # "auto": sort in 1-D, POT's exact assignment up to N = 3,000, then the converged torch solvers
+    assert resolve_method("auto", 50_000, 1, "cpu") == "sort"
+    assert resolve_method("auto", 3000, 2, "cpu") == "exact"
+    assert resolve_method("auto", 3001, 2, "cpu") == "sinkhorn-multiscale"
+    assert resolve_method("sinkhorn", 500, 3, "cpu") == "sinkhorn-multiscale"
     assert resolve_method("sinkhorn", 50_000, 5, "cpu") == "sinkhorn-online"
-    assert resolve_method("auto", 20_000, 2, "cpu") == "sinkhorn-online"
-    assert resolve_method("auto", 50_000, 2, "cpu") == "sinkhorn-multiscale"
-    # CUDA (the budget given, so no device is queried): tensorized while small and within 1/8 of
-    # the budget, then online
-    assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-geomloss"
-    assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 8 * 2000 ** 2 * 4)) == "sinkhorn-online"
-    assert resolve_method("sinkhorn", 100_000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-online"
+    assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-online"
 
 
 def test_pykeops_is_not_imported_by_the_sinkhorn_paths():
@@ -270,13 +258,3 @@ def test_pykeops_is_not_imported_by_the_sinkhorn_paths():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.stdout.strip() == "False", result.stderr[-2000:]
-
-
-def test_w2_sinkhorn_beyond_the_tensorized_limit_uses_the_online_solver(monkeypatch):
-    from torchmf import metrics
-
-    x, y = small_pair(3)
-    tensorized = metrics.w2(x, y, method="sinkhorn", blur=0.05)
-    monkeypatch.setattr(metrics, "_TENSORIZED_LIMIT", 1000)  # pretend 300 x 250 no longer fits
-    online = metrics.w2(x, y, method="sinkhorn", blur=0.05)
-    assert abs(float(online) - float(tensorized)) < 1e-12  # measured 1e-16

@@ -22,8 +22,6 @@ from .kernels import GaussianKernel, PeriodicKernel
 __all__ = ["w2", "smoothed_density", "density_l2_error", "moments", "relative_error", "W2_METHODS"]
 
 W2_METHODS = ("auto", "sort", "exact", "sinkhorn")
-_EXACT_LIMIT = 1000
-_TENSORIZED_LIMIT = 5e7
 
 
 def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[float] = None) -> torch.Tensor:
@@ -32,14 +30,17 @@ def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[fl
     Arguments:
         x: ``(..., N, d)``.
         y: ``(..., M, d)`` with the same batch dimensions and ``d``.
-        method: ``"sort"`` (exact, 1-D, any N and M), ``"exact"`` (optimal assignment with
-            scipy, ``N == M``, a few thousand at most), ``"sinkhorn"`` (geomloss debiased Sinkhorn
-            divergence :math:`S_\varepsilon` (epsilon-scaling 0.7; within about 1% of the exact value
-            in tests), reported as :math:`\sqrt{2 S_\varepsilon}` since
-            geomloss uses the cost :math:`|x-y|^2/2`; bias :math:`O(\varepsilon^2)`), or
-            ``"auto"``: sort in 1-D, exact for ``N == M <= 1000``, Sinkhorn otherwise.
-        blur: Sinkhorn's :math:`\varepsilon^{1/2}` length scale (default: 1% of the clouds'
-            largest standard deviation).
+        method: ``"sort"`` (exact, 1-D, any N and M), ``"exact"`` (optimal assignment by POT's
+            network simplex, ``N == M`` up to 10,000), ``"sinkhorn"`` (see below), or ``"auto"``:
+            sort in 1-D, exact for ``N == M <= 3000``, Sinkhorn otherwise.
+        blur: Sinkhorn's :math:`\varepsilon^{1/2}` length scale (default: that of
+            :func:`torchmf.transport.default_blur`, 5% of the clouds' largest standard deviation).
+
+    ``"sinkhorn"`` solves the entropic problem to convergence (:func:`torchmf.transport.sinkhorn_loop`)
+    and reports the transport cost of its plan rounded to the exact marginals' rows,
+    :math:`\sqrt{\sum_{ij} \pi_{ij} |x_i - y_j|^2}`, an upper bound of :math:`W_2` that the blur
+    inflates by about :math:`d\,\varepsilon / W_2`; see docs/benchmarks.md ("Transport") for the
+    accuracy measured on the validation families of :mod:`torchmf.transport.cases`.
 
     Returns:
         ``(...)`` tensor of distances on ``x``'s device and dtype.
@@ -52,7 +53,7 @@ def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[fl
     if method == "auto":
         if x.shape[-1] == 1:
             method = "sort"
-        elif x.shape[-2] == y.shape[-2] <= _EXACT_LIMIT:
+        elif x.shape[-2] == y.shape[-2] <= _exact_limit():
             method = "exact"
         else:
             method = "sinkhorn"
@@ -61,6 +62,12 @@ def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[fl
     if method == "exact":
         return _w2_exact(x, y)
     return _w2_sinkhorn(x, y, blur)
+
+
+def _exact_limit():
+    from .transport.routing import EXACT_LIMIT
+
+    return EXACT_LIMIT
 
 
 def _w2_sorted(x, y):
@@ -82,49 +89,30 @@ def _w2_sorted(x, y):
 
 
 def _w2_exact(x, y):
-    from scipy.optimize import linear_sum_assignment
+    from .transport.exact import assignment
+    from .transport.routing import EXACT_MAX
 
     if x.shape[-2] != y.shape[-2]:
         raise ValueError(f"method: 'exact' needs clouds of equal size, but got N={x.shape[-2]} and M={y.shape[-2]}")
-    if x.shape[-2] > 5000:
-        raise ValueError(f"method: 'exact' is limited to N <= 5000 (an N x N cost matrix), but got N={x.shape[-2]}")
-    flat_x = x.reshape(-1, *x.shape[-2:]).detach().cpu().double()
-    flat_y = y.reshape(-1, *y.shape[-2:]).detach().cpu().double()
+    if x.shape[-2] > EXACT_MAX:
+        raise ValueError(f"method: 'exact' is limited to N <= {EXACT_MAX} (an N x N float64 cost matrix), "
+                         f"but got N={x.shape[-2]}; use 'sinkhorn'")
+    flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
     values = []
     for a, b in zip(flat_x, flat_y):
-        cost = torch.cdist(a, b).pow(2).numpy()
-        rows, cols = linear_sum_assignment(cost)
-        values.append(math.sqrt(float(cost[rows, cols].mean())))
+        partner, cost = assignment(a, b)
+        values.append(math.sqrt(float(cost[range(cost.shape[0]), partner.cpu().numpy()].mean())))
     return torch.tensor(values, dtype=x.dtype, device=x.device).reshape(x.shape[:-2])
 
 
 def _w2_sinkhorn(x, y, blur):
-    from geomloss import SamplesLoss
+    from .transport.solver import w2_sinkhorn
 
-    if blur is None:
-        spread = torch.cat([x, y], dim=-2).std(dim=-2).max()
-        blur = 0.01 * float(spread) if float(spread) > 0 else 1e-3
-    blur = check_positive("blur", blur)
-    if x.shape[-2] * y.shape[-2] > _TENSORIZED_LIMIT:
-        return _w2_sinkhorn_online(x, y, blur)
-    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.7, debias=True, backend="tensorized")
-    batch_shape = x.shape[:-2]
-    xb, yb = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
-    value = loss(xb.contiguous(), yb.contiguous())
-    return (2 * value).clamp_min(0).sqrt().reshape(batch_shape)
-
-
-def _w2_sinkhorn_online(x, y, blur):
-    """The same debiased divergence without the N x M matrix: torchmf.transport's online solver
-    (geomloss' iterations, tiled): S = <a, f - f_aa> + <b, g - g_bb>."""
-    from .transport import sinkhorn_potentials
-
-    xb, yb = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
-    values = []
-    for a, b in zip(xb, yb):
-        f, g = sinkhorn_potentials(a, b, blur=blur, scaling=0.7, debias=True).debiased()
-        values.append(f.mean() + g.mean())
-    return (2 * torch.stack(values)).clamp_min(0).sqrt().reshape(x.shape[:-2])
+    if blur is not None:
+        blur = check_positive("blur", blur)
+    flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
+    values = [w2_sinkhorn(a, b, blur) for a, b in zip(flat_x, flat_y)]
+    return torch.stack(values).to(dtype=x.dtype).reshape(x.shape[:-2])
 
 
 def smoothed_density(x: torch.Tensor, grid: Grid, bandwidth: float, weights: Optional[torch.Tensor] = None) -> torch.Tensor:

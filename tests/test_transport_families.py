@@ -1,0 +1,103 @@
+"""Transport maps and W2 on clouds the solver was not tuned on (torchmf.transport.cases), against
+the exact assignment (POT's network simplex) and a long converged solve of the other kernel.
+
+Every check also computes a trivial answer that must fail it: the identity map (standing still)
+for maps and velocities, geomloss' one-update-per-level loop for "converged"."""
+import math
+import warnings
+
+import pytest
+import torch
+
+from torchmf.transport import (TRANSPORT_CASES, TransportNotConverged, TransportSolver, UnconvergedTransportWarning,
+                               transport_case, transport_map)
+from torchmf.transport.exact import assignment
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+N = 700  # small enough for the default suite; bench_transport.py runs N = 2,000 to 30,000
+
+
+def map_error(mapped, x, exact):
+    """Relative L2 error of the displacement: ||T - T_exact|| / ||T_exact - x||."""
+    return float((mapped - exact).norm() / (exact - x).norm())
+
+
+@pytest.fixture(scope="module")
+def cases():
+    out = {}
+    for name in TRANSPORT_CASES:
+        x, y = transport_case(name, N, seed=1)
+        partner, cost = assignment(x, y)
+        out[name] = (x, y, y[partner], math.sqrt(float(cost[range(N), partner.numpy()].mean())))
+    return out
+
+
+@pytest.mark.parametrize("name", list(TRANSPORT_CASES))
+def test_default_sinkhorn_map_is_converged_quality_on_every_family(cases, name):
+    x, y, exact, _ = cases[name]
+    solver = TransportSolver("sinkhorn", on_unconverged="raise")
+    mapped = solver(x, y)
+    assert solver.last_report.converged
+    # reference: the other (dense) kernel run far past the default tolerance
+    converged = TransportSolver("sinkhorn-online", tolerance=1e-4, max_iterations=20_000)(x, y)
+    error, reference = map_error(mapped, x, exact), map_error(converged, x, exact)
+    assert error <= 0.10 and error <= 1.25 * reference, (error, reference)
+    assert map_error(x, x, exact) > 0.10  # standing still fails
+
+
+def test_exact_backend_is_an_optimal_assignment():
+    scipy_optimize = pytest.importorskip("scipy.optimize")
+    x, y = transport_case("mixture_to_ring", 300, seed=2)
+    cost = torch.cdist(x, y).pow(2).numpy()
+    rows, columns = scipy_optimize.linear_sum_assignment(cost)
+    mapped = transport_map(x, y, "exact")
+    ours = float((mapped - x).pow(2).sum(1).mean())
+    assert abs(ours - float(cost[rows, columns].mean())) < 1e-12
+    assert torch.equal(mapped.sort(0).values, y.sort(0).values)  # a permutation of y
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_follows_the_input_and_float32_converges(dtype):
+    x, y = transport_case("square_to_banana", 600, seed=3, dtype=dtype)
+    solver = TransportSolver("sinkhorn", on_unconverged="raise")
+    mapped = solver(x, y)
+    assert mapped.dtype == dtype and solver.last_report.converged
+    partner, _ = assignment(x, y)
+    assert map_error(mapped.double(), x.double(), y.double()[partner]) < 0.10
+
+
+def test_unconverged_solve_warns_or_raises_and_reports():
+    x, y = transport_case("far_apart", 500)
+    with pytest.warns(UnconvergedTransportWarning, match="unconverged after"):
+        solver = TransportSolver("sinkhorn-online", max_iterations=2)
+        solver(x, y)
+    assert not solver.last_report.converged and solver.last_report.error > solver.tolerance
+    with pytest.raises(TransportNotConverged):
+        transport_map(x, y, "sinkhorn-multiscale", max_iterations=2, on_unconverged="raise")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        transport_map(x, y, "sinkhorn-online", max_iterations=2, on_unconverged="ignore")
+
+
+def test_warm_start_converges_with_fewer_iterations():
+    x, y = transport_case("mixture_to_ring", 1500, seed=4)
+    y_next = y + 0.01 * torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=y.dtype)
+    for method in ("sinkhorn-multiscale", "sinkhorn-online"):
+        solver = TransportSolver(method, debias=False, on_unconverged="raise")
+        solver(x, y)
+        cold_iterations = solver.last_iterations
+        warm = solver(x, y_next)
+        assert solver.last_report.converged and solver.last_iterations < cold_iterations, method
+        cold = TransportSolver(method, debias=False)(x, y_next)
+        assert float((warm - cold).norm() / (cold - x).norm()) < 0.01, method
+
+
+@pytest.mark.parametrize("name", ["square_to_banana", "mixture_to_ring", "unequal_spreads", "cube_to_shell_3d"])
+def test_w2_sinkhorn_within_two_percent_of_exact(cases, name):
+    from torchmf.metrics import w2
+
+    x, y, _, exact_w2 = cases[name]
+    assert abs(float(w2(x, y, method="exact")) - exact_w2) < 1e-9
+    value = float(w2(x, y, method="sinkhorn"))
+    assert abs(value / exact_w2 - 1) < 0.02, (value, exact_w2)

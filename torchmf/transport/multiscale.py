@@ -1,0 +1,192 @@
+r"""Coarse-to-fine Sinkhorn on a sparse (truncated) kernel, for d <= 3.
+
+Grid clusters of about ``CLUSTER_SIZE`` particles are solved first (recursively, densely below
+``DENSE_LIMIT`` points) down to the cluster scale; their potentials and barycentric targets are
+extrapolated to the particles, and the fine levels run on a sparse kernel that keeps only the pairs
+near each particle's predicted target, pruned at every level. A soft-min then costs about
+``O(N k)`` with ``k`` pairs per row, against ``O(N M)`` for the dense kernel. The dense online
+backend also starts from :func:`coarse_start` in d <= 3.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .kernels import DenseKernel, SparseKernel, uniform_log
+from .sinkhorn import SinkhornSettings, diameter, epsilon_schedule, sinkhorn_loop
+
+__all__ = ["multiscale_solve", "coarse_start", "DENSE_LIMIT"]
+
+DENSE_LIMIT = 600          # the recursion solves densely below this many points
+_TRUNCATE = 12.0            # sparse kernel keeps pairs with pi_ij / (a_i b_j) >= exp(-_TRUNCATE); 6 lost mass
+#                              that the finer levels needed (map error 0.090 against 0.066 dense, 0.071 at 12)
+_CLUSTER_SIZE = 6.0          # particles per coarse grid cell
+_MARGIN = 0.25               # error of the coarse targets, in cells, allowed for in the fine kernel
+_MIN_PAIRS = 8               # pairs every row and column keeps in the sparse kernel
+# the coarse stage only has to place the fine start within a cell: a loose solve is enough
+_COARSE = SinkhornSettings(tolerance=1e-1, max_iterations=20, level_tolerance=1e-1, level_iterations=5)
+
+
+def multiscale_solve(x, y, eps, scaling, settings, previous=None, a_log=None, b_log=None):
+    """Sinkhorn between ``x (N, d)`` and ``y (M, d)`` at ``eps``: ``(kernel, f, g, SinkhornReport)``.
+
+    ``previous`` (warm start) is ``(f, g, predicted targets (N, d), margin)``: no coarse stage, only
+    the final level, on a kernel around the old targets widened by ``margin``."""
+    n = x.shape[0]
+    a_log = uniform_log(x) if a_log is None else a_log
+    b_log = uniform_log(y) if b_log is None else b_log
+    if previous is None and max(n, y.shape[0]) <= DENSE_LIMIT:
+        return _dense_solve(x, y, eps, scaling, settings, a_log, b_log)
+    if previous is None:
+        f, g, predicted, cell, report = coarse_start(x, y, eps, scaling, a_log, b_log)
+        fine_levels = epsilon_schedule(max(cell, math.sqrt(eps)), eps, scaling)[1:]
+        margin = _MARGIN * cell
+    else:
+        (f, g, predicted, margin), report = previous, None
+        fine_levels = [eps]
+    kernel = truncated_kernel(x, y, predicted, math.sqrt(2 * _TRUNCATE * fine_levels[0]) + margin)
+    for level in fine_levels[:-1]:
+        f, g, level_report = sinkhorn_loop(kernel, a_log, b_log, [level], _level_only(settings), f, g)
+        report = level_report if report is None else report + level_report
+        kernel = kernel.prune(level, f, g, _TRUNCATE, _MIN_PAIRS)
+    f, g, final = sinkhorn_loop(kernel, a_log, b_log, [eps], settings, f, g)
+    if not final.converged:
+        # The truncated support could not carry the marginals (or the warm start was far off):
+        # fall back to the dense kernel, cold, which always converges (O(N M) per soft-min).
+        kernel, f, g, dense = _dense_solve(x, y, eps, scaling, settings, a_log, b_log)
+        final = final + dense
+    return kernel, f, g, final if report is None else report + final
+
+
+def _dense_solve(x, y, eps, scaling, settings, a_log, b_log):
+    kernel = DenseKernel(x, y)
+    f, g, report = sinkhorn_loop(kernel, a_log, b_log, epsilon_schedule(diameter(x, y), eps, scaling), settings)
+    return kernel, f, g, report
+
+
+def coarse_start(x, y, eps, scaling, a_log, b_log):
+    """Potentials ``f (N,)``, ``g (M,)`` and barycentric targets ``(N, d)`` at the scale of grid
+    clusters of about ``CLUSTER_SIZE`` particles (annealed on the clusters, then extrapolated to the
+    particles through the coarse kernel); also the cluster side and the coarse solve's report."""
+    cell = max(_occupied_cells_scale(torch.cat([x, y]), 2 * x.shape[0] / _CLUSTER_SIZE), math.sqrt(eps))
+    label_x, centre_x, count_x = _grid_clusters(x, cell, a_log.exp())
+    label_y, centre_y, count_y = _grid_clusters(y, cell, b_log.exp())
+    eps_coarse = max(eps, cell ** 2)
+    coarse, f_c, g_c, report = multiscale_solve(centre_x, centre_y, eps_coarse, scaling, _COARSE, None,
+                                                count_x.log(), count_y.log())
+    f, predicted = _extrapolate(coarse, label_x, x, centre_y, count_y.log() + g_c / eps_coarse, eps_coarse)
+    g = _extrapolate(coarse.transpose(), label_y, y, centre_x, count_x.log() + f_c / eps_coarse, eps_coarse,
+                     targets=False)
+    return f, g, predicted, cell, report
+
+
+def _level_only(settings):
+    """An annealing level run as the last level of its own loop: the level's stopping rule."""
+    return settings._replace(tolerance=settings.level_tolerance, max_iterations=settings.level_iterations, omega=1.0)
+
+
+def _grid_clusters(points, cell, weights=None):
+    """Occupied cells of a grid of side ``cell``: labels ``(N,)``, centroids ``(K, d)`` and masses
+    ``(K,)`` (particle counts, or sums of ``weights``)."""
+    cells = torch.floor((points - points.min(0).values) / cell).long()
+    span = int(cells.max()) + 1
+    key = torch.zeros(points.shape[0], dtype=torch.long, device=points.device)
+    for axis in range(points.shape[1]):
+        key = key * span + cells[:, axis]
+    _, labels = torch.unique(key, return_inverse=True)
+    if weights is None:
+        weights = torch.ones(points.shape[0], dtype=points.dtype, device=points.device)
+    masses = torch.zeros(int(labels.max()) + 1, dtype=points.dtype, device=points.device).index_add_(0, labels, weights)
+    centroids = torch.zeros((masses.numel(), points.shape[1]), dtype=points.dtype, device=points.device)
+    centroids.index_add_(0, labels, points * weights.unsqueeze(1))
+    return labels, centroids / masses.unsqueeze(1), masses
+
+
+def _neighbour_pairs(predicted, y, radius):
+    """All pairs ``(i, j)`` with ``|predicted_i - y_j| <= radius``: ``y`` sorted into grid cells of
+    side ``radius / 2``, each prediction looks in the 5^d cells around its own."""
+    dim = y.shape[1]
+    side = radius / 2
+    origin = torch.minimum(predicted.min(0).values, y.min(0).values)
+    cell_p = torch.floor((predicted - origin) / side).long()
+    cell_y = torch.floor((y - origin) / side).long()
+    span = int(torch.maximum(cell_p.max(), cell_y.max())) + 5
+    weights = span ** torch.arange(dim - 1, -1, -1, device=y.device)
+    key_y = ((cell_y + 2) * weights).sum(1)
+    order_y = key_y.argsort()
+    sorted_keys = key_y[order_y]
+    key_p = ((cell_p + 2) * weights).sum(1)
+    every = torch.arange(predicted.shape[0], device=y.device)
+    rows, cols = [], []
+    offsets = torch.cartesian_prod(*[torch.arange(-2, 3, device=y.device)] * dim).reshape(-1, dim)
+    for offset in offsets:
+        key = key_p + (offset * weights).sum()
+        start = torch.searchsorted(sorted_keys, key, side="left")
+        counts = torch.searchsorted(sorted_keys, key, side="right") - start
+        row = torch.repeat_interleave(every, counts)
+        first = torch.repeat_interleave(start - (torch.cumsum(counts, 0) - counts), counts)
+        col = order_y[first + torch.arange(row.numel(), device=y.device)]
+        close = (predicted[row] - y[col]).pow(2).sum(1) <= radius ** 2
+        rows.append(row[close])
+        cols.append(col[close])
+    return torch.cat(rows), torch.cat(cols)
+
+
+def truncated_kernel(x, y, predicted, radius, count=_MIN_PAIRS):
+    """Sparse kernel: pairs within ``radius`` of the ``predicted`` targets, topped up so that every
+    row and every column has at least ``count`` pairs (its nearest partners).
+
+    The top-up keeps the support able to carry the marginals where the coarse prediction is off
+    (tails, thin features): with one forced pair per lonely column, two rows can end up sharing
+    one column and the error sticks at log 2 (seen on a curved cloud at N = 2,000)."""
+    rows, cols = _neighbour_pairs(predicted, y, radius)
+    thin_rows = (torch.bincount(rows, minlength=x.shape[0]) < count).nonzero().squeeze(1)
+    thin_cols = (torch.bincount(cols, minlength=y.shape[0]) < count).nonzero().squeeze(1)
+    near_cols = _nearest(predicted[thin_rows], y, count)            # (R, count) columns
+    near_rows = _nearest(y[thin_cols], predicted, count)            # (C, count) rows
+    rows = torch.cat([rows, thin_rows.repeat_interleave(near_cols.shape[1]), near_rows.reshape(-1)])
+    cols = torch.cat([cols, near_cols.reshape(-1), thin_cols.repeat_interleave(near_rows.shape[1])])
+    pairs = torch.unique(rows * y.shape[0] + cols)
+    return SparseKernel(x, y, pairs // y.shape[0], pairs % y.shape[0])
+
+
+def _nearest(queries, points, count, chunk=2048):
+    """Indices ``(Q, count)`` of the ``count`` nearest ``points`` to each query, in chunks of queries."""
+    count = min(count, points.shape[0])
+    if queries.shape[0] == 0:
+        return torch.empty((0, count), dtype=torch.long, device=points.device)
+    return torch.cat([torch.cdist(queries[start:start + chunk], points).topk(count, largest=False).indices
+                      for start in range(0, queries.shape[0], chunk)])
+
+
+def _occupied_cells_scale(points, count):
+    """Side of the grid cells that leaves about ``count`` occupied cells (two refinements)."""
+    extent = (points.max(0).values - points.min(0).values).clamp_min(1e-12)
+    dim = points.shape[1]
+    cell = float(extent.prod()) ** (1 / dim) / count ** (1 / dim)
+    for _ in range(2):
+        occupied = _grid_clusters(points, cell)[2].numel()
+        cell *= (occupied / count) ** (1 / dim)
+    return cell
+
+
+def _extrapolate(coarse, labels, points, centres, h, eps, targets=True):
+    """Softmin (and barycentre, if ``targets``) of ``points`` against the coarse targets their
+    cluster is paired with."""
+    if isinstance(coarse, DenseKernel):
+        kernel = DenseKernel(points, centres)
+    else:
+        # pairs (i, J) for every coarse pair (label_i, J)
+        order = labels.argsort()
+        counts = torch.bincount(labels, minlength=coarse.x.shape[0])
+        starts = torch.cumsum(counts, 0) - counts
+        sizes = counts[coarse.rows]
+        pair = torch.repeat_interleave(torch.arange(coarse.rows.numel(), device=points.device), sizes)
+        offset = torch.arange(pair.numel(), device=points.device) - torch.repeat_interleave(
+            torch.cumsum(sizes, 0) - sizes, sizes)
+        rows = order[starts[coarse.rows][pair] + offset]
+        kernel = SparseKernel(points, centres, rows, coarse.cols[pair])
+    if not targets:
+        return kernel.softmin(eps, h)
+    return kernel.softmin(eps, h), kernel.barycentre(eps, h, centres)

@@ -1,0 +1,262 @@
+r"""The user-facing transport map: :func:`transport_map` and the reusable :class:`TransportSolver`."""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+
+from .._validation import check_choice, check_int, check_points, check_positive
+from .exact import assignment_map, sorted_map
+from .geomloss_backend import geomloss_map
+from .kernels import centred, uniform_log
+from .multiscale import multiscale_solve
+from .online import online_solve
+from .routing import ALIASES, METHODS, check_tiling, resolve_method
+from .sinkhorn import SinkhornReport, SinkhornSettings
+
+__all__ = ["transport_map", "TransportSolver", "default_blur", "w2_sinkhorn", "UnconvergedTransportWarning",
+           "TransportNotConverged", "DEFAULT_SETTINGS"]
+
+DEFAULT_SETTINGS = SinkhornSettings()
+_ON_UNCONVERGED = ("warn", "raise", "ignore")
+_WARM_FRACTION = 0.25   # a warm start may spend this share of max_iterations before it is redone cold
+
+
+class UnconvergedTransportWarning(RuntimeWarning):
+    """A Sinkhorn solve stopped at ``max_iterations`` above its tolerance."""
+
+
+class TransportNotConverged(RuntimeError):
+    """Raised instead of the warning with ``on_unconverged="raise"``."""
+
+
+def transport_map(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[float] = None,
+                  scaling: float = 0.7, debias: bool = True, tolerance: float = DEFAULT_SETTINGS.tolerance,
+                  max_iterations: int = DEFAULT_SETTINGS.max_iterations, omega: float = DEFAULT_SETTINGS.omega,
+                  on_unconverged: str = "warn", tile_entries: Optional[int] = None,
+                  memory_budget: Optional[int] = None) -> torch.Tensor:
+    r"""Optimal transport map from the uniform measure on ``x`` to the uniform measure on ``y``.
+
+    Arguments:
+        x: source particles ``(..., N, d)``.
+        y: target particles ``(..., N, d)`` (same batch dimensions, N and d).
+        method: see the table of :mod:`torchmf.transport` (``"auto"``, ``"sort"``, ``"exact"``,
+            ``"sinkhorn"``, ``"sinkhorn-geomloss"``, ``"sinkhorn-keops"``, ``"sinkhorn-online"``
+            (alias ``"sinkhorn-dense"``), ``"sinkhorn-multiscale"``).
+        blur: Sinkhorn length scale :math:`\sqrt\varepsilon` (default :func:`default_blur`).
+        scaling: epsilon-annealing ratio per level in (0, 1) (blur shrinks by this factor).
+        debias: subtract the self-transport of ``x`` (Sinkhorn methods only).
+        tolerance: the torch Sinkhorn backends stop when the sup-norm change of the dual potential,
+            in units of :math:`\varepsilon`, falls below this (the largest relative error of a
+            column marginal of the plan); the rows are exact.
+        max_iterations: cap on the iterations at the final epsilon.
+        omega: over-relaxation factor in (0, 2) (1 is plain Sinkhorn).
+        on_unconverged: ``"warn"`` (:class:`UnconvergedTransportWarning`), ``"raise"``
+            (:class:`TransportNotConverged`) or ``"ignore"`` when a solve stops at ``max_iterations``.
+        tile_entries: entries per tile of the online backend (default: from ``memory_budget``).
+        memory_budget: bytes the online backend's tiles may use (default: 1/4 of the free
+            memory of ``x``'s device). Too small for one row tile: ``ValueError``.
+
+    Returns:
+        ``(..., N, d)``: :math:`T(x_i)`, on ``x``'s device and dtype.
+    """
+    solver = TransportSolver(method, blur=blur, scaling=scaling, debias=debias, tolerance=tolerance,
+                             max_iterations=max_iterations, omega=omega, on_unconverged=on_unconverged,
+                             tile_entries=tile_entries, memory_budget=memory_budget)
+    return solver(x, y, warm_start=False)
+
+
+def default_blur(x: torch.Tensor, y: torch.Tensor) -> float:
+    """5% of the largest per-axis standard deviation of the two clouds (``(N, d)`` each)."""
+    spread = float(torch.cat([x, y], dim=-2).std(dim=-2).max())
+    return 0.05 * spread if spread > 0 else 1e-3
+
+
+class TransportSolver:
+    """Reusable transport-map solver with warm starts (see :func:`transport_map` for arguments).
+
+    ``solver(x, y)`` returns the map ``(..., N, d)``. For the torch Sinkhorn backends the dual
+    potentials of the last unbatched solve are kept; the next call with the same ``N`` starts from
+    them (``warm_start=True``, the default) and runs only the final epsilon; a warm start that has
+    not converged after a quarter of ``max_iterations`` (the clouds moved by many blurs) is redone
+    cold. ``reset()`` forgets them.
+
+    Diagnostics of the last call: ``last_report`` (:class:`~torchmf.transport.SinkhornReport`:
+    iterations, achieved error, tolerance, converged; for a batch, the worst pair), and
+    ``last_iterations``. The exact and geomloss backends report ``None``.
+    """
+
+    def __init__(self, method: str = "auto", blur: Optional[float] = None, scaling: float = 0.7,
+                 debias: bool = True, tolerance: float = DEFAULT_SETTINGS.tolerance,
+                 max_iterations: int = DEFAULT_SETTINGS.max_iterations, omega: float = DEFAULT_SETTINGS.omega,
+                 on_unconverged: str = "warn", tile_entries: Optional[int] = None,
+                 memory_budget: Optional[int] = None):
+        self.method = ALIASES.get(check_choice("method", method, METHODS), method)
+        self.tiling = check_tiling(tile_entries, memory_budget)
+        self.blur = None if blur is None else check_positive("blur", blur)
+        self.scaling = _open_interval("scaling", scaling, 0.0, 1.0)
+        if not isinstance(debias, bool):
+            raise TypeError(f"debias: expected a bool, but got {type(debias).__name__}")
+        self.debias = debias
+        self.settings = DEFAULT_SETTINGS._replace(
+            tolerance=check_positive("tolerance", tolerance),
+            max_iterations=check_int("max_iterations", max_iterations, minimum=1),
+            omega=_open_interval("omega", omega, 0.0, 2.0))
+        self.on_unconverged = check_choice("on_unconverged", on_unconverged, _ON_UNCONVERGED)
+        self.last_report: Optional[SinkhornReport] = None
+        self._potentials = None
+        self._self_cache = None
+
+    @property
+    def tolerance(self) -> float:
+        return self.settings.tolerance
+
+    @property
+    def max_iterations(self) -> int:
+        return self.settings.max_iterations
+
+    @property
+    def last_iterations(self) -> int:
+        return 0 if self.last_report is None else self.last_report.iterations
+
+    def reset(self) -> None:
+        self._potentials = None
+        self._self_cache = None
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, warm_start: bool = True) -> torch.Tensor:
+        x, y = _check_clouds(x, y)
+        method = resolve_method(self.method, x.shape[-2], x.shape[-1], device=x.device,
+                                element_size=x.element_size(), tiling=self.tiling)
+        batch = x.shape[:-2]
+        flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
+        if flat_x.shape[0] > 1:
+            self._potentials = None  # warm starts are for one sequence of unbatched clouds
+        self.last_report = None
+        maps = [self._one(a, b, method, warm_start and flat_x.shape[0] == 1) for a, b in zip(flat_x, flat_y)]
+        return torch.stack(maps).reshape(*batch, *x.shape[-2:])
+
+    # -- one pair of clouds (N, d) ----------------------------------------------------------------
+    def _one(self, x, y, method, warm):
+        if method == "sort":
+            return sorted_map(x, y)
+        if method == "exact":
+            return assignment_map(x, y)
+        blur = self.blur if self.blur is not None else default_blur(x, y)
+        if method in ("sinkhorn-geomloss", "sinkhorn-keops"):
+            backend = "tensorized" if method == "sinkhorn-geomloss" else "keops"
+            mapped = geomloss_map(x, y, blur, self.scaling, backend, self.tiling)
+            return mapped if not self.debias else mapped - self._self_map(x, blur, method) + x
+        eps = blur ** 2
+        work_x, work_y, shift = centred(x, y)
+        previous = self._warm_start(x, y, shift, method) if warm else None
+        if previous is not None:
+            warm_settings = self.settings._replace(
+                max_iterations=max(1, int(_WARM_FRACTION * self.settings.max_iterations)))
+            kernel, f, g, report = self._solve(method, work_x, work_y, eps, previous, warm_settings)
+            if not report.converged:  # the clouds moved too far for the last potentials: solve cold
+                kernel, f, g, cold = self._solve(method, work_x, work_y, eps, None, self.settings)
+                report = report + cold
+        else:
+            kernel, f, g, report = self._solve(method, work_x, work_y, eps, None, self.settings)
+        self._record(report)
+        mapped = kernel.barycentre(eps, uniform_log(work_y) + g / eps, work_y) + shift
+        self._potentials = (method, f, g, mapped, y)
+        if self.debias:
+            mapped = mapped - self._self_map(x, blur, method) + x
+        return mapped
+
+    def _solve(self, method, work_x, work_y, eps, previous, settings):
+        if method == "sinkhorn-online":
+            return online_solve(work_x, work_y, eps, self.scaling, settings, previous, self.tiling)
+        return multiscale_solve(work_x, work_y, eps, self.scaling, settings, previous)
+
+    def _record(self, report: SinkhornReport) -> None:
+        """Keep the worst report of a batch; warn or raise on an unconverged solve."""
+        if self.last_report is None or report.error > self.last_report.error:
+            self.last_report = report
+        if report.converged or self.on_unconverged == "ignore":
+            return
+        message = (f"Sinkhorn stopped unconverged after {report.iterations} iterations: potential change "
+                   f"{report.error:.2e} eps > tolerance {report.tolerance:.1e}; raise max_iterations "
+                   f"(now {self.settings.max_iterations}) or the blur")
+        if self.on_unconverged == "raise":
+            raise TransportNotConverged(message)
+        warnings.warn(message, UnconvergedTransportWarning, stacklevel=4)
+
+    def _warm_start(self, x, y, shift, method):
+        """Potentials (and, for the sparse kernel, targets and their uncertainty) of the last solve."""
+        if self._potentials is None or self._potentials[0] != method or self._potentials[1].shape[0] != x.shape[0]:
+            return None
+        _, f, g, mapped, old_y = self._potentials
+        if method == "sinkhorn-online":
+            return f, g
+        # the targets moved with their particles: widen the kernel by (a few times) their typical move
+        moved = (y - old_y).pow(2).sum(1)
+        margin = 3.0 * float(moved.mean().sqrt())
+        return f, g, mapped - shift, margin
+
+    def _self_map(self, x, blur, method):
+        """Entropic self-transport of ``x`` (cached while ``x`` is unchanged: LOT reuses one source)."""
+        cache = self._self_cache
+        if cache is not None and cache[0] is x and cache[1] == (blur, method):
+            return cache[2]
+        if method in ("sinkhorn-geomloss", "sinkhorn-keops"):
+            backend = "tensorized" if method == "sinkhorn-geomloss" else "keops"
+            mapped = geomloss_map(x, x, blur, self.scaling, backend, self.tiling)
+        else:
+            # the self-transport plan sits on the diagonal: start there, no annealing needed
+            work, _, shift = centred(x, x)
+            zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+            start = (zero, zero) if method == "sinkhorn-online" else (zero, zero, work, 0.0)
+            kernel, _, g, report = self._solve(method, work, work, blur ** 2, start, self.settings)
+            self._record(report)
+            mapped = kernel.barycentre(blur ** 2, uniform_log(work) + g / blur ** 2, work) + shift
+        self._self_cache = (x, (blur, method), mapped)
+        return mapped
+
+
+def _open_interval(name, value, lower, upper):
+    value = check_positive(name, value) if lower == 0 else value
+    if not lower < value < upper:
+        raise ValueError(f"{name}: expected a number in ({lower:g}, {upper:g}), but got {value}")
+    return float(value)
+
+
+def _check_clouds(x, y):
+    x = check_points("x", x)
+    y = check_points("y", y)
+    if y.shape[-1] != x.shape[-1]:
+        raise ValueError(f"y: expected dimension d = {x.shape[-1]} like x, but got shape {tuple(y.shape)}")
+    if y.shape[-2] != x.shape[-2]:
+        raise ValueError(f"y: expected N = {x.shape[-2]} particles like x (uniform clouds of equal size), "
+                         f"but got shape {tuple(y.shape)}")
+    if y.shape[:-2] != x.shape[:-2]:
+        raise ValueError(f"y: expected batch dimensions {tuple(x.shape[:-2])} like x, but got {tuple(y.shape[:-2])}")
+    if y.device != x.device or y.dtype != x.dtype:
+        raise ValueError(f"y: expected device {x.device} and dtype {x.dtype} like x, but got {y.device}, {y.dtype}")
+    return x, y
+
+
+def w2_sinkhorn(x: torch.Tensor, y: torch.Tensor, blur: Optional[float] = None,
+                settings: SinkhornSettings = DEFAULT_SETTINGS) -> torch.Tensor:
+    r"""W2 between the uniform clouds ``x (N, d)`` and ``y (M, d)`` from a converged entropic plan,
+    a 0-d tensor: :math:`\sqrt{\sum_{ij} \pi_{ij} |x_i - y_j|^2}` with the rows of :math:`\pi`
+    exact (see :func:`torchmf.metrics.w2`). Warns like :class:`TransportSolver` when unconverged."""
+    blur = default_blur(x, y) if blur is None else blur
+    eps = blur ** 2
+    work_x, work_y, _ = centred(x, y)
+    method = resolve_method("sinkhorn", max(x.shape[0], y.shape[0]), x.shape[1], device=x.device,
+                            element_size=x.element_size())
+    if method == "sinkhorn-multiscale":
+        kernel, _, g, report = multiscale_solve(work_x, work_y, eps, 0.7, settings)
+    else:
+        kernel, _, g, report = online_solve(work_x, work_y, eps, 0.7, settings)
+    if not report.converged:
+        warnings.warn(f"w2: Sinkhorn stopped unconverged after {report.iterations} iterations (potential change "
+                      f"{report.error:.2e} eps > {report.tolerance:.1e})", UnconvergedTransportWarning, stacklevel=3)
+    # E_pi |x - y|^2 row by row from the plan's first two conditional moments of y
+    moments = kernel.barycentre(eps, uniform_log(work_y) + g / eps,
+                                torch.cat([work_y, work_y.pow(2).sum(1, keepdim=True)], 1))
+    squared = work_x.pow(2).sum(1) - 2 * (work_x * moments[:, :-1]).sum(1) + moments[:, -1]
+    return squared.mean().clamp_min(0).sqrt()
