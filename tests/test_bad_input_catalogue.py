@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from torchmf import Trajectories, pretrained, systems
-from torchmf._io import atomic_path, read_hdf5_array, sweep_stale_temporaries
+from torchmf._io import atomic_path, read_hdf5_array, read_plain_arrays, sweep_stale_temporaries
 from torchmf._memory import check_fits
 from torchmf._validation import check_seed, parse_key_values
 from torchmf.cli import main as torchmf_main
@@ -463,6 +463,12 @@ API_CASES = [
     ("load header list", _load("header_list.npz"), ValueError, "header"),
     ("load header version text", _load("header_version.npz"), ValueError, "header"),
     ("load newer version", _load("newer.npz"), ValueError, "version"),
+    ("plain arrays external link", lambda f: read_plain_arrays(f / "external_link.h5"), ValueError, "ExternalLink"),
+    ("plain arrays soft link", lambda f: read_plain_arrays(f / "soft_link.h5"), ValueError, "SoftLink"),
+    ("plain arrays virtual", lambda f: read_plain_arrays(f / "virtual.h5"), ValueError, "virtual"),
+    ("plain arrays external storage", lambda f: read_plain_arrays(f / "external_storage.h5"), ValueError, "external"),
+    ("plain arrays truncated npz", lambda f: read_plain_arrays(f / "truncated.npz"), ValueError, "truncated.npz"),
+    ("plain arrays pickled npz", lambda f: read_plain_arrays(f / "pickled.npz"), ValueError, "pickled.npz"),
     ("read_hdf5_array link", lambda f: _read_one(f / "external_link.h5", "positions"), ValueError, "ExternalLink"),
     ("read_hdf5_array missing", lambda f: _read_one(f / "good.h5", "nothing"), ValueError, "nothing"),
     # writes

@@ -10,6 +10,8 @@ import json
 import os
 import tempfile
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator, List, Union
 
@@ -203,16 +205,17 @@ def read_plain_arrays(path: PathLike) -> dict:
         try:
             with np.load(path, allow_pickle=False) as data:
                 return {name: data[name] for name in data.files}
-        except (OSError, ValueError, EOFError, KeyError) as error:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
             raise ValueError(f"path: {str(path)!r} is not a readable npz file ({type(error).__name__}: {error})") from None
     if suffix in (".h5", ".hdf5"):
         import h5py
 
         try:
             with h5py.File(path, "r") as handle:
+                # links are refused by read_hdf5_array before their target (maybe another file) is opened
                 return {name: read_hdf5_array(handle, name, path) for name in handle
-                        if isinstance(handle.get(name, getclass=True), type) and
-                        issubclass(handle.get(name, getclass=True), h5py.Dataset)}
+                        if not isinstance(handle.get(name, getlink=True), h5py.HardLink)
+                        or isinstance(handle[name], h5py.Dataset)}
         except OSError as error:
             raise ValueError(f"path: {str(path)!r} is not a readable HDF5 file ({error})") from None
     raise ValueError(f"path: expected a .npz, .h5 or .hdf5 file, but got {str(path)!r}")
