@@ -42,7 +42,10 @@ def test_default_sinkhorn_map_is_converged_quality_on_every_family(cases, name):
     # reference: the other (dense) kernel run far past the default tolerance
     converged = TransportSolver("sinkhorn-online", tolerance=1e-4, max_iterations=20_000)(x, y)
     error, reference = map_error(mapped, x, exact), map_error(converged, x, exact)
-    assert error <= 0.10 and error <= 1.25 * reference, (error, reference)
+    assert error <= 1.25 * reference, (error, reference)
+    # the blur (5% of the spread) bounds what any converged map can reach: in 3-D at N = 700 the
+    # converged dense solve itself is 0.158 away from the assignment (measured), in 2-D <= 0.07
+    assert error <= (0.10 if x.shape[1] == 2 else 0.20), error
     assert map_error(x, x, exact) > 0.10  # standing still fails
 
 
