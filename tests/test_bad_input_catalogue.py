@@ -442,6 +442,7 @@ API_CASES = [
     ("pretrained save name with slash", lambda f: pretrained.save("../x", {}, pretrained.BUILDERS[0], "", {}, {},
                                                                   directory=f), ValueError, "name"),
     ("pretrained missing payload", lambda f: pretrained.load_payload(f / "missing.pt"), FileNotFoundError, "path"),
+    ("pretrained payload folder", lambda f: pretrained.load_payload(f / "folder.h5"), ValueError, "folder"),
     ("pretrained pickle payload", lambda f: pretrained.load_payload(_evil_pickle(f / "evil.pt")), ValueError, "path"),
     # loaders
     ("load missing", _load("missing.h5"), FileNotFoundError, "path"),

@@ -83,6 +83,8 @@ def _builder(spec: str):
 def load_payload(path, expected_sha256: Optional[str] = None):
     """Verify (optionally) and read a checkpoint payload without executing code from it."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"path: expected a checkpoint file, but {str(path)!r} is a folder")
     if not path.is_file():
         raise FileNotFoundError(f"path: checkpoint {str(path)!r} does not exist")
     if expected_sha256 is not None and sha256(path) != expected_sha256:
