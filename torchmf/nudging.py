@@ -646,6 +646,8 @@ class NudgedSDE(nn.Module):
         if key not in self._fields:
             for old in [k for k in self._fields if k[0] < index - 1]:
                 del self._fields[old]  # observations are consumed in time order: keep a small window
+            for old in [k for k in self._observation_masses if k[0] < index - 1]:
+                del self._observation_masses[old]
             observations = self.observations
             if isinstance(observations, GridObservations) and observations.grid == self.grid:
                 masses = observations.densities[:, index].to(like) * self.grid.cell_volume
