@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from ._validation import check_int, check_nonnegative, check_points, check_positive, check_tensor
 from .metrics import w2
 from .sde import make_generator
-from .transport import METHODS, TransportSolver
+from .transport import METHODS, TransportSolver, resolve_method
 
 __all__ = ["lot_velocity", "particle_velocity", "lot_embedding", "pca", "MicroSimulator", "SystemSimulator",
            "check_simulator", "KeepHiddenState", "SystemReinitialization", "AdaptiveStep", "ProjectiveIntegrator",
@@ -45,15 +45,17 @@ _PROTOCOL = ("dt", "state", "step", "positions", "set_positions")
 
 
 def lot_method(method: str, n: int, dim: int) -> str:
-    """The transport backend LOT uses for ``method``: ``"auto"`` means sorting in 1-D and the
-    multiscale Sinkhorn otherwise (an assignment per map is far too slow for 2k maps per step)."""
+    """The transport backend LOT uses for ``method``: ``"auto"`` means sorting in 1-D, the exact
+    assignment (POT's network simplex) up to ``n = 3,000`` and the converged Sinkhorn beyond
+    (:func:`torchmf.transport.resolve_method`). Measured on untracked clouds moved by known gradient
+    fields (N = 1,000, scripts/bench_transport.py): exact maps 0.03% off the true velocity, converged
+    Sinkhorn maps at the default blur 3.6% (the blur smooths the map), and the assignment is the
+    faster of the two at these sizes."""
     if method not in METHODS:
         raise ValueError(f"method: expected one of {sorted(METHODS)}, but got {method!r}")
     if method != "auto":
         return method
-    if dim == 1:
-        return "sort"
-    return "sinkhorn-multiscale" if dim <= 3 else "sinkhorn-online"
+    return resolve_method("auto", n, dim)
 
 
 def _check_window(snapshots, k):
