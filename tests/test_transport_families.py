@@ -86,14 +86,16 @@ def test_unconverged_solve_warns_or_raises_and_reports():
 def test_warm_start_converges_with_fewer_iterations():
     x, y = transport_case("mixture_to_ring", 1500, seed=4)
     y_next = y + 0.01 * torch.randn(y.shape, generator=torch.Generator().manual_seed(5), dtype=y.dtype)
-    for method in ("sinkhorn-multiscale", "sinkhorn-online"):
+    long = TransportSolver("sinkhorn-online", debias=False, tolerance=1e-5, max_iterations=20_000)(x, y_next)
+    for method, within in (("sinkhorn-online", 0.01), ("sinkhorn-multiscale", 0.03)):
         solver = TransportSolver(method, debias=False, on_unconverged="raise")
         solver(x, y)
         cold_iterations = solver.last_iterations
         warm = solver(x, y_next)
         assert solver.last_report.converged and solver.last_iterations < cold_iterations, method
-        cold = TransportSolver(method, debias=False)(x, y_next)
-        assert float((warm - cold).norm() / (cold - x).norm()) < 0.01, method
+        # measured: online 0.7% from the long dense solve, multiscale 1.6% (its truncated kernel:
+        # its cold solve is 1.9% away too)
+        assert float((warm - long).norm() / (long - x).norm()) < within, method
 
 
 @pytest.mark.parametrize("name", ["square_to_banana", "mixture_to_ring", "unequal_spreads", "cube_to_shell_3d"])

@@ -1,6 +1,7 @@
 r"""The user-facing transport map: :func:`transport_map` and the reusable :class:`TransportSolver`."""
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Optional
 
@@ -9,11 +10,11 @@ import torch
 from .._validation import check_choice, check_int, check_points, check_positive
 from .exact import assignment_map, sorted_map
 from .geomloss_backend import geomloss_map
-from .kernels import centred, uniform_log
-from .multiscale import multiscale_solve
+from .kernels import DenseKernel, centred, uniform_log
+from .multiscale import SELF_TRUNCATE, multiscale_solve, truncated_kernel
 from .online import online_solve
 from .routing import ALIASES, METHODS, check_tiling, resolve_method
-from .sinkhorn import SinkhornReport, SinkhornSettings
+from .sinkhorn import SinkhornReport, SinkhornSettings, symmetric_loop
 
 __all__ = ["transport_map", "TransportSolver", "default_blur", "w2_sinkhorn", "UnconvergedTransportWarning",
            "TransportNotConverged", "DEFAULT_SETTINGS"]
@@ -78,7 +79,8 @@ class TransportSolver:
 
     ``solver(x, y)`` returns the map ``(..., N, d)``. For the torch Sinkhorn backends the dual
     potentials of the last unbatched solve are kept; the next call with the same ``N`` starts from
-    them (``warm_start=True``, the default) and runs only the final epsilon; a warm start that has
+    them (``warm_start=True``, the default) and runs only the final epsilon, with plain (not
+    over-relaxed) updates; a warm start that has
     not converged after a quarter of ``max_iterations`` (the clouds moved by many blurs) is redone
     cold. ``reset()`` forgets them.
 
@@ -151,8 +153,10 @@ class TransportSolver:
         work_x, work_y, shift = centred(x, y)
         previous = self._warm_start(x, y, shift, method) if warm else None
         if previous is not None:
+            # plain updates from a warm start: over-relaxed ones oscillate there first (mixture to ring,
+            # N = 1,500, targets jittered by 0.01: 608 iterations at omega = 1.9, 65 at 1.0, cold 90)
             warm_settings = self.settings._replace(
-                max_iterations=max(1, int(_WARM_FRACTION * self.settings.max_iterations)))
+                omega=1.0, max_iterations=max(1, int(_WARM_FRACTION * self.settings.max_iterations)))
             kernel, f, g, report = self._solve(method, work_x, work_y, eps, previous, warm_settings)
             if not report.converged:  # the clouds moved too far for the last potentials: solve cold
                 kernel, f, g, cold = self._solve(method, work_x, work_y, eps, None, self.settings)
@@ -191,9 +195,12 @@ class TransportSolver:
         _, f, g, mapped, old_y = self._potentials
         if method == "sinkhorn-online":
             return f, g
-        # the targets moved with their particles: widen the kernel by (a few times) their typical move
+        # the targets moved with their particles: widen the kernel by (a few times) their typical move,
+        # plus two blurs for the error of the old targets themselves (without it the warm map was
+        # 2.3% away from the cold one on a mixture to a ring)
         moved = (y - old_y).pow(2).sum(1)
-        margin = 3.0 * float(moved.mean().sqrt())
+        blur = self.blur if self.blur is not None else default_blur(x, y)
+        margin = 3.0 * float(moved.mean().sqrt()) + 2.0 * blur
         return f, g, mapped - shift, margin
 
     def _self_map(self, x, blur, method):
@@ -205,13 +212,16 @@ class TransportSolver:
             backend = "tensorized" if method == "sinkhorn-geomloss" else "keops"
             mapped = geomloss_map(x, x, blur, self.scaling, backend, self.tiling)
         else:
-            # the self-transport plan sits on the diagonal: start there, no annealing needed
+            # the self-transport plan sits on the diagonal: no annealing, the symmetric update
             work, _, shift = centred(x, x)
-            zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            start = (zero, zero) if method == "sinkhorn-online" else (zero, zero, work, 0.0)
-            kernel, _, g, report = self._solve(method, work, work, blur ** 2, start, self.settings)
+            eps, a_log = blur ** 2, uniform_log(work)
+            if method == "sinkhorn-online":
+                kernel = DenseKernel(work, work, self.tiling)
+            else:
+                kernel = truncated_kernel(work, work, work, math.sqrt(2 * SELF_TRUNCATE * eps))
+            f, report = symmetric_loop(kernel, a_log, eps, self.settings)
             self._record(report)
-            mapped = kernel.barycentre(blur ** 2, uniform_log(work) + g / blur ** 2, work) + shift
+            mapped = kernel.barycentre(eps, a_log + f / eps, work) + shift
         self._self_cache = (x, (blur, method), mapped)
         return mapped
 
