@@ -3,7 +3,7 @@
 Every figure is measured in this run, on one torch thread, against the exact assignment (POT's
 network simplex) and a long converged solve of the other (dense) kernel. Every check carries the
 trivial answer computed in the same run (standing still, or the unconverged solver of before) and
-that baseline must fail the target. Run ``--quick`` for N = 1,000 and fewer peers.
+that baseline must fail the target. ``--quick`` leaves out the N = 1e4 lines and POT/geomloss at N = 1e4.
 
     python scripts/bench_transport.py --out runs [--quick]
 """
@@ -52,8 +52,8 @@ def family_rows(n, backends):
     rows = []
     for name in TRANSPORT_CASES:
         x, y = transport_case(name, n, seed=11)
+        exact_pot, t_pot = timed(pot_emd_map, x, y)  # first: it pays POT's import, not ours
         exact_ours, t_exact = timed(transport_map, x, y, "exact")
-        exact_pot, t_pot = timed(pot_emd_map, x, y)
         _, t_scipy = timed(scipy_map, x, y)
         default, t_default = timed(transport_map, x, y)
         reference = TransportSolver("sinkhorn-online", tolerance=1e-4, max_iterations=20_000)
@@ -173,7 +173,7 @@ def peer_rows(sizes, quick):
         row = {"n": n, "t_ours": t_ours, "error_ours": target, "geomloss": [], "pot": None}
         blur = default_blur(x, y)
         if n * n * 8 * 3 < 6e9:
-            for scaling in (0.7, 0.9, 0.95, 0.98, 0.99):
+            for scaling in (0.7, 0.9, 0.95, 0.98, 0.99, 0.995):
                 loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=False, potentials=True,
                                    backend="tensorized")
                 wx, wy, shift = centred(x, y)
@@ -186,7 +186,10 @@ def peer_rows(sizes, quick):
                     break
         else:
             row["geomloss_limit"] = "the N x N float64 matrices do not fit in this machine's memory"
-        if n <= (1_000 if quick else 10_000):
+        if n > 1_000:
+            row["pot_limit"] = ("ot.sinkhorn(method='sinkhorn_log') at N = 1,000 took minutes here; at N = 1e4 each "
+                                "iteration is 100x that (not run)")
+        else:
             cost = ot.dist(x.numpy(), y.numpy())
             start = time.perf_counter()
             with warnings.catch_warnings():
@@ -217,9 +220,13 @@ def record_checks(report, families, w2s, lots, peers, large):
     report.check("default map time / scipy linear_sum_assignment (worst family)",
                  max(r["t_default"] / r["t_scipy_lsa"] for r in families), "<= 0.3", at_most(0.3),
                  baseline=("scipy linear_sum_assignment itself", 1.0))
+    report.check("default 'sinkhorn' map time / scipy linear_sum_assignment (worst family)",
+                 max(r["backends"]["sinkhorn"]["seconds"] / r["t_scipy_lsa"] for r in families), "<= 0.3",
+                 at_most(0.3), baseline=("scipy linear_sum_assignment itself", 1.0))
     report.check("method='exact' time / ot.emd (worst family)", max(r["t_exact"] / r["t_pot_emd"] for r in families),
                  "<= 1.5", at_most(1.5),
-                 baseline=("scipy linear_sum_assignment / ot.emd", min(r["t_scipy_lsa"] / r["t_pot_emd"] for r in families)))
+                 baseline=("scipy linear_sum_assignment / ot.emd (the exact backend before)",
+                           max(r["t_scipy_lsa"] / r["t_pot_emd"] for r in families)))
     report.check("w2(method='sinkhorn') relative error to exact W2 (worst family)",
                  max(r["relative_error"] for r in w2s), "<= 0.02", at_most(0.02),
                  baseline=("geomloss debiased divergence, blur 1%, scaling 0.7 (before)",
@@ -237,10 +244,12 @@ def record_checks(report, families, w2s, lots, peers, large):
                      baseline=("standing still", row["error_standing_still"] / row["error_reference"]))
     for row in peers:
         matched = [g for g in row["geomloss"] if row["error_ours"] is not None and g["error"] <= 1.05 * row["error_ours"]]
-        if matched:
-            report.check(f"N = {row['n']}: time / geomloss tensorized at equal accuracy",
-                         row["t_ours"] / matched[0]["seconds"], "<= 0.5", at_most(0.5),
-                         baseline=("geomloss itself", 1.0))
+        if matched or row["geomloss"]:
+            # if geomloss never reached our accuracy, its most accurate attempt (a lower bound on its time)
+            chosen = matched[0] if matched else row["geomloss"][-1]
+            label = "at equal accuracy" if matched else f"(its best, error {chosen['error']:.4f}, still above ours)"
+            report.check(f"N = {row['n']}: time / geomloss tensorized {label}", row["t_ours"] / chosen["seconds"],
+                         "<= 0.5", at_most(0.5), baseline=("geomloss itself", 1.0))
         if row["pot"] is not None:
             report.check(f"N = {row['n']}: time / POT log-domain Sinkhorn (reg = 2 blur^2)",
                          row["t_ours"] / row["pot"]["seconds"], "<= 0.1", at_most(0.1), baseline=("POT itself", 1.0))
@@ -265,17 +274,18 @@ def large_rows(sizes):
 def main(argv=None):
     parser = standard_parser(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip-large", action="store_true", help="no N = 1e4 lines (they take minutes)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = Report("bench_transport", args)
-    n = 1000 if args.quick else 2000
+    n = 2000  # the acceptance size, quick or not (about 3 minutes)
     report.settings.update({"threads": args.threads, "n_families": n})
     backends = ["sinkhorn-online", "sinkhorn-multiscale", "sinkhorn-geomloss", "sinkhorn", "auto"]
     families = family_rows(n, backends)
     w2s = w2_rows(n)
     lots = lot_rows(1000)
-    large = large_rows([] if args.quick else [10_000])
-    peers = peer_rows([1000] if args.quick else [1000, 10_000], args.quick)
+    large = large_rows([] if args.quick or args.skip_large else [10_000])
+    peers = peer_rows([1000] if args.quick or args.skip_large else [1000, 10_000], args.quick)
     report.metrics.update({"families": families, "w2": w2s, "lot": lots, "large": large, "peers": peers})
     record_checks(report, families, w2s, lots, peers, large)
     report.write()
