@@ -31,3 +31,19 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _lightning_logs_to_the_current_stderr():
+    """Lightning's log handlers keep the stderr of the test that first imported it; pytest closes that
+    stream after the test, and a later log call prints "--- Logging error ---" with a traceback into
+    another test's captured stderr. Point them at the current stderr before every test."""
+    import logging
+    import sys
+
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("lightning", "pytorch_lightning")):
+            for handler in logging.getLogger(name).handlers:
+                if type(handler) is logging.StreamHandler:
+                    handler.stream = sys.stderr  # not setStream: it would flush the closed stream
+    yield
