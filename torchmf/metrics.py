@@ -18,6 +18,7 @@ import torch
 from ._validation import check_choice, check_points, check_positive, check_tensor
 from .grid import Grid, GridConvolution
 from .kernels import GaussianKernel, PeriodicKernel
+from .transport.routing import EXACT_LIMIT
 
 __all__ = ["w2", "smoothed_density", "density_l2_error", "moments", "relative_error", "W2_METHODS"]
 
@@ -53,7 +54,7 @@ def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[fl
     if method == "auto":
         if x.shape[-1] == 1:
             method = "sort"
-        elif x.shape[-2] == y.shape[-2] <= _exact_limit():
+        elif x.shape[-2] == y.shape[-2] <= EXACT_LIMIT:
             method = "exact"
         else:
             method = "sinkhorn"
@@ -62,12 +63,6 @@ def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[fl
     if method == "exact":
         return _w2_exact(x, y)
     return _w2_sinkhorn(x, y, blur)
-
-
-def _exact_limit():
-    from .transport.routing import EXACT_LIMIT
-
-    return EXACT_LIMIT
 
 
 def _w2_sorted(x, y):
