@@ -1,13 +1,16 @@
-"""Speed of the LOT building blocks: one Sinkhorn transport map at N = 10,000 in 2-D, and the full
-Table 6.1 projective protocol with N = 2,000 (LOT paper, section 6).
+"""Speed of the LOT building blocks: one converged Sinkhorn transport map at N = 10,000 in 2-D, and the
+full Table 6.1 projective protocol with N = 2,000 (LOT paper, section 6).
 
     python scripts/bench_lot.py --out runs
-    python scripts/bench_lot.py --out runs --quick
+    python scripts/bench_lot.py --out runs --quick            # the map at N = 2,000, the protocol with N_T = 4
+    python scripts/bench_lot.py --out runs --skip-protocol    # only the map lines
 
 Smooth test case: x ~ N(0, I_2), y ~ N(m, S) sampled independently, with m = (2, 1) and
 S = [[2, 0.6], [0.6, 1]]; the continuous optimal map is affine, T(x) = m + S^{1/2} x. The Sinkhorn
-map is compared with the exact assignment map (scipy, at the largest N it solves in reasonable time
-here: its cost grows like N^3) and with the closed form.
+map (``method="sinkhorn"``, converged: issue 12) is compared with the exact assignment map (POT's
+network simplex, at the same N), with a long solve to tolerance 1e-4 (issue 12's acceptance: <= 10 s
+at N = 1e4 on one thread, error <= 1.25x the converged reference's), and with the closed form. The
+N = 10,000 line of before ("1.14 s") timed the unconverged solver (20 final iterations).
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ import torch
 from _report import Report, standard_parser
 
 from torchmf import systems
-from torchmf.lot import ProjectiveIntegrator, SystemSimulator
+from torchmf.lot import ProjectiveIntegrator, SystemSimulator, lot_method
 from torchmf.transport import transport_map
 
 MEAN = torch.tensor([2.0, 1.0])
@@ -49,41 +52,57 @@ def timed(function, repeats):
 
 
 def sinkhorn_speed(report, quick):
+    """One converged Sinkhorn map (``method="sinkhorn"``, what LOT uses beyond N = 3,000) at N = 10,000
+    (quick: 2,000): time, and its error to the exact assignment against a long solve's (tolerance 1e-4)."""
+    from torchmf.transport import TransportSolver, resolve_method
+
     n = 2000 if quick else 10_000
     x, y, closed = gaussian_pair(n, 0)
     results = {}
     for debias in (False, True):
-        seconds, mapped = timed(lambda: transport_map(x, y, "sinkhorn-multiscale", debias=debias), 2)
-        results[debias] = (seconds, relative(mapped - x, closed - x))
-    report.metrics.update(sinkhorn_n=n, sinkhorn_seconds=results[False][0], sinkhorn_debiased_seconds=results[True][0],
-                          sinkhorn_error_vs_closed_form=results[False][1],
-                          sinkhorn_debiased_error_vs_closed_form=results[True][1])
-    n_exact = 2000 if quick else 3000
-    xe, ye, closed_e = gaussian_pair(n_exact, 1)
-    exact_seconds, exact = timed(lambda: transport_map(xe, ye, "exact"), 1)
-    sink = transport_map(xe, ye, "sinkhorn-multiscale", debias=False)
-    error_vs_exact = relative(sink - xe, exact - xe)
-    report.metrics.update(exact_n=n_exact, exact_seconds=exact_seconds, sinkhorn_error_vs_exact=error_vs_exact,
-                          exact_error_vs_closed_form=relative(exact - xe, closed_e - xe))
-    seconds, error = results[False]
-    # baselines: the exact assignment (measured at n_exact, scaled as N^3 where n_exact < n) and a translation
-    exact_scaled = exact_seconds * (n / n_exact) ** 3
-    report.check(f"one Sinkhorn map, 2-D, N = {n}: seconds (debias=False; debiased: {results[True][0]:.2f} s)",
-                 round(seconds, 3), "< 2 s", lambda v: v < 2.0,
-                 baseline=(f"exact assignment measured at N = {n_exact}" +
-                           (f", scaled as N^3 to N = {n}" if n_exact != n else ""), round(exact_scaled, 2)))
-    shifted = xe + (ye.mean(0) - xe.mean(0))
-    report.check(f"Sinkhorn vs exact assignment displacement, relative L2 (exact at N = {n_exact}; "
-                 f"vs closed form at N = {n}: {error:.4f})", round(error_vs_exact, 4), "<= 0.05",
-                 lambda v: v <= 0.05, baseline=("translation by the difference of the means",
-                                                round(relative(shifted - xe, exact - xe), 4)))
-    return exact_seconds, n_exact
+        seconds, mapped = timed(lambda: transport_map(x, y, "sinkhorn", debias=debias), 2)
+        results[debias] = (seconds, mapped)
+    seconds, mapped = results[False]
+    exact_seconds, exact = timed(lambda: transport_map(x, y, "exact"), 1)  # POT's network simplex
+    # the long solve in float64 (float32 potentials stall near 4e-3 eps, short of the 1e-4 tolerance)
+    long_seconds, reference = timed(lambda: TransportSolver("sinkhorn", tolerance=1e-4, max_iterations=20_000,
+                                                            debias=False)(x.double(), y.double()).float(), 1)
+    shifted = x + (y.mean(0) - x.mean(0))
+    error, reference_error = relative(mapped - x, exact - x), relative(reference - x, exact - x)
+    shift_error = relative(shifted - x, exact - x)
+    report.metrics.update(sinkhorn_n=n, sinkhorn_backend=resolve_method("sinkhorn", n, 2),
+                          sinkhorn_seconds=seconds, sinkhorn_debiased_seconds=results[True][0],
+                          sinkhorn_error_vs_exact=error, sinkhorn_error_vs_closed_form=relative(mapped - x, closed - x),
+                          sinkhorn_debiased_error_vs_closed_form=relative(results[True][1] - x, closed - x),
+                          exact_n=n, exact_seconds=exact_seconds, exact_error_vs_closed_form=relative(exact - x, closed - x),
+                          long_solve_seconds=long_seconds, long_solve_error_vs_exact=reference_error,
+                          translation_error_vs_exact=shift_error)
+    label = f"one converged Sinkhorn map (method='sinkhorn'), 2-D, N = {n}, one thread"
+    if quick:
+        # at N = 2,000 the issue's line is a ratio to scipy's assignment on the same inputs (same run)
+        from scipy.optimize import linear_sum_assignment
+
+        cost = torch.cdist(x.double(), y.double()).pow(2).numpy()
+        scipy_seconds, _ = timed(lambda: linear_sum_assignment(cost), 1)
+        report.metrics["scipy_assignment_seconds"] = scipy_seconds
+        report.check(f"{label}: seconds / scipy linear_sum_assignment (same inputs)",
+                     round(seconds / scipy_seconds, 3), "<= 0.3", lambda v: v <= 0.3,
+                     baseline=("scipy linear_sum_assignment itself", 1.0))
+    else:
+        report.check(f"{label}: seconds (debiased: {results[True][0]:.2f} s)", round(seconds, 2), "<= 10 s",
+                     lambda v: v <= 10.0, baseline=(f"exact assignment (POT ot.emd) at N = {n}, measured",
+                                                    round(exact_seconds, 2)))
+    report.check(f"{label}: error to the exact assignment / a long solve's (tolerance 1e-4, {reference_error:.4f})",
+                 round(error / reference_error, 3), "<= 1.25", lambda v: v <= 1.25,
+                 baseline=("translation by the difference of the means", round(shift_error / reference_error, 2)))
+    report.check(f"{label}: displacement error to the exact assignment, relative L2", round(error, 4), "<= 0.05",
+                 lambda v: v <= 0.05, baseline=("translation by the difference of the means", round(shift_error, 4)))
 
 
-def protocol_speed(report, quick, exact):
+def protocol_speed(report, quick):
     n = 2000  # quick: the same N (at N = 500 the exact assignment is as fast as Sinkhorn), a quarter of the cycles
     settings = dict(k=80, step=85.0, burn_in=30.0, start_up=30.0, n_steps=4 if quick else 16, recovery=50.0)
-    report.settings["protocol"] = dict(settings, particles=n)
+    report.settings["protocol"] = dict(settings, particles=n, method=lot_method("auto", n, 2))
     integrator = ProjectiveIntegrator(**settings, progress=False)
     start = time.perf_counter()
     run = integrator.run(SystemSimulator(systems.get("box_diffusion"), n, seed=0))
@@ -92,14 +111,17 @@ def protocol_speed(report, quick, exact):
     label = "Table 6.1 protocol" if not quick else "Table 6.1 protocol with N_T = 4"
     # the run time is linear in the number of cycles N_T: quick (N_T = 4) gets 4/16 of the 900 s budget
     budget = 900.0 * settings["n_steps"] / 16
-    # baseline: the same protocol with the exact-assignment velocity, estimated as 2k maps per cycle times the
-    # exact map's seconds at this N (measured in this run; scaled as N^3 when measured at another N)
-    exact_seconds, exact_n = exact
+    # baseline: the same protocol with the exact-assignment velocity, priced as 2k maps per cycle times one exact
+    # map measured at this N in this run (since issue 12 lot_method("auto") is that assignment up to N = 3,000)
+    xe, ye, _ = gaussian_pair(n, 1)
+    exact_seconds, _ = timed(lambda: transport_map(xe, ye, "exact"), 2)
     maps = 2 * settings["k"] * settings["n_steps"]
-    exact_protocol = maps * exact_seconds * (n / exact_n) ** 3
-    report.metrics.update(exact_velocity_protocol_seconds_estimate=exact_protocol, transport_maps=maps)
-    report.check(f"{label}, N = {n}, CPU: seconds", round(seconds, 1), f"<= {budget:.0f} s", lambda v: v <= budget,
-                 baseline=(f"exact-assignment velocity: {maps} maps x the exact map's measured seconds",
+    exact_protocol = maps * exact_seconds
+    report.metrics.update(exact_velocity_protocol_seconds_estimate=exact_protocol, transport_maps=maps,
+                          protocol_exact_map_seconds=exact_seconds)
+    report.check(f"{label}, N = {n}, CPU: seconds (velocity by lot_method('auto') = "
+                 f"{lot_method('auto', n, 2)!r})", round(seconds, 1), f"<= {budget:.0f} s", lambda v: v <= budget,
+                 baseline=(f"exact-assignment velocity: {maps} maps x one exact map's measured seconds",
                            round(exact_protocol, 1)))
     report.check("Table 6.1 protocol, N = 10,000 on a GPU: seconds", None, "<= 600 s", None,
                  skipped="no CUDA device on this machine" if not torch.cuda.is_available() else
@@ -110,12 +132,16 @@ def main(argv=None) -> int:
     parser = standard_parser(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the 2-core machine is shared; recorded in the JSON)")
+    parser.add_argument("--skip-protocol", action="store_true",
+                        help="only the map lines (the protocol takes 2k exact maps per cycle: ~45 min at N_T = 16)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = Report("bench_lot", args)
     report.settings["threads"] = args.threads
-    exact = sinkhorn_speed(report, args.quick)
-    protocol_speed(report, args.quick, exact)
+    sinkhorn_speed(report, args.quick)
+    report.write()  # the map lines survive an interrupted protocol run
+    if not args.skip_protocol:
+        protocol_speed(report, args.quick)
     report.write()
     return 0
 

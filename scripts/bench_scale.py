@@ -111,7 +111,9 @@ def sharded_checks(report: Report, n: int, grid_size: int) -> None:
 
 def sinkhorn_check(report: Report, n: int, device, seconds_target: float, label: str,
                    method: str = "sinkhorn-online") -> float:
-    """Time ``transport_map(x, y, method)`` on the affine case; check time and the 2% error. Returns seconds."""
+    """Time ``transport_map(x, y, method)`` on the affine case (exact discrete map known); check the time,
+    the 2% error to the exact map and, on CPU, the error against a long converged solve's (tolerance 1e-4,
+    float64: issue 12's "<= 1.25x a converged reference"). Returns seconds."""
     from torchmf.transport import TransportSolver, affine_gaussian_case, resolve_method
 
     x, y, exact = affine_gaussian_case(n, device=device)
@@ -132,20 +134,30 @@ def sinkhorn_check(report: Report, n: int, device, seconds_target: float, label:
     scaled = exact_seconds * (n / exact_n) ** 3
     report.check(f"{label}: time (s), method={method!r} ({backend})", round(seconds, 3), f"< {seconds_target}",
                  lambda v: v < seconds_target,
-                 baseline=(f"exact assignment (scipy) measured at N = {exact_n}" +
+                 baseline=(f"exact assignment (POT ot.emd) measured at N = {exact_n}" +
                            (f", scaled as N^3 to N = {n}" if exact_n != n else ""), round(scaled, 3)))
     shifted = x + (y.mean(0) - x.mean(0))
     shift_error = float((shifted - exact).norm() / (exact - x).norm())
     report.check(f"{label}: displacement error vs the exact affine map", round(error, 5), "<= 0.02", lambda v: v <= 0.02,
                  baseline=("translation by the difference of the means", round(shift_error, 4)))
+    if torch.device(device).type == "cpu":
+        # the sparse multiscale kernel: a dense solve to 1e-4 at N = 1e4 would take most of an hour here
+        long = TransportSolver("sinkhorn-multiscale", tolerance=1e-4, max_iterations=20_000)
+        reference = long(x.double(), y.double())
+        reference_error = max(float((reference - exact.double()).norm() / (exact - x).double().norm()), 1e-12)
+        report.metrics[f"sinkhorn_{label}"].update(long_solve_error=reference_error,
+                                                  long_solve_iterations=long.last_iterations)
+        report.check(f"{label}: error / a long multiscale solve's (tolerance 1e-4, float64: {reference_error:.5f})",
+                     round(error / reference_error, 3), "<= 1.25", lambda v: v <= 1.25,
+                     baseline=("translation by the difference of the means", round(shift_error / reference_error, 2)))
     return seconds
 
 
 _EXACT_SECONDS = {}  # size -> seconds: one exact solve per size serves every check of the run
 
 
-def _exact_assignment_seconds(n: int, device, limit: int = 3000):
-    """Seconds of the exact assignment map on the affine case at min(n, limit) (CPU; N^3 work)."""
+def _exact_assignment_seconds(n: int, device, limit: int = 10_000):
+    """Seconds of the exact assignment map (POT's network simplex) on the affine case at min(n, limit) (CPU)."""
     from torchmf.transport import affine_gaussian_case, transport_map
 
     size = min(n, limit)
@@ -262,9 +274,12 @@ def main(argv=None) -> int:
     sharded_checks(report, n_sharded, 256)
     torch.set_num_threads(args.threads)
     label = f"CPU N={n_sinkhorn:.0e}".replace("e+0", "e")
-    sinkhorn_check(report, n_sinkhorn, "cpu", 2.0, f"online Sinkhorn {label}")
+    # issue 12: a converged map at N = 1e4 in <= 10 s on one thread (the former "< 2 s" timed an unconverged
+    # solve of 20 final iterations); quick (N = 2,000) scales it by the measured N^2 work of the dense tiles
+    seconds_target = 10.0 if n_sinkhorn == 10_000 else round(10.0 * (n_sinkhorn / 10_000) ** 2, 2)
+    sinkhorn_check(report, n_sinkhorn, "cpu", seconds_target, f"online Sinkhorn {label}")
     # what method="sinkhorn" picks on CPU for d <= 3 (the multiscale torch backend): the routing rule's evidence
-    sinkhorn_check(report, n_sinkhorn, "cpu", 2.0, f"routed Sinkhorn {label}", method="sinkhorn")
+    sinkhorn_check(report, n_sinkhorn, "cpu", seconds_target, f"routed Sinkhorn {label}", method="sinkhorn")
 
     gpu_lines = [
         ("online Sinkhorn CUDA N=1e5: time (s) and error", "< 1 s, <= 2%"),
