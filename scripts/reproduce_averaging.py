@@ -16,9 +16,10 @@ Every check carries a trivial baseline computed in the same run that must fail i
     datasets, per parameter with its Clopper-Pearson interval; sigma corrected for the fast
     fluctuations and the Euler step (torchmf.variational); baselines: the untrained posterior for
     a and b, the uncorrected Euler-Maruyama sigma for sigma; credible-band coverage of the true F;
-  * the paper's tagged-particle benchmark (torchmf.systems.tagged_particle, N = 10 solvent particles,
-    d = 1, 2): drift MSE of the structured flow-averaged model over the unstructured MLP drift at the
-    larger scale separations n = 1000, 15000 (n = 100 reported); baseline: the best linear drift.
+  * the paper's tagged-particle benchmark (torchmf.systems.tagged_particle, N = 10 solvent particles
+    by default, --tagged-solvent 10,15,20 for the paper's other sizes, d = 1, 2): drift MSE of the
+    structured flow-averaged model over the unstructured MLP drift at the larger scale separations
+    n = 1000, 15000 (n = 100 reported); baseline: the best linear drift.
 Writes OUT/reproduce_averaging.json and averaging_*.png beside it.
 """
 from __future__ import annotations
@@ -423,7 +424,7 @@ TAGGED_RATIO = 0.2  # the paper (secondhand): 0.0029 / 0.014 and 0.0002 / 0.008 
 
 
 def tagged_section(report, args):
-    """The paper's benchmark: a tagged particle in N = 10 solvent particles (torchmf.systems.tagged_particle):
+    """The paper's benchmark: a tagged particle in N solvent particles (torchmf.systems.tagged_particle):
     the structured flow-averaged model (q_phi learned from the path by penalized likelihood) against an
     unstructured MLP drift fitted to the same path; MSE against the true averaged drift on the visited states."""
     quick = args.quick
@@ -431,48 +432,54 @@ def tagged_section(report, args):
     results = {}
     dims = [int(d) for d in args.tagged_dims.split(",")] if args.tagged_dims else TAGGED["dims"][pick]
     scales = [float(n) for n in args.tagged_scales.split(",")] if args.tagged_scales else TAGGED["scales"][pick]
-    for d in dims:
-        for scale in scales:
-            params = {"d": d, "scale": scale, "n_solvent": 10}
-            path, system = simulate_to(args.out, f"tagged-d{d}", "tagged_particle", params, TAGGED["t_end"][pick],
-                                       seed=int(scale) + d, dt=0.005)
-            batch = 512  # d = 2: minibatch likelihood (path statistics are one-dimensional)
-            common = dict(path=str(path), batch_size=batch, system="tagged_particle", system_params=params)
-            models, seconds = {}, {}
-            for variant in TAGGED["variants"][pick]:
-                known = variant == "b known"
-                models[variant], data, seconds[variant] = train_point(
-                    steps=TAGGED["flow_steps"][pick], theta_init=[1.0, 1.0] if known else [0.5, 0.5],
-                    freeze_theta=known, n_samples=16, penalty_points=64, **common)
-            models["neural"], _, seconds["neural"] = train_point(steps=TAGGED["neural_steps"][pick], density="neural",
-                                                                 learning_rate=0.005, **common)
-            states = data.train_states[torch.linspace(0, data.train_states.shape[0] - 1, 2000).long()]
-            x, dx, dt = data.train_set.tensors
-            ones = torch.ones(x.shape[0], 1)
-            coefficients = torch.linalg.lstsq(  # trivial baseline: the best linear drift, F = A x + c
-                torch.cat((x, ones), -1).double(), (dx / dt.unsqueeze(-1)).double()).solution
-            with torch.no_grad():
-                truth = system.averaged_drift(states.double())
-                # 8192 fast draws per state (plain: N d > 1 fast coordinates): with 256 the Monte-Carlo
-                # error of the coupling term alone had a mean square of ~1e-3, the size of the flow's MSE
-                generator = torch.Generator().manual_seed(0)
-                estimates = {name: torch.cat([model.drift(part, n_samples=8192, generator=generator)
-                                              for part in states.split(100)])
-                             if name != "neural" else model.drift(states) for name, model in models.items()}
-                estimates["linear"] = torch.cat((states, torch.ones(states.shape[0], 1)), -1).double() @ coefficients
-            mse = {name: float(((value.double() - truth) ** 2).mean()) for name, value in estimates.items()}
-            key = f"d={d}, n={scale:g}"
-            results[key] = {"mse": mse, "train_seconds": seconds,
-                            "theta": {name: models[name].theta.tolist() for name in TAGGED["variants"][pick]},
-                            "sigma": {name: model.sigma.tolist() for name, model in models.items()}}
-            print(f"tagged {key}: {results[key]}", flush=True)
-    report.metrics["tagged_particle"] = {"n_solvent": 10, "t_end": TAGGED["t_end"][pick], "results": results,
+    solvents = [int(n) for n in args.tagged_solvent.split(",")]
+    variants = args.tagged_variants.split(",") if args.tagged_variants else TAGGED["variants"][pick]
+    if "b known" not in variants or not set(variants) <= set(TAGGED["variants"][0]):
+        raise ValueError(f"--tagged-variants: expected 'b known' (the checked model) and optionally 'theta learned', "
+                         f"got {variants}")
+    for d, solvent, scale in [(d, solvent, scale) for d in dims for solvent in solvents for scale in scales]:
+        params = {"d": d, "scale": scale, "n_solvent": solvent}
+        # N = 10 keeps its original data seed (paths reused from earlier runs); other N shift it
+        path, system = simulate_to(args.out, f"tagged-d{d}", "tagged_particle", params, TAGGED["t_end"][pick],
+                                   seed=int(scale) + d + 100 * (solvent - 10), dt=0.005)
+        batch = 512  # d = 2: minibatch likelihood (path statistics are one-dimensional)
+        common = dict(path=str(path), batch_size=batch, system="tagged_particle", system_params=params)
+        models, seconds = {}, {}
+        for variant in variants:
+            known = variant == "b known"
+            models[variant], data, seconds[variant] = train_point(
+                steps=TAGGED["flow_steps"][pick], theta_init=[1.0, 1.0] if known else [0.5, 0.5],
+                freeze_theta=known, n_samples=16, penalty_points=64, **common)
+        models["neural"], _, seconds["neural"] = train_point(steps=TAGGED["neural_steps"][pick], density="neural",
+                                                             learning_rate=0.005, **common)
+        states = data.train_states[torch.linspace(0, data.train_states.shape[0] - 1, 2000).long()]
+        x, dx, dt = data.train_set.tensors
+        ones = torch.ones(x.shape[0], 1)
+        coefficients = torch.linalg.lstsq(  # trivial baseline: the best linear drift, F = A x + c
+            torch.cat((x, ones), -1).double(), (dx / dt.unsqueeze(-1)).double()).solution
+        with torch.no_grad():
+            truth = system.averaged_drift(states.double())
+            # 8192 fast draws per state (plain: N d > 1 fast coordinates): with 256 the Monte-Carlo
+            # error of the coupling term alone had a mean square of ~1e-3, the size of the flow's MSE
+            generator = torch.Generator().manual_seed(0)
+            estimates = {name: torch.cat([model.drift(part, n_samples=8192, generator=generator)
+                                          for part in states.split(100)])
+                         if name != "neural" else model.drift(states) for name, model in models.items()}
+            estimates["linear"] = torch.cat((states, torch.ones(states.shape[0], 1)), -1).double() @ coefficients
+        mse = {name: float(((value.double() - truth) ** 2).mean()) for name, value in estimates.items()}
+        key = f"d={d}, n={scale:g}" if solvent == 10 else f"d={d}, N={solvent}, n={scale:g}"
+        results[key] = {"mse": mse, "train_seconds": seconds,
+                        "theta": {name: models[name].theta.tolist() for name in variants},
+                        "sigma": {name: model.sigma.tolist() for name, model in models.items()}}
+        print(f"tagged {key}: {results[key]}", flush=True)
+    report.metrics["tagged_particle"] = {"n_solvent": solvents, "t_end": TAGGED["t_end"][pick], "results": results,
                                          "mse_on": "2000 states of the training path (the visited range)"}
     for key, values in results.items():
         if float(key.split("n=")[1]) < 1000:
             continue  # the acceptance line is about the two larger scale separations
         mse = values["mse"]
-        report.check(f"tagged particle ({key}, N = 10), b known, fast law learned from the path: flow-averaged "
+        solvent_label = "" if ", N=" in key else ", N = 10"
+        report.check(f"tagged particle ({key}{solvent_label}), b known, fast law learned from the path: flow-averaged "
                      "drift MSE / unstructured network's", round(mse["b known"] / mse["neural"], 4),
                      f"<= {TAGGED_RATIO}", lambda v: v <= TAGGED_RATIO,
                      baseline=("best linear drift / unstructured network", round(mse["linear"] / mse["neural"], 4)))
@@ -485,6 +492,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tagged-scales", default=None,
                         help="tagged particle: comma-separated scale separations n (default 100,1000,15000; quick "
                              "1000,15000)")
+    parser.add_argument("--tagged-solvent", default="10",
+                        help="tagged particle: comma-separated numbers N of solvent particles (default 10; the paper "
+                             "also has 15, 20)")
+    parser.add_argument("--tagged-variants", default=None,
+                        help="tagged particle: comma-separated structured variants ('b known', 'theta learned'; "
+                             "default both, quick 'b known')")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # small models: extra threads only contend on a shared CPU
     report = Report("reproduce_averaging", args)

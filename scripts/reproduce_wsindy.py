@@ -189,7 +189,7 @@ def qanr(report, quick, seeds, progress):
     # (TPR = 1; at small N few are, and those that survive the thresholding are a biased sample),
     # fitted over the sizes where at least half the seeds are correct
     sizes = [8000, 16000, 32000] if quick else [4000, 8000, 16000, 32000, 64000, 128000]
-    conv_seeds = 3 if quick else 20
+    conv_seeds = seeds  # --seeds applies here too (defaults: 20 full, 3 quick)
     system = systems.get("qanr_1d", diffusion="constant")
     curve = {"N": sizes, "error_K": [], "error_sigma": [], "error_K_all": [], "error_sigma_all": [], "tpr": [],
              "tpr_one": [], "baseline_tpr_one": [], "baseline_error_K_median_all_seeds": [],
