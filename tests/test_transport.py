@@ -105,7 +105,10 @@ def test_batches_dtype_and_device_follow_the_input():
 
 # -- bad inputs: each must raise a clear error naming the argument -----------------------------------------
 BAD_INPUTS = [
-    ("different sizes", lambda: transport_map(torch.rand(10, 2), torch.rand(11, 2)), ValueError, "y"),
+    # different sizes are transported since issue 15 (tests/test_transport_weights.py); their weights are checked
+    ("different sizes, negative weights",
+     lambda: transport_map(torch.rand(10, 2), torch.rand(11, 2), target_weights=-torch.ones(11)), ValueError,
+     "target_weights"),
     ("different dimensions", lambda: transport_map(torch.rand(10, 2), torch.rand(10, 3)), ValueError, "y"),
     ("different batch", lambda: transport_map(torch.rand(2, 10, 2), torch.rand(3, 10, 2)), ValueError, "y"),
     ("NaN in x", lambda: transport_map(torch.tensor([[math.nan, 0.0], [1.0, 1.0]]), torch.rand(2, 2)), ValueError,

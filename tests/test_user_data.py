@@ -353,9 +353,11 @@ def test_lot_extrapolate_matches_the_closed_form_euler_step_of_an_affine_flow():
     assert float(w2(second, truth)) < 0.3 * float(w2(prediction, truth))
     assert float(w2(prediction, truth)) < 0.1 * float(w2(frames[-1], truth))  # standing still fails
     lost = frames.numpy().copy()
-    lost[3, 5] = np.nan
-    with pytest.raises(ValueError, match="snapshots"):
-        extrapolate(Trajectories.from_arrays(lost, data.times), horizon=1.0)
+    lost[3, 5] = np.nan  # a lost particle before the window (frames 4..8): the same forecast
+    assert torch.equal(extrapolate(Trajectories.from_arrays(lost, data.times), horizon=horizon, k=2, method="exact"),
+                       prediction)
+    lost[6, 5] = np.nan  # ... and in the central frame: that particle is not forecast (masked LOT, issue 15)
+    assert extrapolate(Trajectories.from_arrays(lost, data.times), horizon=horizon, k=2, method="exact").shape == (299, 2)
 
 
 def test_density_observations_of_masked_tracks_are_those_of_the_observed_particles():

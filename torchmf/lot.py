@@ -62,7 +62,11 @@ def _check_window(snapshots, k):
     snapshots = check_points("snapshots", snapshots)
     if snapshots.ndim != 3:
         raise ValueError(f"snapshots: expected shape (2k+1, N, d), but got {tuple(snapshots.shape)}")
-    count = snapshots.shape[0]
+    return snapshots, _half_width(snapshots.shape[0], k)
+
+
+def _half_width(count, k):
+    """``k`` of a window of ``count = 2k+1`` snapshots (checked, or read off when ``None``)."""
     if k is None:
         if count < 3 or count % 2 == 0:
             raise ValueError(f"snapshots: expected an odd number >= 3 of snapshots (2k+1), but got {count}")
@@ -70,16 +74,50 @@ def _check_window(snapshots, k):
     k = check_int("k", k, minimum=1)
     if count != 2 * k + 1:
         raise ValueError(f"k: k = {k} needs 2k+1 = {2 * k + 1} snapshots, but got {count} snapshots")
-    return snapshots, k
+    return k
+
+
+def _cloud_window(snapshots, k, mask):
+    """A window of clouds with different particle counts: ``([(N_j, d)] * (2k+1), k)`` from a
+    sequence of clouds, or from ``snapshots (2k+1, N, d)`` and ``mask (2k+1, N)`` (True = observed;
+    the other entries, NaN or not, are left out)."""
+    if isinstance(snapshots, (list, tuple)):
+        if mask is not None:
+            raise ValueError("mask: a sequence of clouds already has its own counts; pass either a sequence of "
+                             "(N_j, d) clouds or a (2k+1, N, d) tensor with a mask, but got both")
+        clouds = [check_points(f"snapshots[{j}]", cloud) for j, cloud in enumerate(snapshots)]
+    else:
+        snapshots = check_tensor("snapshots", snapshots, ndim=3, finite=False)
+        mask = torch.as_tensor(mask, device=snapshots.device)
+        if mask.dtype != torch.bool or tuple(mask.shape) != tuple(snapshots.shape[:2]):
+            raise ValueError(f"mask: expected a bool tensor of shape {tuple(snapshots.shape[:2])} (snapshots "
+                             f"without d), but got {mask.dtype} {tuple(mask.shape)}")
+        clouds = [check_points(f"snapshots[{j}][mask[{j}]]", frame[observed])
+                  for j, (frame, observed) in enumerate(zip(snapshots, mask))]
+    first = clouds[0]
+    for j, cloud in enumerate(clouds):
+        if cloud.shape[-1] != first.shape[-1] or cloud.ndim != 2 or cloud.dtype != first.dtype \
+                or cloud.device != first.device:
+            raise ValueError(f"snapshots[{j}]: expected an (N_j, {first.shape[-1]}) cloud of dtype {first.dtype} "
+                             f"on {first.device} like snapshots[0], but got {tuple(cloud.shape)} {cloud.dtype} "
+                             f"{cloud.device}")
+    return clouds, _half_width(len(clouds), k)
 
 
 def lot_velocity(snapshots: torch.Tensor, dt: float, k: Optional[int] = None, method: str = "auto",
                  blur: Optional[float] = None, solver: Optional[TransportSolver] = None,
-                 return_second_derivative: bool = False):
+                 return_second_derivative: bool = False, mask: Optional[torch.Tensor] = None):
     r"""LOT velocity at the central snapshot: the average of ``k`` centred differences.
 
+    Snapshots with missing particles (``mask``, or a sequence of clouds of different sizes) are
+    used as they are: every frame is the uniform measure on its observed particles, and the maps
+    go from the central frame's observed particles to each frame's (transport between clouds of
+    unequal size, :func:`torchmf.transport.transport_map`). These solves start cold: a warm start
+    needs the same particle labels in consecutive frames.
+
     Arguments:
-        snapshots: ``(2k+1, N, d)`` clouds at times :math:`t_0 - kh, \dots, t_0 + kh`.
+        snapshots: ``(2k+1, N, d)`` clouds at times :math:`t_0 - kh, \dots, t_0 + kh`, or a
+            sequence of ``2k+1`` clouds ``(N_j, d)`` of any sizes.
         dt: the spacing ``h`` between snapshots.
         k: half-width (default ``(L-1)/2``).
         method: transport backend (see :func:`lot_method`; any :data:`torchmf.transport.METHODS`).
@@ -87,20 +125,30 @@ def lot_velocity(snapshots: torch.Tensor, dt: float, k: Optional[int] = None, me
         solver: a :class:`~torchmf.transport.TransportSolver` to reuse (overrides method/blur).
         return_second_derivative: also return the least-squares second derivative of the LOT
             curve :math:`s \mapsto T^{\mu_{t_0+s}}_{\mu_{t_0}}` at :math:`s = 0`, ``(N, d)``.
+        mask: ``(2k+1, N)`` bool, True where a particle was observed (e.g. a window of
+            :attr:`torchmf.Trajectories.mask`); the other entries of ``snapshots`` may be NaN.
 
     Returns:
-        velocity ``(N, d)`` at the particles of ``snapshots[k]`` (and the second derivative).
+        velocity ``(N, d)`` at the particles of ``snapshots[k]`` (and the second derivative); with
+        missing particles ``(N_k, d)`` at the observed particles of the central frame, in their
+        order (``snapshots[k][mask[k]]``).
     """
-    snapshots, k = _check_window(snapshots, k)
+    if mask is not None or isinstance(snapshots, (list, tuple)):
+        snapshots, k = _cloud_window(snapshots, k, mask)
+        warm = False
+    else:
+        snapshots, k = _check_window(snapshots, k)
+        warm = True
     dt = check_positive("dt", dt)
     centre = snapshots[k]
     if solver is None:
         # the self-transport debiasing cancels in a difference of maps from one source
-        solver = TransportSolver(lot_method(method, centre.shape[0], centre.shape[1]), blur=blur, debias=False)
+        largest = max(cloud.shape[0] for cloud in snapshots)
+        solver = TransportSolver(lot_method(method, largest, centre.shape[1]), blur=blur, debias=False)
     solver.reset()
     maps = {}
     for j in list(range(-k, 0)) + list(range(1, k + 1)):  # consecutive targets: warm starts help
-        maps[j] = solver(centre, snapshots[k + j])
+        maps[j] = solver(centre, snapshots[k + j], warm_start=warm)
     velocity = sum((maps[j] - maps[-j]) / (2 * j * dt) for j in range(1, k + 1)) / k
     if not return_second_derivative:
         return velocity
@@ -120,11 +168,14 @@ def extrapolate(snapshots, dt: Optional[float] = None, horizon=1.0, k: Optional[
     window's centre :math:`t_c` moves the central cloud to :math:`t = t_{last} + H`:
     :math:`x + s v(x)` (``order=1``, the projective Euler step) or :math:`x + s v + \tfrac{s^2}{2} a`
     (``order=2``), with :math:`s = t - t_c = k\,dt + H`. Particles need not be tracked (each snapshot
-    is only a cloud), but every snapshot must hold the same number of particles.
+    is only a cloud), and frames may hold different numbers of particles: a
+    :class:`~torchmf.particles.Trajectories` with a ``mask`` (lost particles, varying counts) is
+    used frame by frame on its observed particles (see :func:`lot_velocity`), and the forecast is
+    the central frame's observed particles moved, ``(N_c, d)``.
 
     Arguments:
         snapshots: ``(L, N, d)`` tensor/array or a :class:`~torchmf.particles.Trajectories` with one
-            experiment (then ``dt`` defaults to its uniform time spacing).
+            experiment (then ``dt`` defaults to its uniform time spacing; a mask is honoured).
         dt: spacing of the snapshots.
         horizon: time beyond the last snapshot, a number or a sequence of ``H`` numbers.
         k: half-width of the window (default ``(L - 1) // 2``).
@@ -132,14 +183,13 @@ def extrapolate(snapshots, dt: Optional[float] = None, horizon=1.0, k: Optional[
         method, blur: transport backend, see :func:`lot_velocity`.
 
     Returns:
-        ``(N, d)`` for one horizon, ``(H, N, d)`` for a sequence.
+        ``(N, d)`` for one horizon, ``(H, N, d)`` for a sequence (``N_c`` instead of ``N`` with a mask:
+        the observed particles of the window's central frame).
     """
     from .particles import Trajectories
 
+    mask = None
     if isinstance(snapshots, Trajectories):
-        if snapshots.mask is not None:
-            raise ValueError("snapshots: frames with missing particles (mask); LOT transport needs the same number "
-                             "of particles in every snapshot -- subsample the frames to a common count first")
         if snapshots.n_experiments != 1:
             raise ValueError(f"snapshots: expected one experiment, but got M = {snapshots.n_experiments}; "
                              f"pass trajectories.positions[m] with dt")
@@ -148,12 +198,14 @@ def extrapolate(snapshots, dt: Optional[float] = None, horizon=1.0, k: Optional[
             if steps.numel() == 0 or float((steps - steps.mean()).abs().max()) > 1e-6 * float(steps.mean()):
                 raise ValueError("dt: the snapshots' times are not uniformly spaced; pass dt and a uniform window")
             dt = float(steps.mean())
+        mask = None if snapshots.mask is None else snapshots.mask[0]
         snapshots = snapshots.positions[0]
     if not isinstance(snapshots, torch.Tensor):
         snapshots = torch.as_tensor(snapshots)
     if dt is None:
         raise ValueError("dt: expected the snapshot spacing (a positive number) for tensor snapshots, but got None")
-    snapshots = check_points("snapshots", snapshots)
+    if mask is None:
+        snapshots = check_points("snapshots", snapshots)
     if snapshots.ndim != 3:
         raise ValueError(f"snapshots: expected shape (L, N, d), but got {tuple(snapshots.shape)}")
     if k is None:
@@ -167,9 +219,11 @@ def extrapolate(snapshots, dt: Optional[float] = None, horizon=1.0, k: Optional[
     for value in horizons:
         check_nonnegative("horizon", value)
     window = snapshots[-(2 * k + 1):]
-    result = lot_velocity(window, dt, k=k, method=method, blur=blur, return_second_derivative=order == 2)
+    window_mask = None if mask is None else mask[-(2 * k + 1):]
+    result = lot_velocity(window, dt, k=k, method=method, blur=blur, return_second_derivative=order == 2,
+                          mask=window_mask)
     velocity, second = (result, None) if order == 1 else result
-    centre = window[k]
+    centre = window[k] if window_mask is None else window[k][window_mask[k]]
     clouds = []
     for value in horizons:
         lag = k * dt + value

@@ -1,7 +1,12 @@
-r"""Optimal transport maps between equal-size uniform point clouds.
+r"""Optimal transport maps between point clouds.
 
 :func:`transport_map` returns :math:`T(x_i)` for every source particle, where :math:`T` pushes the
-uniform measure on ``x`` to the uniform measure on ``y`` (cost :math:`|x - y|^2`). The backend is
+measure :math:`\sum_i a_i \delta_{x_i}` to :math:`\sum_j b_j \delta_{y_j}` (cost :math:`|x - y|^2`):
+uniform weights by default, or ``source_weights`` / ``target_weights``, and ``x`` and ``y`` may
+hold different numbers of particles. With weights or unequal sizes the plan is no longer a
+permutation and :math:`T(x_i) = \sum_j \pi_{ij} y_j / a_i` is its barycentric projection
+(``exact_weighted.py``: the monotone coupling in 1-D, POT's ``ot.emd(a, b, cost)`` beyond;
+the torch Sinkhorn loop and geomloss take the log-weights). The backend is
 chosen by the single ``method`` argument:
 
 ========================  ====================================================================
@@ -49,10 +54,11 @@ into the map, tile by tile. :mod:`torchmf.transport.cases` holds the validation 
 
 Files: ``solver.py`` (this public API), ``routing.py`` (which backend), ``sinkhorn.py`` (the one
 loop), ``kernels.py`` (dense tiled and sparse kernels), ``online.py``, ``multiscale.py``,
-``exact.py`` (sort, POT), ``geomloss_backend.py``, ``potentials.py``, ``cases.py``.
+``exact.py`` (sort, POT), ``exact_weighted.py`` (weighted and unequal sizes), ``weights.py``
+(checking and normalising weights), ``geomloss_backend.py``, ``potentials.py``, ``cases.py``.
 
-Shapes: ``x`` ``(..., N, d)``, ``y`` ``(..., N, d)`` with equal batch dimensions; the map has
-``x``'s shape, device and dtype.
+Shapes: ``x`` ``(..., N, d)``, ``y`` ``(..., M, d)`` with equal batch dimensions, weights ``(N,)``
+/ ``(..., N)`` and ``(M,)`` / ``(..., M)``; the map has ``x``'s shape, device and dtype.
 """
 from .cases import TRANSPORT_CASES, affine_gaussian_case, transport_case
 from .potentials import SinkhornPotentials, barycentric_map, sinkhorn_potentials

@@ -8,9 +8,10 @@ from .kernels import DenseKernel, centred, uniform_log
 __all__ = ["geomloss_map"]
 
 
-def geomloss_map(x, y, blur, scaling, backend, tiling=(None, None)):
+def geomloss_map(x, y, blur, scaling, backend, tiling=(None, None), a=None, b=None):
     """Barycentric map ``(N, d)`` from geomloss' dual potential ``g`` (``backend`` ``"tensorized"``
-    or ``"keops"``: pykeops' multiscale backend in d <= 3, online beyond)."""
+    or ``"keops"``: pykeops' multiscale backend in d <= 3, online beyond); ``a (N,)``, ``b (M,)``:
+    probability weights of the two clouds (default uniform)."""
     from geomloss import SamplesLoss
 
     if backend == "keops":
@@ -18,7 +19,13 @@ def geomloss_map(x, y, blur, scaling, backend, tiling=(None, None)):
     loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=False, potentials=True, backend=backend)
     work_x, work_y, shift = centred(x, y)
     with torch.no_grad():
-        _, g = loss(work_x.contiguous(), work_y.contiguous())
+        if a is None and b is None:
+            _, g = loss(work_x.contiguous(), work_y.contiguous())
+        else:
+            a = torch.exp(uniform_log(work_x)) if a is None else a
+            b = torch.exp(uniform_log(work_y)) if b is None else b
+            _, g = loss(a, work_x.contiguous(), b, work_y.contiguous())
     eps = blur ** 2
     kernel = DenseKernel(work_x, work_y, tiling)
-    return kernel.barycentre(eps, uniform_log(work_y) + g.reshape(-1) / eps, work_y) + shift
+    b_log = uniform_log(work_y) if b is None else b.log()
+    return kernel.barycentre(eps, b_log + g.reshape(-1) / eps, work_y) + shift

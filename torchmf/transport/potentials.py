@@ -12,11 +12,12 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 
-from .._validation import check_points, check_positive, check_tensor
-from .kernels import DenseKernel, centred, uniform_log
+from .._validation import check_points, check_positive
+from .kernels import DenseKernel, centred
 from .routing import check_tiling
 from .sinkhorn import diameter as bounding_diameter, geomloss_schedule
 from .solver import default_blur
+from .weights import check_weights, log_weights
 
 __all__ = ["SinkhornPotentials", "sinkhorn_potentials", "barycentric_map"]
 
@@ -131,9 +132,4 @@ abla_{x_i} S_arepsilon / a_i` for geomloss' debiased Sinkhorn divergence.
 
 
 def _weights_log(name, weights, points):
-    if weights is None:
-        return uniform_log(points)
-    weights = check_tensor(name, weights, ndim=1)
-    if weights.shape[0] != points.shape[0] or not bool((weights > 0).all()):
-        raise ValueError(f"{name}: expected {points.shape[0]} positive weights, but got shape {tuple(weights.shape)}")
-    return weights.to(points).log()
+    return log_weights(check_weights(name, weights, points, positive="the log-weights of the potentials"), points)

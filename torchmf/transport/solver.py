@@ -9,12 +9,14 @@ import torch
 
 from .._validation import check_choice, check_int, check_points, check_positive
 from .exact import assignment_map, sorted_map
+from .exact_weighted import weighted_assignment_map, weighted_sorted_map
 from .geomloss_backend import geomloss_map
 from .kernels import DenseKernel, centred, uniform_log
 from .multiscale import SELF_TRUNCATE, multiscale_solve, truncated_kernel
 from .online import online_solve
 from .routing import ALIASES, METHODS, check_tiling, resolve_method
 from .sinkhorn import SinkhornReport, SinkhornSettings, symmetric_loop
+from .weights import check_weights, drop_massless, log_weights
 
 __all__ = ["transport_map", "TransportSolver", "default_blur", "w2_sinkhorn", "UnconvergedTransportWarning",
            "TransportNotConverged", "DEFAULT_SETTINGS"]
@@ -22,6 +24,7 @@ __all__ = ["transport_map", "TransportSolver", "default_blur", "w2_sinkhorn", "U
 DEFAULT_SETTINGS = SinkhornSettings()
 _ON_UNCONVERGED = ("warn", "raise", "ignore")
 _WARM_FRACTION = 0.25   # a warm start may spend this share of max_iterations before it is redone cold
+_MASSLESS_SOURCE = "T(x_i) = sum_j P_ij y_j / a_i is 0/0 at a particle of weight 0: drop it, x[weights > 0]"
 
 
 class UnconvergedTransportWarning(RuntimeWarning):
@@ -36,12 +39,19 @@ def transport_map(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: 
                   scaling: float = 0.7, debias: bool = True, tolerance: float = DEFAULT_SETTINGS.tolerance,
                   max_iterations: int = DEFAULT_SETTINGS.max_iterations, omega: float = DEFAULT_SETTINGS.omega,
                   on_unconverged: str = "warn", tile_entries: Optional[int] = None,
-                  memory_budget: Optional[int] = None) -> torch.Tensor:
-    r"""Optimal transport map from the uniform measure on ``x`` to the uniform measure on ``y``.
+                  memory_budget: Optional[int] = None, source_weights=None, target_weights=None) -> torch.Tensor:
+    r"""Optimal transport map from the measure :math:`\sum_i a_i \delta_{x_i}` to
+    :math:`\sum_j b_j \delta_{y_j}` (uniform weights by default).
+
+    The map is the barycentric projection of the optimal plan, :math:`T(x_i) = \sum_j \pi_{ij} y_j / a_i`.
+    For uniform clouds of equal size the exact plan is a permutation and :math:`T(x_i)` is the
+    partner of :math:`x_i`; with weights or unequal sizes (``N != M``) a particle's mass may be
+    split between several targets and :math:`T(x_i)` is their weighted mean (exact: POT's
+    ``ot.emd(a, b, cost)``; in 1-D the monotone coupling of the quantile functions).
 
     Arguments:
         x: source particles ``(..., N, d)``.
-        y: target particles ``(..., N, d)`` (same batch dimensions, N and d).
+        y: target particles ``(..., M, d)`` (same batch dimensions and d; ``M`` may differ from ``N``).
         method: see the table of :mod:`torchmf.transport` (``"auto"``, ``"sort"``, ``"exact"``,
             ``"sinkhorn"``, ``"sinkhorn-geomloss"``, ``"sinkhorn-keops"``, ``"sinkhorn-online"``
             (alias ``"sinkhorn-dense"``), ``"sinkhorn-multiscale"``).
@@ -58,6 +68,13 @@ def transport_map(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: 
         tile_entries: entries per tile of the online backend (default: from ``memory_budget``).
         memory_budget: bytes the online backend's tiles may use (default: 1/4 of the free
             memory of ``x``'s device). Too small for one row tile: ``ValueError``.
+        source_weights: ``a``, ``(N,)`` or ``(..., N)``, finite and positive (a source particle of
+            weight 0 has no defined image: drop it); ``None`` is uniform.
+        target_weights: ``b``, ``(M,)`` or ``(..., M)``, finite and nonnegative with a positive sum
+            (particles of weight 0 are ignored); ``None`` is uniform.
+            Both are normalised to sum to 1 over each cloud (counts or intensities are fine);
+            anything else is a ``ValueError`` naming the argument. Weighted solves start cold
+            (no warm start).
 
     Returns:
         ``(..., N, d)``: :math:`T(x_i)`, on ``x``'s device and dtype.
@@ -65,7 +82,7 @@ def transport_map(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: 
     solver = TransportSolver(method, blur=blur, scaling=scaling, debias=debias, tolerance=tolerance,
                              max_iterations=max_iterations, omega=omega, on_unconverged=on_unconverged,
                              tile_entries=tile_entries, memory_budget=memory_budget)
-    return solver(x, y, warm_start=False)
+    return solver(x, y, warm_start=False, source_weights=source_weights, target_weights=target_weights)
 
 
 def default_blur(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -77,8 +94,10 @@ def default_blur(x: torch.Tensor, y: torch.Tensor) -> float:
 class TransportSolver:
     """Reusable transport-map solver with warm starts (see :func:`transport_map` for arguments).
 
-    ``solver(x, y)`` returns the map ``(..., N, d)``. For the torch Sinkhorn backends the dual
-    potentials of the last unbatched solve are kept; the next call with the same ``N`` starts from
+    ``solver(x, y)`` returns the map ``(..., N, d)``; ``solver(x, y, source_weights=a,
+    target_weights=b)`` transports weighted clouds of any sizes (see :func:`transport_map`). For
+    the torch Sinkhorn backends the dual potentials of the last unbatched, unweighted solve between
+    clouds of equal size are kept; the next such call with the same ``N`` starts from
     them (``warm_start=True``, the default) and runs only the final epsilon, with plain (not
     over-relaxed) updates; a warm start that has
     not converged after a quarter of ``max_iterations`` (the clouds moved by many blurs) is redone
@@ -126,20 +145,36 @@ class TransportSolver:
         self._potentials = None
         self._self_cache = None
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, warm_start: bool = True) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, warm_start: bool = True, source_weights=None,
+                 target_weights=None) -> torch.Tensor:
+        """The map ``(..., N, d)`` from ``x (..., N, d)`` to ``y (..., M, d)`` (weights: see
+        :func:`transport_map`)."""
         x, y = _check_clouds(x, y)
-        method = resolve_method(self.method, x.shape[-2], x.shape[-1], device=x.device,
+        source_weights = check_weights("source_weights", source_weights, x, positive=_MASSLESS_SOURCE)
+        target_weights = check_weights("target_weights", target_weights, y)
+        # uniform clouds of equal size: the permutation solvers and warm starts, unchanged
+        uniform = source_weights is None and target_weights is None and x.shape[-2] == y.shape[-2]
+        method = resolve_method(self.method, max(x.shape[-2], y.shape[-2]), x.shape[-1], device=x.device,
                                 element_size=x.element_size(), tiling=self.tiling)
         batch = x.shape[:-2]
         flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
-        if flat_x.shape[0] > 1:
-            self._potentials = None  # warm starts are for one sequence of unbatched clouds
+        flat_a = _flat_weights(source_weights, flat_x)
+        flat_b = _flat_weights(target_weights, flat_y)
+        if flat_x.shape[0] > 1 or not uniform:
+            self._potentials = None  # warm starts are for one sequence of unbatched uniform clouds
         self.last_report = None
-        maps = [self._one(a, b, method, warm_start and flat_x.shape[0] == 1) for a, b in zip(flat_x, flat_y)]
+        warm = warm_start and flat_x.shape[0] == 1 and uniform
+        maps = [self._one(*pair, method, warm) for pair in zip(flat_x, flat_y, flat_a, flat_b)]
         return torch.stack(maps).reshape(*batch, *x.shape[-2:])
 
-    # -- one pair of clouds (N, d) ----------------------------------------------------------------
-    def _one(self, x, y, method, warm):
+    # -- one pair of clouds (N, d), (M, d) with weights (N,), (M,) or None -------------------------
+    def _one(self, x, y, a, b, method, warm):
+        y, b = drop_massless(y, b)
+        uniform = a is None and b is None and x.shape[0] == y.shape[0]
+        if method in ("sort", "exact") and not uniform:
+            a = torch.exp(log_weights(a, x)) if a is None else a
+            b = torch.exp(log_weights(b, y)) if b is None else b
+            return (weighted_sorted_map if method == "sort" else weighted_assignment_map)(x, y, a, b)
         if method == "sort":
             return sorted_map(x, y)
         if method == "exact":
@@ -147,10 +182,12 @@ class TransportSolver:
         blur = self.blur if self.blur is not None else default_blur(x, y)
         if method in ("sinkhorn-geomloss", "sinkhorn-keops"):
             backend = "tensorized" if method == "sinkhorn-geomloss" else "keops"
-            mapped = geomloss_map(x, y, blur, self.scaling, backend, self.tiling)
-            return mapped if not self.debias else mapped - self._self_map(x, blur, method) + x
+            mapped = geomloss_map(x, y, blur, self.scaling, backend, self.tiling, a, b)
+            return mapped if not self.debias else mapped - self._self_map(x, blur, method, a) + x
         eps = blur ** 2
         work_x, work_y, shift = centred(x, y)
+        a_log = None if a is None else a.log()
+        b_log = log_weights(b, work_y)
         previous = self._warm_start(x, y, shift, method) if warm else None
         if previous is not None:
             # plain updates from a warm start: over-relaxed ones oscillate there first (mixture to ring,
@@ -162,18 +199,19 @@ class TransportSolver:
                 kernel, f, g, cold = self._solve(method, work_x, work_y, eps, None, self.settings)
                 report = report + cold
         else:
-            kernel, f, g, report = self._solve(method, work_x, work_y, eps, None, self.settings)
+            kernel, f, g, report = self._solve(method, work_x, work_y, eps, None, self.settings, a_log, b_log)
         self._record(report)
-        mapped = kernel.barycentre(eps, uniform_log(work_y) + g / eps, work_y) + shift
-        self._potentials = (method, f, g, mapped, y)
+        mapped = kernel.barycentre(eps, b_log + g / eps, work_y) + shift
+        if uniform:
+            self._potentials = (method, f, g, mapped, y)
         if self.debias:
-            mapped = mapped - self._self_map(x, blur, method) + x
+            mapped = mapped - self._self_map(x, blur, method, a) + x
         return mapped
 
-    def _solve(self, method, work_x, work_y, eps, previous, settings):
+    def _solve(self, method, work_x, work_y, eps, previous, settings, a_log=None, b_log=None):
         if method == "sinkhorn-online":
-            return online_solve(work_x, work_y, eps, self.scaling, settings, previous, self.tiling)
-        return multiscale_solve(work_x, work_y, eps, self.scaling, settings, previous)
+            return online_solve(work_x, work_y, eps, self.scaling, settings, previous, self.tiling, a_log, b_log)
+        return multiscale_solve(work_x, work_y, eps, self.scaling, settings, previous, a_log, b_log)
 
     def _record(self, report: SinkhornReport) -> None:
         """Keep the worst report of a batch; warn or raise on an unconverged solve."""
@@ -203,18 +241,19 @@ class TransportSolver:
         margin = 3.0 * float(moved.mean().sqrt()) + 2.0 * blur
         return f, g, mapped - shift, margin
 
-    def _self_map(self, x, blur, method):
-        """Entropic self-transport of ``x`` (cached while ``x`` is unchanged: LOT reuses one source)."""
+    def _self_map(self, x, blur, method, a=None):
+        """Entropic self-transport of ``x`` with weights ``a`` (``None``: uniform), cached while
+        ``x`` and ``a`` are unchanged: LOT reuses one source."""
         cache = self._self_cache
-        if cache is not None and cache[0] is x and cache[1] == (blur, method):
+        if cache is not None and cache[0] is x and cache[1] == (blur, method) and _same_weights(cache[3], a):
             return cache[2]
         if method in ("sinkhorn-geomloss", "sinkhorn-keops"):
             backend = "tensorized" if method == "sinkhorn-geomloss" else "keops"
-            mapped = geomloss_map(x, x, blur, self.scaling, backend, self.tiling)
+            mapped = geomloss_map(x, x, blur, self.scaling, backend, self.tiling, a, a)
         else:
             # the self-transport plan sits on the diagonal: no annealing, the symmetric update
             work, _, shift = centred(x, x)
-            eps, a_log = blur ** 2, uniform_log(work)
+            eps, a_log = blur ** 2, log_weights(a, work)
             if method == "sinkhorn-online":
                 kernel = DenseKernel(work, work, self.tiling)
             else:
@@ -222,8 +261,21 @@ class TransportSolver:
             f, report = symmetric_loop(kernel, a_log, eps, self.settings)
             self._record(report)
             mapped = kernel.barycentre(eps, a_log + f / eps, work) + shift
-        self._self_cache = (x, (blur, method), mapped)
+        self._self_cache = (x, (blur, method), mapped, a)
         return mapped
+
+
+def _same_weights(cached, weights):
+    if cached is None or weights is None:
+        return cached is None and weights is None
+    return cached.shape == weights.shape and bool(torch.equal(cached, weights))
+
+
+def _flat_weights(weights, flat_points):
+    """One weight vector (or ``None``) per cloud of ``flat_points (B, N, d)``."""
+    if weights is None:
+        return [None] * flat_points.shape[0]
+    return list(weights.reshape(flat_points.shape[0], flat_points.shape[1]))
 
 
 def _open_interval(name, value, lower, upper):
@@ -238,9 +290,6 @@ def _check_clouds(x, y):
     y = check_points("y", y)
     if y.shape[-1] != x.shape[-1]:
         raise ValueError(f"y: expected dimension d = {x.shape[-1]} like x, but got shape {tuple(y.shape)}")
-    if y.shape[-2] != x.shape[-2]:
-        raise ValueError(f"y: expected N = {x.shape[-2]} particles like x (uniform clouds of equal size), "
-                         f"but got shape {tuple(y.shape)}")
     if y.shape[:-2] != x.shape[:-2]:
         raise ValueError(f"y: expected batch dimensions {tuple(x.shape[:-2])} like x, but got {tuple(y.shape[:-2])}")
     if y.device != x.device or y.dtype != x.dtype:
