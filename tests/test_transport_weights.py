@@ -299,3 +299,29 @@ def test_masked_windows_refuse_what_has_no_meaning():
         lot_velocity(frames, 0.1, mask=empty)
     with pytest.raises(ValueError, match="snapshots"):  # NaN entries without a mask are not silently used
         lot_velocity(frames.masked_fill(~mask[..., None], float("nan")), 0.1)
+
+
+class LosingSimulator:
+    """A micro-simulator whose particle set shrinks: x' = 1, one particle lost per step."""
+
+    def __init__(self, n=30, dt=0.1):
+        self.dt, self.state = dt, torch.linspace(0, 1, n, dtype=torch.float64).unsqueeze(1)
+
+    def step(self, n):
+        for _ in range(n):
+            self.state = self.state[1:] + self.dt
+
+    def positions(self):
+        return self.state
+
+    def set_positions(self, positions):
+        self.state = positions.clone()
+
+
+def test_projective_integrator_refuses_a_changing_particle_set():
+    from torchmf.lot import ProjectiveIntegrator
+
+    integrator = ProjectiveIntegrator(k=1, step=0.3, burn_in=0.1, start_up=0.1, n_steps=1, recovery=0.1,
+                                      method="sort", progress=False)
+    with pytest.raises(ValueError, match="simulator: positions\\(\\) changed shape within a window"):
+        integrator.run(LosingSimulator())

@@ -626,6 +626,12 @@ class ProjectiveIntegrator:
             elif self.record_every and j % self.record_every == 0:
                 recorder.record(clock + j, "window")
         recorder.count(2 * self.k)
+        sizes = {tuple(cloud.shape) for cloud in window}
+        if len(sizes) > 1:
+            # the Euler step re-initialises the simulator's own particles: a changing set has no meaning here
+            raise ValueError(f"simulator: positions() changed shape within a window ({sorted(sizes)}); the projective "
+                             f"integrator moves a fixed set of particles -- for recorded frames with lost particles "
+                             f"use torchmf.lot.extrapolate(trajectories) or lot_velocity(..., mask=)")
         return torch.stack(window), centre_state
 
     def _velocity(self, window, dt):
