@@ -28,8 +28,8 @@ def cases():
     out = {}
     for name in TRANSPORT_CASES:
         x, y = transport_case(name, N, seed=1)
-        partner, cost = assignment(x, y)
-        out[name] = (x, y, y[partner], math.sqrt(float(cost[range(N), partner.numpy()].mean())))
+        partner, matched = assignment(x, y)
+        out[name] = (x, y, y[partner], math.sqrt(float(matched.mean())))
     return out
 
 

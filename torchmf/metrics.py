@@ -95,8 +95,7 @@ def _w2_exact(x, y):
     flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
     values = []
     for a, b in zip(flat_x, flat_y):
-        partner, cost = assignment(a, b)
-        values.append(math.sqrt(float(cost[range(cost.shape[0]), partner.cpu().numpy()].mean())))
+        values.append(math.sqrt(float(assignment(a, b)[1].mean())))
     return torch.tensor(values, dtype=x.dtype, device=x.device).reshape(x.shape[:-2])
 
 
