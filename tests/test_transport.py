@@ -119,8 +119,10 @@ BAD_INPUTS = [
     ("integer tensor", lambda: transport_map(torch.ones(3, 2, dtype=torch.long), torch.rand(3, 2)), TypeError, "x"),
     ("unknown method", lambda: transport_map(torch.rand(5, 2), torch.rand(5, 2), "fast"), ValueError, "method"),
     ("sort in 2-D", lambda: transport_map(torch.rand(5, 2), torch.rand(5, 2), "sort"), ValueError, "method"),
-    ("exact too large", lambda: transport_map(torch.rand(10_001, 2), torch.rand(10_001, 2), "exact"), ValueError,
+    ("exact too large", lambda: transport_map(torch.rand(50_001, 2), torch.rand(50_001, 2), "exact"), ValueError,
      "method"),
+    ("weighted exact too large", lambda: transport_map(torch.rand(10_001, 2), torch.rand(10_000, 2), "exact"),
+     ValueError, "method"),
     ("omega out of (0, 2)", lambda: TransportSolver("sinkhorn", omega=2.0), ValueError, "omega"),
     ("tolerance zero", lambda: TransportSolver("sinkhorn", tolerance=0.0), ValueError, "tolerance"),
     ("max_iterations zero", lambda: TransportSolver("sinkhorn", max_iterations=0), ValueError, "max_iterations"),
@@ -240,10 +242,13 @@ def test_online_budget_too_small_is_a_clear_error():
 
 
 def test_sinkhorn_routing_never_picks_keops_or_the_unconverged_geomloss_loop():
-    # "auto": sort in 1-D, POT's exact assignment up to N = 3,000, then the converged torch solvers
+    # "auto": sort in 1-D, the exact assignment up to N = 10,000 (sparse, certified; 3,000 for weighted
+    # or unequal clouds, POT's network simplex), then the converged torch solvers
     assert resolve_method("auto", 50_000, 1, "cpu") == "sort"
-    assert resolve_method("auto", 3000, 2, "cpu") == "exact"
-    assert resolve_method("auto", 3001, 2, "cpu") == "sinkhorn-multiscale"
+    assert resolve_method("auto", 10_000, 2, "cpu") == "exact"
+    assert resolve_method("auto", 10_001, 2, "cpu") == "sinkhorn-multiscale"
+    assert resolve_method("auto", 3000, 2, "cpu", weighted=True) == "exact"
+    assert resolve_method("auto", 3001, 2, "cpu", weighted=True) == "sinkhorn-multiscale"
     assert resolve_method("sinkhorn", 500, 3, "cpu") == "sinkhorn-multiscale"
     assert resolve_method("sinkhorn", 50_000, 5, "cpu") == "sinkhorn-online"
     assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-online"

@@ -18,7 +18,7 @@ import torch
 from ._validation import check_choice, check_points, check_positive, check_tensor
 from .grid import Grid, GridConvolution
 from .kernels import GaussianKernel, PeriodicKernel
-from .transport.routing import EXACT_LIMIT
+from .transport.routing import exact_limits
 
 __all__ = ["w2", "smoothed_density", "density_l2_error", "moments", "relative_error", "W2_METHODS"]
 
@@ -54,7 +54,7 @@ def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[fl
     if method == "auto":
         if x.shape[-1] == 1:
             method = "sort"
-        elif x.shape[-2] == y.shape[-2] <= EXACT_LIMIT:
+        elif x.shape[-2] == y.shape[-2] <= exact_limits()[0]:
             method = "exact"
         else:
             method = "sinkhorn"
@@ -85,13 +85,12 @@ def _w2_sorted(x, y):
 
 def _w2_exact(x, y):
     from .transport.exact import assignment
-    from .transport.routing import EXACT_MAX
 
     if x.shape[-2] != y.shape[-2]:
         raise ValueError(f"method: 'exact' needs clouds of equal size, but got N={x.shape[-2]} and M={y.shape[-2]}")
-    if x.shape[-2] > EXACT_MAX:
-        raise ValueError(f"method: 'exact' is limited to N <= {EXACT_MAX} (an N x N float64 cost matrix), "
-                         f"but got N={x.shape[-2]}; use 'sinkhorn'")
+    if x.shape[-2] > exact_limits()[1]:
+        raise ValueError(f"method: 'exact' is limited to N <= {exact_limits()[1]}, but got N={x.shape[-2]}; "
+                         f"use 'sinkhorn'")
     flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
     values = []
     for a, b in zip(flat_x, flat_y):

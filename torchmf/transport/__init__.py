@@ -11,7 +11,9 @@ chosen by the single ``method`` argument:
 
 ========================  ====================================================================
 ``"sort"``                exact in 1-D (monotone rearrangement), any N
-``"exact"``               optimal assignment (POT's network simplex ``ot.emd``), N up to 10,000
+``"exact"``               optimal assignment: a sparse candidate graph solved by OR-Tools and
+                          certified optimal on all N^2 pairs (N up to 50,000); POT's network
+                          simplex ``ot.emd`` for weighted or unequal clouds (N up to 10,000)
 ``"sinkhorn-geomloss"``   geomloss tensorized Sinkhorn potentials, barycentric projection
 ``"sinkhorn-keops"``      geomloss with the KeOps ``"multiscale"`` (d <= 3) or ``"online"``
                           backend; only when ``pykeops`` can be imported (imported lazily)
@@ -24,7 +26,8 @@ chosen by the single ``method`` argument:
                           sparse (truncated) kernel around the predicted targets; d <= 3
 ``"sinkhorn"``            the fastest measured backend for the size, dimension and device (see
                           :func:`resolve_method`); never pykeops
-``"auto"``                ``sort`` in 1-D, ``exact`` for N <= 1000, ``sinkhorn`` otherwise
+``"auto"``                ``sort`` in 1-D, ``exact`` for N <= 10,000 (3,000 weighted or unequal),
+                          ``sinkhorn`` otherwise
 ========================  ====================================================================
 
 The torch backends (online, multiscale) share one loop, :func:`sinkhorn_loop`: epsilon annealing,
@@ -54,7 +57,7 @@ into the map, tile by tile. :mod:`torchmf.transport.cases` holds the validation 
 
 Files: ``solver.py`` (this public API), ``routing.py`` (which backend), ``sinkhorn.py`` (the one
 loop), ``kernels.py`` (dense tiled and sparse kernels), ``online.py``, ``multiscale.py``,
-``exact.py`` (sort, POT), ``exact_weighted.py`` (weighted and unequal sizes), ``weights.py``
+``exact.py`` (sort, dispatch, POT), ``sparse_assignment.py`` (certified sparse), ``exact_weighted.py`` (weighted and unequal sizes), ``weights.py``
 (checking and normalising weights), ``geomloss_backend.py``, ``potentials.py``, ``cases.py``.
 
 Shapes: ``x`` ``(..., N, d)``, ``y`` ``(..., M, d)`` with equal batch dimensions, weights ``(N,)``

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .routing import EXACT_MAX
 from .sparse_assignment import ortools_available, sparse_assignment
 
 __all__ = ["sorted_map", "assignment", "dense_assignment", "assignment_map", "SPARSE_FROM"]
@@ -34,6 +35,9 @@ def assignment(x: torch.Tensor, y: torch.Tensor):
     solved = None
     if source.shape[0] >= SPARSE_FROM and ortools_available():
         solved = sparse_assignment(source, target)
+    if solved is None and source.shape[0] > EXACT_MAX:
+        raise RuntimeError(f"the sparse assignment found no certificate at N = {source.shape[0]}, and the dense "
+                           f"network simplex is limited to N <= {EXACT_MAX} (N x N float64 arrays); use 'sinkhorn'")
     partner = solved[0] if solved is not None else dense_assignment(source, target)
     matched = ((source - target[partner]) ** 2).sum(1)
     return torch.as_tensor(partner, device=x.device), matched

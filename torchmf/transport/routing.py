@@ -8,14 +8,17 @@ import torch
 
 from .._validation import check_int
 
-__all__ = ["METHODS", "resolve_method", "keops_available", "free_memory", "tile_rows", "check_tiling"]
+__all__ = ["METHODS", "resolve_method", "exact_limits", "keops_available", "free_memory", "tile_rows", "check_tiling"]
 
 METHODS = ("auto", "sort", "exact", "sinkhorn", "sinkhorn-geomloss", "sinkhorn-keops", "sinkhorn-online",
            "sinkhorn-dense", "sinkhorn-multiscale")
 ALIASES = {"sinkhorn-dense": "sinkhorn-online"}
-EXACT_LIMIT = 3000           # "auto" uses the exact assignment up to this size (same rule as metrics.w2):
-#                              POT's network simplex beat a converged Sinkhorn map at N = 2,000 (1.3 s vs 5.4 s)
+EXACT_LIMIT = 3000           # "auto" uses POT's network simplex up to this size (same rule as metrics.w2):
+#                              it beat a converged Sinkhorn map at N = 2,000 (1.3 s vs 5.4 s)
 EXACT_MAX = 10_000           # POT's network simplex: two N x N float64 arrays (1.6 GB) and about a minute here
+SPARSE_EXACT_LIMIT = 10_000  # "auto" uses the certified sparse assignment (OR-Tools) up to this size:
+#                              7 s at N = 1e4 on a loaded core, where a converged Sinkhorn map took 7-17 s
+SPARSE_EXACT_MAX = 50_000    # sparse assignment: O(N k) memory, but every pricing round visits all N^2 pairs
 _MEMORY_FRACTION = 0.25     # the online backend's tiles use at most this share of the free memory
 _TILE_COPIES = 2            # live tile-sized buffers per row tile (scores, and a temporary of the matmul)
 _CPU_TILE_ENTRIES = 2 ** 18  # CPU tiles stop here: a 1 MB tile stays in L2 through its five passes
@@ -23,11 +26,25 @@ _CPU_TILE_ENTRIES = 2 ** 18  # CPU tiles stop here: a 1 MB tile stays in L2 thro
 _FALLBACK_MEMORY = 2 ** 31   # bytes assumed free on CPU when /proc/meminfo cannot be read
 
 
-def resolve_method(method: str, n: int, dim: int, device=None, element_size: int = 4, tiling=(None, None)) -> str:
-    """The concrete backend that ``method`` means for ``n`` particles in dimension ``dim`` on ``device``.
+def exact_limits(weighted: bool = False):
+    """``(auto limit, hard limit)`` on ``N`` for ``method="exact"``: uniform clouds of equal size with
+    OR-Tools installed use the certified sparse assignment (``SPARSE_EXACT_LIMIT``,
+    ``SPARSE_EXACT_MAX``); weighted or unequal clouds, or no OR-Tools, POT's dense network simplex
+    (``EXACT_LIMIT``, ``EXACT_MAX``)."""
+    from .sparse_assignment import ortools_available
 
-    ``"auto"``: sorting in 1-D; the exact assignment (POT's network simplex) up to
-    ``n = EXACT_LIMIT``; ``"sinkhorn"`` beyond.
+    if not weighted and ortools_available():
+        return SPARSE_EXACT_LIMIT, SPARSE_EXACT_MAX
+    return EXACT_LIMIT, EXACT_MAX
+
+
+def resolve_method(method: str, n: int, dim: int, device=None, element_size: int = 4, tiling=(None, None),
+                   weighted: bool = False) -> str:
+    """The concrete backend that ``method`` means for ``n`` particles in dimension ``dim`` on ``device``
+    (``weighted``: the clouds carry weights or differ in size).
+
+    ``"auto"``: sorting in 1-D; the exact assignment up to the limit of :func:`exact_limits`
+    (10,000 for uniform clouds of equal size, 3,000 otherwise); ``"sinkhorn"`` beyond.
 
     ``"sinkhorn"``: the converged torch solvers only (geomloss' loop does one update per annealing
     level and is not converged; ask for ``"sinkhorn-geomloss"`` explicitly):
@@ -41,7 +58,7 @@ def resolve_method(method: str, n: int, dim: int, device=None, element_size: int
     if method == "auto":
         if dim == 1:
             return "sort"
-        method = "exact" if n <= EXACT_LIMIT else "sinkhorn"
+        method = "exact" if n <= exact_limits(weighted)[0] else "sinkhorn"
     if method == "sinkhorn":
         device = torch.device("cpu") if device is None else torch.device(device)
         if device.type == "cpu" and dim <= 3:
@@ -49,8 +66,10 @@ def resolve_method(method: str, n: int, dim: int, device=None, element_size: int
         return "sinkhorn-online"
     if method == "sort" and dim != 1:
         raise ValueError(f"method: 'sort' is exact only in 1-D, but the clouds have d = {dim}")
-    if method == "exact" and n > EXACT_MAX:
-        raise ValueError(f"method: 'exact' is limited to N <= {EXACT_MAX}, but got N = {n}; use 'sinkhorn'")
+    if method == "exact" and n > exact_limits(weighted)[1]:
+        kind = "weighted or unequal clouds (dense network simplex)" if weighted else "these clouds"
+        raise ValueError(f"method: 'exact' is limited to N <= {exact_limits(weighted)[1]} for {kind}, "
+                         f"but got N = {n}; use 'sinkhorn'")
     if method == "sinkhorn-keops" and not keops_available():
         raise ValueError("method: 'sinkhorn-keops' needs pykeops, which is not installed; use 'sinkhorn'")
     if method == "sinkhorn-multiscale" and dim > 3:

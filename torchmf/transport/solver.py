@@ -155,7 +155,7 @@ class TransportSolver:
         # uniform clouds of equal size: the permutation solvers and warm starts, unchanged
         uniform = source_weights is None and target_weights is None and x.shape[-2] == y.shape[-2]
         method = resolve_method(self.method, max(x.shape[-2], y.shape[-2]), x.shape[-1], device=x.device,
-                                element_size=x.element_size(), tiling=self.tiling)
+                                element_size=x.element_size(), tiling=self.tiling, weighted=not uniform)
         batch = x.shape[:-2]
         flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
         flat_a = _flat_weights(source_weights, flat_x)

@@ -31,12 +31,15 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["sparse_assignment", "ortools_available", "PER_CELL", "CANDIDATES", "MAX_PRICING"]
+__all__ = ["sparse_assignment", "ortools_available", "PER_CELL", "CANDIDATES", "MAX_PRICING", "RECURSE_FROM"]
 
 PER_CELL = 3.0        # particles per coarse cluster (8 gave 4-8 pricing rounds at N = 2,000; 3 gave 1-2)
 CANDIDATES = 10       # candidates per row and per column (6: 2-4 pricing rounds; 10: 1-2)
 MAX_PRICING = 30      # pricing rounds before falling back to the dense network simplex
+RECURSE_FROM = 1024   # coarse problems of this many clusters are solved by this module too (ot.emd below)
 _RESOLUTION = 2.0 ** 26  # integer units per largest candidate reduced cost
+_COST_RANGE = 2.0 ** 48  # bound on (cost range) x (n + 1): OR-Tools scales costs by n + 1 in int64 and
+#                          warned of overflow (no solution) at 2**56, L-shape to triangle, N = 1e4
 _SLACK_UNITS = 2         # integer units a pair's slack may fall below zero by rounding alone
 _TILE_ENTRIES = 2 ** 22  # pairs per row tile of the N x N passes (32 MB in float64)
 _CACHE_ENTRIES = 2 ** 23  # up to this many pairs (N <= 2,896) the reduced costs are kept between passes
@@ -54,17 +57,27 @@ def sparse_assignment(x: np.ndarray, y: np.ndarray) -> Optional[Tuple[np.ndarray
     """Optimal partner ``(N,)`` of every row of ``x (N, d)`` among the rows of ``y (N, d)`` (float64
     numpy arrays) and the number of pricing rounds it took; ``None`` when no certificate was reached
     within ``MAX_PRICING`` rounds (the caller then solves densely)."""
-    n = x.shape[0]
-    source, target = torch.from_numpy(x), torch.from_numpy(y)
+    solved = _certified(torch.from_numpy(x), torch.from_numpy(y))
+    return None if solved is None else solved[:2]
+
+
+def _certified(source, target):
+    """``(partner, rounds, f, g)``: the certified assignment and dual potentials ``f (N,)``, ``g (N,)``
+    with ``|x_i - y_j|^2 - f_i - g_j >= 0`` on all pairs (to the integer resolution), or ``None``."""
+    n = source.shape[0]
     f, g = _coarse_potentials(source, target)
     cache = []
     rows, cols, largest = _candidates(source, target, f, g, CANDIDATES, cache)
-    scale = _RESOLUTION / max(largest, 1e-300)
     permutation = np.arange(n)
     rows, cols = np.concatenate([rows, permutation]), np.concatenate([cols, permutation])
     for rounds in range(1, MAX_PRICING + 1):
         rows, cols = _unique_pairs(rows, cols, n)
-        costs = _integer_costs(source, target, f, g, rows, cols, scale)
+        reduced = _arc_costs(source, target, f, g, rows, cols)
+        # resolution on the candidates' scale, but the cost range times (n + 1) (OR-Tools' scaling)
+        # must stay well inside int64: priced-in pairs can carry large reduced costs
+        spread = float(reduced.max() - reduced.min())
+        scale = min(_RESOLUTION / max(largest, 1e-300), _COST_RANGE / ((n + 1) * max(spread, 1e-300)))
+        costs = torch.round(reduced * scale).to(torch.int64).numpy()
         partner = _solve(rows, cols, costs, n)
         if partner is None:
             return None
@@ -73,21 +86,30 @@ def sparse_assignment(x: np.ndarray, y: np.ndarray) -> Optional[Tuple[np.ndarray
             return None
         extra_rows, extra_cols = _violations(source, target, f, g, scale, *duals, CANDIDATES, cache)
         if extra_rows.size == 0:
-            return partner, rounds
+            f_extra, g_extra = (torch.from_numpy(value).to(source.dtype) / scale for value in duals)
+            return partner, rounds, f + f_extra, g + g_extra
         rows, cols = np.concatenate([rows, extra_rows]), np.concatenate([cols, extra_cols])
     return None
 
 
 # -- step 1: potentials ---------------------------------------------------------------------------
 def _coarse_potentials(x: torch.Tensor, y: torch.Tensor):
-    """``f (N,)``, ``g (N,)``: c-transforms of the exact duals between the clusters of ``x`` and ``y``."""
+    """``f (N,)``, ``g (N,)``: c-transforms of the duals of the problem between the clusters of ``x``
+    and ``y``: solved by this module again (as a uniform assignment between the centroids, whose
+    counts differ by one at most) from ``RECURSE_FROM`` clusters on, by ``ot.emd`` below."""
     import ot
 
     centre_x, mass_x = _median_clusters(x, PER_CELL)
     centre_y, mass_y = _median_clusters(y, PER_CELL)
-    cost = torch.cdist(centre_x, centre_y).pow(2).numpy()
-    _, log = ot.emd((mass_x / mass_x.sum()).numpy(), (mass_y / mass_y.sum()).numpy(), cost, log=True)
-    u, v = torch.from_numpy(log["u"]), torch.from_numpy(log["v"])
+    solved = None
+    if centre_x.shape[0] == centre_y.shape[0] >= RECURSE_FROM:
+        solved = _certified(centre_x, centre_y)
+    if solved is not None:
+        u, v = solved[2], solved[3]
+    else:
+        cost = torch.cdist(centre_x, centre_y).pow(2).numpy()
+        _, log = ot.emd((mass_x / mass_x.sum()).numpy(), (mass_y / mass_y.sum()).numpy(), cost, log=True)
+        u, v = torch.from_numpy(log["u"]), torch.from_numpy(log["v"])
     f = _row_minima(x, centre_y, -v)
     g = _row_minima(y, centre_x, -u)
     return f, g
@@ -183,10 +205,10 @@ def _unique_pairs(rows, cols, n):
     return keys // n, keys % n
 
 
-def _integer_costs(x, y, f, g, rows, cols, scale):
+def _arc_costs(x, y, f, g, rows, cols):
+    """Reduced costs of the arcs ``(rows, cols)``, float, by the direct formula."""
     rows_t, cols_t = torch.from_numpy(rows), torch.from_numpy(cols)
-    reduced = (x[rows_t] - y[cols_t]).pow(2).sum(1) - f[rows_t] - g[cols_t]
-    return torch.round(reduced * scale).to(torch.int64).numpy()
+    return (x[rows_t] - y[cols_t]).pow(2).sum(1) - f[rows_t] - g[cols_t]
 
 
 # -- step 3: the sparse solve ---------------------------------------------------------------------
