@@ -214,11 +214,6 @@ def qanr(report, quick, seeds, progress):
     fit_sizes = [sizes[i] for i in fitted]
     slope_K = _slope(fit_sizes, [curve["error_K"][i] for i in fitted])
     slope_sigma = _slope(fit_sizes, [curve["error_sigma"][i] for i in fitted])
-    # the baseline under the same statistic: the median error of its TPR = 1 seeds (it never has TPR = 1: NaN);
-    # its slope over all seeds is recorded too (a consistent estimator: it may well decay like N^-1/2)
-    baseline_fitted = [i for i, count in enumerate(curve["baseline_tpr_one"]) if count >= max(2, conv_seeds // 2)]
-    baseline_slopes = {key: _slope([sizes[i] for i in baseline_fitted], [float("nan")] * len(baseline_fitted))
-                       for key in ("K", "sigma")}
     curve.update(slope_K=slope_K, slope_sigma=slope_sigma, seeds=conv_seeds, fit_sizes=fit_sizes,
                  statistic="median over seeds with TPR = 1",
                  baseline_slope_K_all_seeds=_slope(sizes, curve["baseline_error_K_median_all_seeds"]),
@@ -231,14 +226,34 @@ def qanr(report, quick, seeds, progress):
                "N^-1/2": reference}, "N (particles, M = 1)", "median relative error (TPR = 1 seeds)",
               "QANR 1-D, sigma = sqrt(2) 0.1: WSINDy error vs N", logx=True, logy=True,
               styles={"N^-1/2": "k--"})
-    slope_tolerance = 0.25 if quick else 0.15
-    report.check(f"fitted slope of the median error (grad K) vs N over N = {fit_sizes[0] if fit_sizes else '-'}.."
-                 f"{fit_sizes[-1] if fit_sizes else '-'} ({conv_seeds} seeds per N)", round(slope_K, 3),
-                 f"-0.5 +- {slope_tolerance}", lambda v: abs(v + 0.5) <= slope_tolerance,
-                 baseline=(BASELINE + ", same statistic (no seed has TPR = 1)", baseline_slopes["K"]))
-    report.check(f"fitted slope of the median error (sigma) vs N over the same sizes", round(slope_sigma, 3),
-                 f"-0.5 +- {slope_tolerance}", lambda v: abs(v + 0.5) <= slope_tolerance,
-                 baseline=(BASELINE + ", same statistic (no seed has TPR = 1)", baseline_slopes["sigma"]))
+    convergence_checks(report, curve, fitted, conv_seeds, quick)
+
+
+def convergence_checks(report, curve, fitted, seeds, quick):
+    """Slope and level of the error curve, for grad K and sigma.
+
+    Least squares on the full library is consistent too: its median error over all seeds decays like
+    N^-1/2 as well (20 seeds, full: slope -0.50 for grad K), so a slope alone could not fail it. The
+    check also bounds the level: the median error at the largest fitted size below the tolerance of
+    the paper's constant-sigma line (1%; quick 2% at its smaller sizes). The baseline never has
+    TPR = 1, so it is judged on the median over all its seeds."""
+    sizes = curve["N"]
+    slope_tolerance, level_tolerance = (0.25, 0.02) if quick else (0.15, 0.01)
+    largest = sizes[fitted[-1]] if fitted else sizes[-1]
+
+    def passes(value):
+        return abs(value["slope"] + 0.5) <= slope_tolerance and value["error_at_largest_N"] < level_tolerance
+
+    for key, label in (("K", "grad K"), ("sigma", "sigma")):
+        value = {"slope": round(curve[f"slope_{key}"], 3),
+                 "error_at_largest_N": curve[f"error_{key}"][fitted[-1]] if fitted else float("nan")}
+        plain = curve[f"baseline_error_{key}_median_all_seeds"]
+        baseline_value = {"slope": round(_slope(sizes, plain), 3), "error_at_largest_N": plain[sizes.index(largest)]}
+        span = f"{sizes[fitted[0]]}..{largest}" if fitted else "- (no size with enough TPR = 1 seeds)"
+        target = f"slope -0.5 +- {slope_tolerance} and error < {level_tolerance:.0%}"
+        report.check(f"median error ({label}) vs N over N = {span} ({seeds} seeds per N): fitted slope, and the "
+                     f"error at N = {largest}", value, target, passes,
+                     baseline=(BASELINE + ", median over all seeds (no seed has TPR = 1)", baseline_value))
 
 
 def qanr_centered(report, quick, seeds, progress):

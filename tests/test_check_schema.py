@@ -169,3 +169,26 @@ def test_lot_control_cache_returns_the_same_run_and_keys_on_the_system(tmp_path)
     slower = systems.get("box_diffusion", speed=0.05)
     lot.cached_control(report, integrator, slower, "box_diffusion", 50, 2, times)
     assert len(list((tmp_path / "cache").iterdir())) == 2  # another system, another entry
+
+
+def test_wsindy_convergence_check_fails_a_consistent_but_biased_baseline(tmp_path):
+    """Least squares on the full library decays like N^-1/2 too: the slope alone would pass it, the level must not."""
+    wsindy_script = _import_script("reproduce_wsindy")
+    sizes = [4000, 8000, 16000, 32000, 64000, 128000]
+    decay = [(n / sizes[0]) ** -0.5 for n in sizes]
+    curve = {"N": sizes, "slope_K": -0.5, "slope_sigma": -0.48,
+             "error_K": [0.005 * d for d in decay], "error_sigma": [0.02 * d for d in decay],
+             "baseline_error_K_median_all_seeds": [3.0 * d for d in decay],
+             "baseline_error_sigma_median_all_seeds": [0.5 * d for d in decay]}
+    report = _report(tmp_path)
+    wsindy_script.convergence_checks(report, curve, list(range(len(sizes))), 20, quick=False)
+    for entry in report.checks:
+        assert entry["pass"] is True and entry["baseline"]["pass"] is False
+        assert entry["baseline"]["value"]["slope"] == pytest.approx(-0.5, abs=1e-3)  # the slope alone passes it
+        assert report_module.schema_problems(entry) == [] and "defect" not in entry
+    # a level above the tolerance fails the method too; no size with enough TPR = 1 seeds is NaN and fails
+    curve["error_sigma"] = [0.2 * d for d in decay]
+    wsindy_script.convergence_checks(report, curve, [], 20, quick=False)
+    assert [entry["pass"] for entry in report.checks[-2:]] == [False, False]
+    wsindy_script.convergence_checks(report, curve, list(range(len(sizes))), 20, quick=False)
+    assert report.checks[-1]["pass"] is False and report.checks[-2]["pass"] is True
