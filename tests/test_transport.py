@@ -248,8 +248,10 @@ def test_sinkhorn_routing_never_picks_keops_or_the_unconverged_geomloss_loop():
     assert resolve_method("auto", 10_000, 2, "cpu") == "exact"
     assert resolve_method("auto", 10_001, 2, "cpu") == "sinkhorn-multiscale"
     assert resolve_method("auto", 3000, 2, "cpu", weighted=True) == "exact"
-    assert resolve_method("auto", 3001, 2, "cpu", weighted=True) == "sinkhorn-multiscale"
-    assert resolve_method("sinkhorn", 500, 3, "cpu") == "sinkhorn-multiscale"
+    assert resolve_method("auto", 4001, 2, "cpu", weighted=True) == "sinkhorn-multiscale"
+    # CPU "sinkhorn": dense tiles up to N = 4,000, the sparse kernel beyond (d <= 3)
+    assert resolve_method("sinkhorn", 500, 3, "cpu") == "sinkhorn-online"
+    assert resolve_method("sinkhorn", 4001, 3, "cpu") == "sinkhorn-multiscale"
     assert resolve_method("sinkhorn", 50_000, 5, "cpu") == "sinkhorn-online"
     assert resolve_method("sinkhorn", 2000, 2, "cuda", tiling=(None, 80 * 10 ** 9)) == "sinkhorn-online"
 

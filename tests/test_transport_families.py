@@ -33,20 +33,52 @@ def cases():
     return out
 
 
+_CONVERGED = {}
+
+
+@pytest.mark.parametrize("method", ["sinkhorn", "sinkhorn-multiscale"])
 @pytest.mark.parametrize("name", list(TRANSPORT_CASES))
-def test_default_sinkhorn_map_is_converged_quality_on_every_family(cases, name):
+def test_default_sinkhorn_map_is_converged_quality_on_every_family(cases, name, method):
     x, y, exact, _ = cases[name]
-    solver = TransportSolver("sinkhorn", on_unconverged="raise")
+    solver = TransportSolver(method, on_unconverged="raise")
     mapped = solver(x, y)
     assert solver.last_report.converged
-    # reference: the other (dense) kernel run far past the default tolerance
-    converged = TransportSolver("sinkhorn-online", tolerance=1e-4, max_iterations=20_000)(x, y)
+    # reference: the dense kernel run far past the default tolerance (computed once per family)
+    if name not in _CONVERGED:
+        _CONVERGED[name] = TransportSolver("sinkhorn-online", tolerance=1e-4, max_iterations=20_000)(x, y)
+    converged = _CONVERGED[name]
     error, reference = map_error(mapped, x, exact), map_error(converged, x, exact)
     assert error <= 1.25 * reference, (error, reference)
     # the blur (5% of the spread) bounds what any converged map can reach: in 3-D at N = 700 the
     # converged dense solve itself is 0.158 away from the assignment (measured), in 2-D <= 0.07
     assert error <= (0.10 if x.shape[1] == 2 else 0.20), error
     assert map_error(x, x, exact) > 0.10  # standing still fails
+
+
+def _cross_and_spiral(n, seed):
+    generator = torch.Generator().manual_seed(seed)
+    turn = 4 * math.pi * torch.rand(n, generator=generator, dtype=torch.float64).sqrt()
+    spiral = torch.stack([turn * turn.cos(), turn * turn.sin()], 1) / 6
+    spiral += 0.05 * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    cross = torch.rand(n, 2, generator=generator, dtype=torch.float64) * torch.tensor([3.0, 0.3], dtype=torch.float64)
+    cross[n // 2:] = cross[n // 2:].flip(1)
+    cross[: n // 2, 0] -= 1.5
+    cross[n // 2:, 1] -= 1.5
+    return cross, spiral
+
+
+def test_sparse_kernel_support_is_completed_on_a_held_out_pair():
+    """Cross to spiral (not a tuning family): the sparse kernel converged to another problem's
+    solution, 1.28x the dense error (0.0916 against 0.0717), until converged solves were checked
+    against the dense soft-min and the missing pairs added."""
+    x, y = _cross_and_spiral(2000, 99)
+    exact = y[assignment(x, y)[0]]
+    solver = TransportSolver("sinkhorn-multiscale", on_unconverged="raise")
+    sparse = solver(x, y)
+    dense = TransportSolver("sinkhorn-online", tolerance=1e-4, max_iterations=20_000)(x, y)
+    error, reference = map_error(sparse, x, exact), map_error(dense, x, exact)
+    assert error <= 1.05 * reference, (error, reference)
+    assert map_error(x, x, exact) > 10 * reference  # standing still fails
 
 
 def test_exact_backend_is_an_optimal_assignment():
