@@ -4,6 +4,7 @@ full Table 6.1 projective protocol with N = 2,000 (LOT paper, section 6).
     python scripts/bench_lot.py --out runs
     python scripts/bench_lot.py --out runs --quick            # the map at N = 2,000, the protocol with N_T = 4
     python scripts/bench_lot.py --out runs --skip-protocol    # only the map lines
+    python scripts/bench_lot.py --out runs --skip-protocol --noise   # and lot_velocity's error vs N
 
 Smooth test case: x ~ N(0, I_2), y ~ N(m, S) sampled independently, with m = (2, 1) and
 S = [[2, 0.6], [0.6, 1]]; the continuous optimal map is affine, T(x) = m + S^{1/2} x. The Sinkhorn
@@ -22,7 +23,7 @@ import torch
 from _report import Report, standard_parser
 
 from torchmf import systems
-from torchmf.lot import ProjectiveIntegrator, SystemSimulator, lot_method
+from torchmf.lot import ProjectiveIntegrator, SystemSimulator, lot_method, lot_velocity
 from torchmf.transport import transport_map
 
 MEAN = torch.tensor([2.0, 1.0])
@@ -63,6 +64,7 @@ def sinkhorn_speed(report, quick):
         seconds, mapped = timed(lambda: transport_map(x, y, "sinkhorn", debias=debias), 2)
         results[debias] = (seconds, mapped)
     seconds, mapped = results[False]
+    transport_map(x[:16], y[:16], "exact")  # POT's import outside the timing
     exact_seconds, exact = timed(lambda: transport_map(x, y, "exact"), 1)  # POT's network simplex
     # the long solve in float64 (float32 potentials stall near 4e-3 eps, short of the 1e-4 tolerance)
     long_seconds, reference = timed(lambda: TransportSolver("sinkhorn", tolerance=1e-4, max_iterations=20_000,
@@ -114,6 +116,7 @@ def protocol_speed(report, quick):
     # baseline: the same protocol with the exact-assignment velocity, priced as 2k maps per cycle times one exact
     # map measured at this N in this run (since issue 12 lot_method("auto") is that assignment up to N = 3,000)
     xe, ye, _ = gaussian_pair(n, 1)
+    transport_map(xe[:16], ye[:16], "exact")  # POT's import outside the timing
     exact_seconds, _ = timed(lambda: transport_map(xe, ye, "exact"), 2)
     maps = 2 * settings["k"] * settings["n_steps"]
     exact_protocol = maps * exact_seconds
@@ -128,10 +131,105 @@ def protocol_speed(report, quick):
                  "the GPU path of transport.py is issue 8", baseline=("not measured", None))
 
 
+class _ColdStart:
+    """``lot_velocity``'s solver for the default backend, each map solved from scratch (the same converged map):
+    warm starts across a diffusion window took up to 20x longer per map here (issue 12 report)."""
+
+    def __init__(self, n, dim, method="auto"):
+        from torchmf.transport import TransportSolver
+
+        self.method = lot_method(method, n, dim)
+        self.solver = TransportSolver(self.method, debias=False)
+
+    def reset(self):
+        self.solver.reset()
+
+    def __call__(self, x, y, warm_start=False):
+        return self.solver(x, y, warm_start=False)
+
+
+def diffusion_window(n, seed, k, h=1 / 16, sigma=0.125, t0=35.0):
+    """Free Brownian motion from (5, 5) (the box diffusion before it meets the walls), exact increments:
+    ``2k+1`` shuffled snapshots around ``t0`` with spacing ``h``, and the true Wasserstein velocity
+    ``(x - x_0) / (2 t_0)`` at the central cloud's particles."""
+    generator = torch.Generator().manual_seed(seed)
+    path = torch.randn(n, 2, generator=generator, dtype=torch.float64) * (t0 - k * h) ** 0.5
+    frames = []
+    for j in range(2 * k + 1):
+        if j:
+            path = path + torch.randn(n, 2, generator=generator, dtype=torch.float64) * h ** 0.5
+        frames.append((5 + sigma * path)[torch.randperm(n, generator=generator)])
+    return torch.stack(frames), (frames[k] - 5) / (2 * t0)
+
+
+def velocity_noise(report, quick):
+    """``lot_velocity`` (default method) against known velocities, untracked clouds, N = 500 to 4,000:
+    (a) deterministic gradient flows (no sampling noise: the method's own error), (b) free diffusion
+    from a point (the Table 6.1 system before the walls: sampling noise of the maps)."""
+    from bench_transport import GRADIENT_FIELDS, gradient_field_case
+
+    sizes = (500, 1000) if quick else (500, 1000, 2000, 4000)
+    seeds = (0,) if quick else (0, 1, 2)
+    flows, diffusion = [], []
+    for n in sizes:
+        for seed in seeds:
+            for index, (name, field) in enumerate(GRADIENT_FIELDS.items()):
+                snapshots, _, _, dt = gradient_field_case(n, 20 + 3 * seed + index, field)
+                truth = field(snapshots[3])
+                solver = _ColdStart(n, 2)
+                seconds, velocity = timed(lambda: lot_velocity(snapshots, dt, solver=solver), 1)
+                flows.append({"n": n, "seed": seed, "field": name, "method": solver.method, "seconds": seconds,
+                              "error": relative(velocity, truth)})
+            snapshots, truth = diffusion_window(n, seed, k=20)
+            solver = _ColdStart(n, 2)
+            seconds, velocity = timed(lambda: lot_velocity(snapshots, 1 / 16, solver=solver), 1)
+            diffusion.append({"n": n, "seed": seed, "k": 20, "method": solver.method, "seconds": seconds,
+                              "error": relative(velocity, truth),
+                              "speed": float(velocity.pow(2).sum(1).mean().sqrt()),
+                              "true_speed": float(truth.pow(2).sum(1).mean().sqrt())})
+            print(f"velocity noise N = {n} seed {seed}: flows {[round(r['error'], 4) for r in flows[-3:]]}, "
+                  f"diffusion {diffusion[-1]['error']:.3f} ({solver.method})", flush=True)
+    # the blurred (converged Sinkhorn) map at one N, for the smoothing it adds
+    n = 1000
+    blurred = []
+    for seed in seeds:
+        snapshots, truth = diffusion_window(n, seed, k=20)
+        velocity = lot_velocity(snapshots, 1 / 16, solver=_ColdStart(n, 2, "sinkhorn"))
+        blurred.append(relative(velocity, truth))
+    means = {n: sum(r["error"] for r in diffusion if r["n"] == n) / len(seeds) for n in sizes}
+    exact_sizes = [n for n in sizes if lot_method("auto", n, 2) == "exact"]
+    slope = _slope(exact_sizes, [means[n] for n in exact_sizes])
+    report.metrics.update(velocity_noise_flows=flows, velocity_noise_diffusion=diffusion,
+                          velocity_noise_diffusion_mean_error=means,
+                          velocity_noise_diffusion_slope_exact_maps=slope,
+                          velocity_noise_diffusion_sinkhorn_n1000=blurred)
+    worst_flow = max(r["error"] for r in flows)
+    report.check(f"lot_velocity (default) on deterministic gradient flows, untracked, worst over N = {sizes}",
+                 round(worst_flow, 4), "<= 0.03", lambda v: v <= 0.03, baseline=("standing still (zero velocity)", 1.0))
+    largest = max(exact_sizes)
+    report.check(f"lot_velocity (default) on free diffusion from a point, N = {largest}, k = 20: relative error "
+                 f"(mean of {len(seeds)} seeds; slope in N over {exact_sizes}: {slope:.2f})",
+                 round(means[largest], 3), "< 1 (beats standing still)", lambda v: v < 1.0,
+                 baseline=("standing still (zero velocity)", 1.0))
+
+
+def _slope(sizes, values):
+    """Least-squares slope of log(value) against log(N)."""
+    import math
+
+    if len(sizes) < 2:
+        return float("nan")
+    xs, ys = [math.log(n) for n in sizes], [math.log(v) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
 def main(argv=None) -> int:
     parser = standard_parser(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the 2-core machine is shared; recorded in the JSON)")
+    parser.add_argument("--noise", action="store_true",
+                        help="also lot_velocity's error against known velocities vs N (gradient flows, free diffusion)")
     parser.add_argument("--skip-protocol", action="store_true",
                         help="only the map lines (the protocol takes 2k exact maps per cycle: ~45 min at N_T = 16)")
     args = parser.parse_args(argv)
@@ -140,6 +238,9 @@ def main(argv=None) -> int:
     report.settings["threads"] = args.threads
     sinkhorn_speed(report, args.quick)
     report.write()  # the map lines survive an interrupted protocol run
+    if args.noise:
+        velocity_noise(report, args.quick)
+        report.write()
     if not args.skip_protocol:
         protocol_speed(report, args.quick)
     report.write()

@@ -163,6 +163,7 @@ def _exact_assignment_seconds(n: int, device, limit: int = 10_000):
     size = min(n, limit)
     if size not in _EXACT_SECONDS:
         x, y, _ = affine_gaussian_case(size, device="cpu")
+        transport_map(x[:16], y[:16], "exact")  # POT's import outside the timing
         start = time.perf_counter()
         transport_map(x, y, "exact")
         _EXACT_SECONDS[size] = time.perf_counter() - start
