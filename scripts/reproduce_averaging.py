@@ -472,17 +472,15 @@ def tagged_section(report, args):
                         "theta": {name: models[name].theta.tolist() for name in variants},
                         "sigma": {name: model.sigma.tolist() for name, model in models.items()}}
         print(f"tagged {key}: {results[key]}", flush=True)
-    report.metrics["tagged_particle"] = {"n_solvent": solvents, "t_end": TAGGED["t_end"][pick], "results": results,
-                                         "mse_on": "2000 states of the training path (the visited range)"}
-    for key, values in results.items():
-        if float(key.split("n=")[1]) < 1000:
-            continue  # the acceptance line is about the two larger scale separations
-        mse = values["mse"]
-        solvent_label = "" if ", N=" in key else ", N = 10"
-        report.check(f"tagged particle ({key}{solvent_label}), b known, fast law learned from the path: flow-averaged "
-                     "drift MSE / unstructured network's", round(mse["b known"] / mse["neural"], 4),
-                     f"<= {TAGGED_RATIO}", lambda v: v <= TAGGED_RATIO,
-                     baseline=("best linear drift / unstructured network", round(mse["linear"] / mse["neural"], 4)))
+        report.metrics["tagged_particle"] = {"n_solvent": solvents, "t_end": TAGGED["t_end"][pick], "results": results,
+                                             "mse_on": "2000 states of the training path (the visited range)"}
+        if scale >= 1000:  # the acceptance line is about the two larger scale separations
+            solvent_label = "" if ", N=" in key else ", N = 10"
+            report.check(f"tagged particle ({key}{solvent_label}), b known, fast law learned from the path: "
+                         "flow-averaged drift MSE / unstructured network's", round(mse["b known"] / mse["neural"], 4),
+                         f"<= {TAGGED_RATIO}", lambda v: v <= TAGGED_RATIO,
+                         baseline=("best linear drift / unstructured network", round(mse["linear"] / mse["neural"], 4)))
+        report.write()  # after each setting: a d = 2 setting takes most of an hour on a loaded machine
 
 
 def main(argv=None) -> int:
