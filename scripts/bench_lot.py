@@ -9,7 +9,7 @@ full Table 6.1 projective protocol with N = 2,000 (LOT paper, section 6).
 Smooth test case: x ~ N(0, I_2), y ~ N(m, S) sampled independently, with m = (2, 1) and
 S = [[2, 0.6], [0.6, 1]]; the continuous optimal map is affine, T(x) = m + S^{1/2} x. The Sinkhorn
 map (``method="sinkhorn"``, converged: issue 12) is compared with the exact assignment map (POT's
-network simplex, at the same N), with a long solve to tolerance 1e-4 (issue 12's acceptance: <= 10 s
+network simplex, at the same N), with a long solve to tolerance 1e-3 (issue 12's acceptance: <= 10 s
 at N = 1e4 on one thread, error <= 1.25x the converged reference's), and with the closed form. The
 N = 10,000 line of before ("1.14 s") timed the unconverged solver (20 final iterations).
 """
@@ -54,7 +54,7 @@ def timed(function, repeats):
 
 def sinkhorn_speed(report, quick):
     """One converged Sinkhorn map (``method="sinkhorn"``, what LOT uses beyond N = 3,000) at N = 10,000
-    (quick: 2,000): time, and its error to the exact assignment against a long solve's (tolerance 1e-4)."""
+    (quick: 2,000): time, and its error to the exact assignment against a long solve's (tolerance 1e-3)."""
     from torchmf.transport import TransportSolver, resolve_method
 
     n = 2000 if quick else 10_000
@@ -66,8 +66,9 @@ def sinkhorn_speed(report, quick):
     seconds, mapped = results[False]
     transport_map(x[:16], y[:16], "exact")  # POT's import outside the timing
     exact_seconds, exact = timed(lambda: transport_map(x, y, "exact"), 1)  # POT's network simplex
-    # the long solve in float64 (float32 potentials stall near 4e-3 eps, short of the 1e-4 tolerance)
-    long_seconds, reference = timed(lambda: TransportSolver("sinkhorn", tolerance=1e-4, max_iterations=20_000,
+    # the long solve in float64 (float32 potentials stall near 4e-3 eps); 1e-3: a 1e-4 solve took 26x the default
+    # map at N = 2,000 under load, and at 1e-2 the map is already within 0.2% of a 1e-7 solve (docs: Transport)
+    long_seconds, reference = timed(lambda: TransportSolver("sinkhorn", tolerance=1e-3, max_iterations=20_000,
                                                             debias=False)(x.double(), y.double()).float(), 1)
     shifted = x + (y.mean(0) - x.mean(0))
     error, reference_error = relative(mapped - x, exact - x), relative(reference - x, exact - x)
@@ -94,7 +95,7 @@ def sinkhorn_speed(report, quick):
         report.check(f"{label}: seconds (debiased: {results[True][0]:.2f} s)", round(seconds, 2), "<= 10 s",
                      lambda v: v <= 10.0, baseline=(f"exact assignment (POT ot.emd) at N = {n}, measured",
                                                     round(exact_seconds, 2)))
-    report.check(f"{label}: error to the exact assignment / a long solve's (tolerance 1e-4, {reference_error:.4f})",
+    report.check(f"{label}: error to the exact assignment / a long solve's (tolerance 1e-3, {reference_error:.4f})",
                  round(error / reference_error, 3), "<= 1.25", lambda v: v <= 1.25,
                  baseline=("translation by the difference of the means", round(shift_error / reference_error, 2)))
     report.check(f"{label}: displacement error to the exact assignment, relative L2", round(error, 4), "<= 0.05",
