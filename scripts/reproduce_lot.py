@@ -19,8 +19,8 @@ and the equilibrated final W2 are metrics. The control runs do not depend on the
 solver and are cached in OUT/cache/ (keyed by system, N, seed and times), so re-running after a
 transport change re-computes only the LOT runs.
 
-W2 is :func:`torchmf.metrics.w2`: sorting in 1-D (chemotaxis), the exact assignment (POT) for the
-2-D clouds up to N = 3,000. (Until issue 12 the 2-D clouds with N > 1,000 were scored by
+W2 is :func:`torchmf.metrics.w2`: sorting in 1-D (chemotaxis), the exact assignment for the
+2-D clouds at these sizes. (Until issue 12 the 2-D clouds with N > 1,000 were scored by
 ``torchmf.lot.w2_distance``, the length of a debiased Sinkhorn map at 1% blur; measured on the
 N = 2,000 control pairs it is 33% above to 13% below the exact W2, so it is not used.)
 """
