@@ -8,8 +8,8 @@ full Table 6.1 projective protocol with N = 2,000 (LOT paper, section 6).
 
 Smooth test case: x ~ N(0, I_2), y ~ N(m, S) sampled independently, with m = (2, 1) and
 S = [[2, 0.6], [0.6, 1]]; the continuous optimal map is affine, T(x) = m + S^{1/2} x. The Sinkhorn
-map (``method="sinkhorn"``, converged: issue 12) is compared with the exact assignment map (POT's
-network simplex, at the same N), with a long solve to tolerance 1e-3 (issue 12's acceptance: <= 10 s
+map (``method="sinkhorn"``, converged: issue 12) is compared with the exact assignment map (``method="exact"``,
+at the same N), with a long solve to tolerance 1e-3 (issue 12's acceptance: <= 10 s
 at N = 1e4 on one thread, error <= 1.25x the converged reference's), and with the closed form. The
 N = 10,000 line of before ("1.14 s") timed the unconverged solver (20 final iterations).
 """
@@ -64,8 +64,8 @@ def sinkhorn_speed(report, quick):
         seconds, mapped = timed(lambda: transport_map(x, y, "sinkhorn", debias=debias), 2)
         results[debias] = (seconds, mapped)
     seconds, mapped = results[False]
-    transport_map(x[:16], y[:16], "exact")  # POT's import outside the timing
-    exact_seconds, exact = timed(lambda: transport_map(x, y, "exact"), 1)  # POT's network simplex
+    transport_map(x[:16], y[:16], "exact")  # the solver's import outside the timing
+    exact_seconds, exact = timed(lambda: transport_map(x, y, "exact"), 1)
     # the long solve in float64 (float32 potentials stall near 4e-3 eps); 1e-3: a 1e-4 solve took 26x the default
     # map at N = 2,000 under load, and at 1e-2 the map is already within 0.2% of a 1e-7 solve (docs: Transport)
     long_seconds, reference = timed(lambda: TransportSolver("sinkhorn", tolerance=1e-3, max_iterations=20_000,
@@ -93,7 +93,7 @@ def sinkhorn_speed(report, quick):
                      baseline=("scipy linear_sum_assignment itself", 1.0))
     else:
         report.check(f"{label}: seconds (debiased: {results[True][0]:.2f} s)", round(seconds, 2), "<= 10 s",
-                     lambda v: v <= 10.0, baseline=(f"exact assignment (POT ot.emd) at N = {n}, measured",
+                     lambda v: v <= 10.0, baseline=(f"exact assignment (method='exact') at N = {n}, measured",
                                                     round(exact_seconds, 2)))
     report.check(f"{label}: error to the exact assignment / a long solve's (tolerance 1e-3, {reference_error:.4f})",
                  round(error / reference_error, 3), "<= 1.25", lambda v: v <= 1.25,
@@ -117,7 +117,7 @@ def protocol_speed(report, quick):
     # baseline: the same protocol with the exact-assignment velocity, priced as 2k maps per cycle times one exact
     # map measured at this N in this run (since issue 12 lot_method("auto") is that assignment up to N = 3,000)
     xe, ye, _ = gaussian_pair(n, 1)
-    transport_map(xe[:16], ye[:16], "exact")  # POT's import outside the timing
+    transport_map(xe[:16], ye[:16], "exact")  # the solver's import outside the timing
     exact_seconds, _ = timed(lambda: transport_map(xe, ye, "exact"), 2)
     maps = 2 * settings["k"] * settings["n_steps"]
     exact_protocol = maps * exact_seconds

@@ -134,7 +134,7 @@ def sinkhorn_check(report: Report, n: int, device, seconds_target: float, label:
     scaled = exact_seconds * (n / exact_n) ** 3
     report.check(f"{label}: time (s), method={method!r} ({backend})", round(seconds, 3), f"< {seconds_target}",
                  lambda v: v < seconds_target,
-                 baseline=(f"exact assignment (POT ot.emd) measured at N = {exact_n}" +
+                 baseline=(f"exact assignment (method='exact') measured at N = {exact_n}" +
                            (f", scaled as N^3 to N = {n}" if exact_n != n else ""), round(scaled, 3)))
     shifted = x + (y.mean(0) - x.mean(0))
     shift_error = float((shifted - exact).norm() / (exact - x).norm())
@@ -157,13 +157,13 @@ _EXACT_SECONDS = {}  # size -> seconds: one exact solve per size serves every ch
 
 
 def _exact_assignment_seconds(n: int, device, limit: int = 10_000):
-    """Seconds of the exact assignment map (POT's network simplex) on the affine case at min(n, limit) (CPU)."""
+    """Seconds of the exact assignment map (``method="exact"``) on the affine case at min(n, limit) (CPU)."""
     from torchmf.transport import affine_gaussian_case, transport_map
 
     size = min(n, limit)
     if size not in _EXACT_SECONDS:
         x, y, _ = affine_gaussian_case(size, device="cpu")
-        transport_map(x[:16], y[:16], "exact")  # POT's import outside the timing
+        transport_map(x[:16], y[:16], "exact")  # the solver's import outside the timing
         start = time.perf_counter()
         transport_map(x, y, "exact")
         _EXACT_SECONDS[size] = time.perf_counter() - start
