@@ -212,33 +212,36 @@ def record_checks(report, families, w2s, lots, peers, large):
     def at_most(limit):
         return lambda value: value is not None and value <= limit
 
-    ratio = lambda row, key: row[key] / max(row["error_converged"], 1e-12)  # noqa: E731
-    report.check("default map error / converged solve at the same blur (worst family)",
-                 max(ratio(r, "error_default") for r in families), "<= 1.25", at_most(1.25),
-                 baseline=("solver before issue 12 (geomloss loop, scaling 0.7)",
-                           max(ratio(r, "error_old_stopping_rule") for r in families)))
-    report.check("default map error to the exact assignment (worst family)",
-                 max(r["error_default"] for r in families), "<= 0.10", at_most(0.10),
-                 baseline=("standing still", min(r["error_standing_still"] for r in families)))
-    report.check("default map time / scipy linear_sum_assignment (worst family)",
-                 max(r["t_default"] / r["t_scipy_lsa"] for r in families), "<= 0.3", at_most(0.3),
-                 baseline=("scipy linear_sum_assignment itself", 1.0))
-    report.check("default 'sinkhorn' map time / scipy linear_sum_assignment (worst family)",
-                 max(r["backends"]["sinkhorn"]["seconds"] / r["t_scipy_lsa"] for r in families), "<= 0.3",
-                 at_most(0.3), baseline=("scipy linear_sum_assignment itself", 1.0))
-    report.check("method='exact' time / ot.emd (worst family)", max(r["t_exact"] / r["t_pot_emd"] for r in families),
-                 "<= 1.5", at_most(1.5),
-                 baseline=("scipy linear_sum_assignment / ot.emd (the exact backend before)",
-                           max(r["t_scipy_lsa"] / r["t_pot_emd"] for r in families)))
-    report.check("w2(method='sinkhorn') relative error to exact W2 (worst family)",
-                 max(r["relative_error"] for r in w2s), "<= 0.02", at_most(0.02),
-                 baseline=("geomloss debiased divergence, blur 1%, scaling 0.7 (before)",
-                           max(r["old_relative_error"] for r in w2s)))
-    exact_error = max(r["error_exact"] for r in lots)
-    limit = min(0.03, 2 * exact_error)
-    report.check("lot_velocity default error to the true gradient field (worst field)",
-                 max(r["error_default"] for r in lots), f"<= min(3%, 2 x exact maps' {exact_error:.4f})",
-                 at_most(limit), baseline=("standing still (zero velocity)", 1.0))
+    if families:
+        ratio = lambda row, key: row[key] / max(row["error_converged"], 1e-12)  # noqa: E731
+        report.check("default map error / converged solve at the same blur (worst family)",
+                     max(ratio(r, "error_default") for r in families), "<= 1.25", at_most(1.25),
+                     baseline=("solver before issue 12 (geomloss loop, scaling 0.7)",
+                               max(ratio(r, "error_old_stopping_rule") for r in families)))
+        report.check("default map error to the exact assignment (worst family)",
+                     max(r["error_default"] for r in families), "<= 0.10", at_most(0.10),
+                     baseline=("standing still", min(r["error_standing_still"] for r in families)))
+        report.check("default map time / scipy linear_sum_assignment (worst family)",
+                     max(r["t_default"] / r["t_scipy_lsa"] for r in families), "<= 0.3", at_most(0.3),
+                     baseline=("scipy linear_sum_assignment itself", 1.0))
+        report.check("default 'sinkhorn' map time / scipy linear_sum_assignment (worst family)",
+                     max(r["backends"]["sinkhorn"]["seconds"] / r["t_scipy_lsa"] for r in families), "<= 0.3",
+                     at_most(0.3), baseline=("scipy linear_sum_assignment itself", 1.0))
+        report.check("method='exact' time / ot.emd (worst family)", max(r["t_exact"] / r["t_pot_emd"] for r in families),
+                     "<= 1.5", at_most(1.5),
+                     baseline=("scipy linear_sum_assignment / ot.emd (the exact backend before)",
+                               max(r["t_scipy_lsa"] / r["t_pot_emd"] for r in families)))
+    if w2s:
+        report.check("w2(method='sinkhorn') relative error to exact W2 (worst family)",
+                     max(r["relative_error"] for r in w2s), "<= 0.02", at_most(0.02),
+                     baseline=("geomloss debiased divergence, blur 1%, scaling 0.7 (before)",
+                               max(r["old_relative_error"] for r in w2s)))
+    if lots:
+        exact_error = max(r["error_exact"] for r in lots)
+        limit = min(0.03, 2 * exact_error)
+        report.check("lot_velocity default error to the true gradient field (worst field)",
+                     max(r["error_default"] for r in lots), f"<= min(3%, 2 x exact maps' {exact_error:.4f})",
+                     at_most(limit), baseline=("standing still (zero velocity)", 1.0))
     for row in large:
         if "error_reference" not in row:  # beyond the exact limit: figures, no acceptance line
             continue
@@ -291,20 +294,24 @@ def main(argv=None):
     parser = standard_parser(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-large", action="store_true", help="no N = 1e4 lines (they take minutes)")
+    parser.add_argument("--sections", default="families,w2,lot,large,peers",
+                        help="comma-separated subset of families,w2,lot,large,peers (checks of the others are skipped)")
     args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
     torch.set_num_threads(args.threads)
     report = Report("bench_transport", args)
     n = 2000  # the acceptance size, quick or not (about 3 minutes)
     report.settings.update({"threads": args.threads, "n_families": n})
     backends = ["sinkhorn-online", "sinkhorn-multiscale", "sinkhorn-geomloss", "sinkhorn", "auto"]
-    families = report.metrics["families"] = family_rows(n, backends)
-    w2s = report.metrics["w2"] = w2_rows(n)
-    lots = report.metrics["lot"] = lot_rows(1000)
+    families = report.metrics["families"] = family_rows(n, backends) if "families" in sections else []
+    w2s = report.metrics["w2"] = w2_rows(n) if "w2" in sections else []
+    lots = report.metrics["lot"] = lot_rows(1000) if "lot" in sections else []
     report.write()  # partial results survive an interrupted run
-    large = report.metrics["large"] = large_rows([] if args.quick or args.skip_large else [10_000, 30_000])
+    large_sizes = [] if args.quick or args.skip_large or "large" not in sections else [10_000, 30_000]
+    large = report.metrics["large"] = large_rows(large_sizes)
     report.write()
-    peers = report.metrics["peers"] = peer_rows([1000] if args.quick or args.skip_large else [1000, 10_000],
-                                                args.quick)
+    peer_sizes = [1000] if args.quick or args.skip_large else [1000, 10_000]
+    peers = report.metrics["peers"] = peer_rows(peer_sizes if "peers" in sections else [], args.quick)
     record_checks(report, families, w2s, lots, peers, large)
     report.write()
 

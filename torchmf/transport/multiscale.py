@@ -19,6 +19,7 @@ from .sinkhorn import SinkhornSettings, diameter, epsilon_schedule, sinkhorn_loo
 __all__ = ["multiscale_solve", "coarse_start", "truncated_kernel", "DENSE_LIMIT", "SELF_TRUNCATE"]
 
 DENSE_LIMIT = 600          # the recursion solves densely below this many points
+DENSE_FALLBACK_PAIRS = 10_000 ** 2  # an unconverged sparse solve is redone densely up to this many pairs
 _TRUNCATE = 12.0            # sparse kernel keeps pairs with pi_ij / (a_i b_j) >= exp(-_TRUNCATE); 6 lost mass
 #                              that the finer levels needed (map error 0.090 against 0.066 dense, 0.071 at 12)
 _CLUSTER_SIZE = 6.0          # particles per coarse grid cell
@@ -33,7 +34,7 @@ _DENSE_SHARE = 0.1           # a support with more than this share of all pairs 
 _COARSE = SinkhornSettings(tolerance=1e-1, max_iterations=20, level_tolerance=1e-1, level_iterations=5)
 
 
-def multiscale_solve(x, y, eps, scaling, settings, previous=None, a_log=None, b_log=None):
+def multiscale_solve(x, y, eps, scaling, settings, previous=None, a_log=None, b_log=None, check_support=True):
     """Sinkhorn between ``x (N, d)`` and ``y (M, d)`` at ``eps``: ``(kernel, f, g, SinkhornReport)``.
 
     ``previous`` (warm start) is ``(f, g, predicted targets (N, d), margin)``: no coarse stage, only
@@ -56,10 +57,12 @@ def multiscale_solve(x, y, eps, scaling, settings, previous=None, a_log=None, b_
         report = level_report if report is None else report + level_report
         kernel = kernel.prune(level, f, g, _TRUNCATE, _MIN_PAIRS)
     f, g, final = sinkhorn_loop(kernel, a_log, b_log, [eps], settings, f, g)
-    kernel, f, g, final = _complete_support(x, y, eps, settings, a_log, b_log, kernel, f, g, final)
-    if not final.converged:
+    if check_support:  # not in the coarse stage, which only places the fine start
+        kernel, f, g, final = _complete_support(x, y, eps, settings, a_log, b_log, kernel, f, g, final)
+    if not final.converged and x.shape[0] * y.shape[0] <= DENSE_FALLBACK_PAIRS:
         # The truncated support could not carry the marginals (or the warm start was far off):
         # fall back to the dense kernel, cold, which always converges (O(N M) per soft-min).
+        # Beyond DENSE_FALLBACK_PAIRS that would take hours: the solve is reported unconverged.
         kernel, f, g, dense = _dense_solve(x, y, eps, scaling, settings, a_log, b_log)
         final = final + dense
     return kernel, f, g, final if report is None else report + final
@@ -136,7 +139,7 @@ def coarse_start(x, y, eps, scaling, a_log, b_log):
     label_y, centre_y, count_y = _grid_clusters(y, cell, b_log.exp())
     eps_coarse = max(eps, cell ** 2)
     coarse, f_c, g_c, report = multiscale_solve(centre_x, centre_y, eps_coarse, scaling, _COARSE, None,
-                                                count_x.log(), count_y.log())
+                                                count_x.log(), count_y.log(), check_support=False)
     f, predicted = _extrapolate(coarse, label_x, x, centre_y, count_y.log() + g_c / eps_coarse, eps_coarse)
     g = _extrapolate(coarse.transpose(), label_y, y, centre_x, count_x.log() + f_c / eps_coarse, eps_coarse,
                      targets=False)
