@@ -481,15 +481,12 @@ class ProjectiveRun:
 
 
 def w2_distance(x: torch.Tensor, y: torch.Tensor, method: str = "auto") -> torch.Tensor:
-    """W2 between uniform clouds ``(N, d)``: :func:`torchmf.metrics.w2` (sort in 1-D, exact
-    assignment up to N = 1000) or, for ``"auto"`` with larger 2-D/3-D clouds, the length
-    :math:`(\frac1N\sum_i |T(x_i) - x_i|^2)^{1/2}` of the debiased multiscale Sinkhorn map with a
-    blur of 1% of the spread (geomloss' tensorized divergence is too slow at these sizes on a CPU)."""
-    if method != "auto" or x.shape[-1] == 1 or x.shape[-2] <= 1000 or x.shape[-1] > 3:
-        return w2(x, y, method=method)
-    spread = float(torch.cat([x, y]).std(0).max())
-    mapped = TransportSolver("sinkhorn-multiscale", blur=0.01 * max(spread, 1e-6), debias=True)(x, y)
-    return (mapped - x).pow(2).sum(-1).mean().sqrt()
+    """W2 between uniform clouds ``(N, d)``: :func:`torchmf.metrics.w2` (sort in 1-D, the exact
+    assignment up to N = 10,000, the transport cost of a converged Sinkhorn plan beyond).
+
+    It used to take the length of a debiased multiscale Sinkhorn map at 1% blur above N = 1,000:
+    33% above to 13% below the exact W2 on N = 2,000 pairs (issue 12, item 6)."""
+    return w2(x, y, method=method)
 
 
 class ProjectiveIntegrator:
