@@ -219,9 +219,12 @@ class TransportSolver:
             self.last_report = report
         if report.converged or self.on_unconverged == "ignore":
             return
-        message = (f"Sinkhorn stopped unconverged after {report.iterations} iterations: potential change "
-                   f"{report.error:.2e} eps > tolerance {report.tolerance:.1e}; raise max_iterations "
-                   f"(now {self.settings.max_iterations}) or the blur")
+        # fewer iterations than the cap: the loop gave up because the error stopped improving
+        stalled = report.iterations < self.settings.max_iterations
+        cause = "the error stopped improving" if stalled else f"max_iterations = {self.settings.max_iterations} reached"
+        advice = "raise the blur or the tolerance" if stalled else "raise max_iterations or the blur"
+        message = (f"Sinkhorn stopped unconverged after {report.iterations} iterations ({cause}): potential "
+                   f"change {report.error:.2e} eps > tolerance {report.tolerance:.1e}; {advice}")
         if self.on_unconverged == "raise":
             raise TransportNotConverged(message)
         warnings.warn(message, UnconvergedTransportWarning, stacklevel=4)
