@@ -38,8 +38,9 @@ CANDIDATES = 10       # candidates per row and per column (6: 2-4 pricing rounds
 MAX_PRICING = 30      # pricing rounds before falling back to the dense network simplex
 RECURSE_FROM = 1024   # coarse problems of this many clusters are solved by this module too (ot.emd below)
 _RESOLUTION = 2.0 ** 26  # integer units per largest candidate reduced cost
-_COST_RANGE = 2.0 ** 48  # bound on (cost range) x (n + 1): OR-Tools scales costs by n + 1 in int64 and
-#                          warned of overflow (no solution) at 2**56, L-shape to triangle, N = 1e4
+_COST_RANGE = 2.0 ** 60  # bound on (cost range) x (n + 1)^2: OR-Tools scales costs by n + 1 and its price
+#                          bound grows with n again; it warned of overflow (and found no solution) with
+#                          the range x (n + 1) at 2**56 (L-shape, N = 1e4) and at 2**48 (blobs, N = 3e4)
 _SLACK_UNITS = 2         # integer units a pair's slack may fall below zero by rounding alone
 _TILE_ENTRIES = 2 ** 22  # pairs per row tile of the N x N passes (32 MB in float64)
 _CACHE_ENTRIES = 2 ** 23  # up to this many pairs (N <= 2,896) the reduced costs are kept between passes
@@ -73,10 +74,10 @@ def _certified(source, target):
     for rounds in range(1, MAX_PRICING + 1):
         rows, cols = _unique_pairs(rows, cols, n)
         reduced = _arc_costs(source, target, f, g, rows, cols)
-        # resolution on the candidates' scale, but the cost range times (n + 1) (OR-Tools' scaling)
+        # resolution on the candidates' scale, but the cost range times (n + 1)^2 (OR-Tools' scaling)
         # must stay well inside int64: priced-in pairs can carry large reduced costs
         spread = float(reduced.max() - reduced.min())
-        scale = min(_RESOLUTION / max(largest, 1e-300), _COST_RANGE / ((n + 1) * max(spread, 1e-300)))
+        scale = min(_RESOLUTION / max(largest, 1e-300), _COST_RANGE / ((n + 1) ** 2 * max(spread, 1e-300)))
         costs = torch.round(reduced * scale).to(torch.int64).numpy()
         partner = _solve(rows, cols, costs, n)
         if partner is None:
