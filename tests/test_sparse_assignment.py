@@ -108,3 +108,15 @@ def test_assignment_falls_back_to_the_network_simplex_without_ortools(monkeypatc
     partner, matched = assignment(x, y)
     assert matched.mean() == pytest.approx(_cost(x.numpy(), y.numpy(), dense_assignment(x.numpy(), y.numpy())),
                                            rel=1e-12)
+
+
+@pytest.mark.parametrize("x, y, error, match", [
+    (torch.rand(5, 2).double(), np.zeros((5, 2)), TypeError, "^x: expected a numpy array"),
+    (np.zeros((5, 2), dtype=np.float32), np.zeros((5, 2)), ValueError, "^x: expected a non-empty float64"),
+    (np.zeros((0, 2)), np.zeros((0, 2)), ValueError, "^x: expected a non-empty float64"),
+    (np.zeros((5, 2)), np.zeros((6, 2)), ValueError, r"^y: expected the shape of x, \(5, 2\)"),
+    (np.zeros((5, 2)), np.full((5, 2), np.nan), ValueError, "^y: expected finite entries, but got 10"),
+])
+def test_sparse_assignment_names_the_bad_argument(x, y, error, match):
+    with pytest.raises(error, match=match):
+        sparse_assignment(x, y)

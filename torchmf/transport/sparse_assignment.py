@@ -58,8 +58,24 @@ def sparse_assignment(x: np.ndarray, y: np.ndarray) -> Optional[Tuple[np.ndarray
     """Optimal partner ``(N,)`` of every row of ``x (N, d)`` among the rows of ``y (N, d)`` (float64
     numpy arrays) and the number of pricing rounds it took; ``None`` when no certificate was reached
     within ``MAX_PRICING`` rounds (the caller then solves densely)."""
-    solved = _certified(torch.from_numpy(x), torch.from_numpy(y))
+    source = _check_cloud("x", x, None)
+    target = _check_cloud("y", y, source.shape)
+    solved = _certified(source, target)
     return None if solved is None else solved[:2]
+
+
+def _check_cloud(name, value, shape):
+    """``value`` as a float64 tensor ``(N, d)``, finite, with ``shape`` if given (``x``'s)."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, but got {type(value).__name__}")
+    if value.dtype != np.float64 or value.ndim != 2 or value.shape[0] == 0:
+        raise ValueError(f"{name}: expected a non-empty float64 array of shape (N, d), but got {value.dtype} "
+                         f"{value.shape}")
+    if shape is not None and value.shape != tuple(shape):
+        raise ValueError(f"{name}: expected the shape of x, {tuple(shape)}, but got {value.shape}")
+    if not np.isfinite(value).all():
+        raise ValueError(f"{name}: expected finite entries, but got {int((~np.isfinite(value)).sum())} that are not")
+    return torch.from_numpy(value)
 
 
 def _certified(source, target):
