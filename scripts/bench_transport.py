@@ -153,10 +153,41 @@ def lot_rows(n):
     return rows
 
 
+_POT_BUDGET = 12  # POT runs for at most this many times our time: beyond it, the 0.1x line holds whatever it does
+
+
+def pot_time_to_accuracy(x, y, blur, reference, target, budget):
+    """POT's log-domain Sinkhorn (reg = 2 blur^2, the same plan as ours): the shortest run, in
+    iterations, whose map error reaches ``target``, searched by halving from the number of
+    iterations that fits in ``budget`` seconds (timed on a short run first). If even that run stays
+    above the target, POT's time to our accuracy is more than ``budget``: the row says so."""
+    import ot
+
+    cost = ot.dist(x.numpy(), y.numpy())
+
+    def run(iterations):
+        start = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # POT warns that it stopped at numItermax: that is the point
+            plan = ot.sinkhorn(np.empty(0), np.empty(0), cost, reg=2 * blur ** 2, method="sinkhorn_log",
+                               numItermax=iterations, stopThr=0.0)
+        seconds = time.perf_counter() - start
+        mapped = torch.as_tensor(plan @ y.numpy() / plan.sum(1, keepdims=True))
+        return {"iterations": iterations, "seconds": seconds, "error": map_error(mapped, x, reference)}
+
+    probe = run(5)
+    iterations = max(5, int(budget / max(probe["seconds"] / 5, 1e-9)))
+    attempts = [run(iterations)]
+    while attempts[-1]["error"] <= 1.05 * target and attempts[-1]["iterations"] > 10 and len(attempts) < 6:
+        attempts.append(run(attempts[-1]["iterations"] // 2))
+    reached = [a for a in attempts if a["error"] <= 1.05 * target]
+    best = min(reached, key=lambda a: a["seconds"]) if reached else attempts[0]
+    return {**best, "reached": bool(reached), "budget_seconds": budget, "attempts": attempts}
+
+
 def peer_rows(sizes, quick):
     """Time to equal accuracy: ours (default settings) against geomloss tensorized with its scaling
     raised until it matches our map error, and POT's log-domain Sinkhorn at reg = 2 blur^2."""
-    import ot
     from geomloss import SamplesLoss
 
     from torchmf.transport import default_blur
@@ -189,19 +220,7 @@ def peer_rows(sizes, quick):
                     break
         else:
             row["geomloss_limit"] = "the N x N float64 matrices do not fit in this machine's memory"
-        if n > 1_000:
-            row["pot_limit"] = ("ot.sinkhorn(method='sinkhorn_log') at N = 1,000 took minutes here; at N = 1e4 each "
-                                "iteration is 100x that (not run)")
-        else:
-            cost = ot.dist(x.numpy(), y.numpy())
-            start = time.perf_counter()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                plan = ot.sinkhorn(np.empty(0), np.empty(0), cost, reg=2 * blur ** 2, method="sinkhorn_log",
-                                   numItermax=20_000, stopThr=1e-6)
-            seconds = time.perf_counter() - start
-            mapped = torch.as_tensor(plan @ y.numpy() / plan.sum(1, keepdims=True))
-            row["pot"] = {"seconds": seconds, "error": map_error(mapped, x, reference)}
+        row["pot"] = pot_time_to_accuracy(x, y, blur, reference, target, budget=_POT_BUDGET * t_ours)
         rows.append(row)
         print(f"peers n={n} ours {t_ours:.2f} s error {target} geomloss {row['geomloss'][-1:]} pot {row['pot']}",
               flush=True)
@@ -259,8 +278,12 @@ def record_checks(report, families, w2s, lots, peers, large):
             report.check(f"N = {row['n']}: time / geomloss tensorized {label}", row["t_ours"] / chosen["seconds"],
                          "<= 0.5", at_most(0.5), baseline=("geomloss itself", 1.0))
         if row["pot"] is not None:
-            report.check(f"N = {row['n']}: time / POT log-domain Sinkhorn (reg = 2 blur^2)",
-                         row["t_ours"] / row["pot"]["seconds"], "<= 0.1", at_most(0.1), baseline=("POT itself", 1.0))
+            pot = row["pot"]
+            # not reached within its budget: its time to our accuracy exceeds the budget (an upper bound on the ratio)
+            label = "at equal accuracy" if pot["reached"] else (
+                f"(not reached in {pot['iterations']} iterations, {pot['seconds']:.0f} s: error {pot['error']:.4f})")
+            report.check(f"N = {row['n']}: time / POT log-domain Sinkhorn (reg = 2 blur^2) {label}",
+                         row["t_ours"] / pot["seconds"], "<= 0.1", at_most(0.1), baseline=("POT itself", 1.0))
     report.check("GPU: N = 1e5 converged-quality map (s)", None, "< 1", None,
                  skipped="no GPU was lent to this task", baseline=("none", None))
 
@@ -276,8 +299,11 @@ def large_rows(sizes):
         x, y = transport_case("mixture_to_ring", n, seed=14)
         default, seconds = timed(transport_map, x, y)
         exact, t_exact = timed(transport_map, x, y, "exact")
+        solver = TransportSolver("sinkhorn", debias=False)
+        converged, t_sinkhorn = timed(solver, x, y)
         row = {"n": n, "t_default": seconds, "t_exact": t_exact, "error_default": map_error(default, x, exact),
-               "error_standing_still": map_error(x, x, exact)}
+               "error_standing_still": map_error(x, x, exact), "t_sinkhorn": t_sinkhorn,
+               "error_sinkhorn": map_error(converged, x, exact), "sinkhorn_report": list(solver.last_report)}
         if n <= 10_000:
             reference = TransportSolver("sinkhorn-multiscale", tolerance=1e-4, max_iterations=20_000)(x, y)
             row["error_reference"] = max(map_error(reference, x, exact), 1e-12)
@@ -286,7 +312,7 @@ def large_rows(sizes):
             row["exact_same_as_pot"] = abs(float((exact - x).pow(2).sum()) - float((pot - x).pow(2).sum())) < 1e-9 * n
         rows.append(row)
         print(f"large n={n}: default {seconds:.2f} s error {row['error_default']:.4f}, exact {t_exact:.2f} s, "
-              f"POT {row.get('t_pot_emd')}", flush=True)
+              f"POT {row.get('t_pot_emd')}, 'sinkhorn' {t_sinkhorn:.2f} s error {row['error_sinkhorn']:.4f}", flush=True)
     return rows
 
 

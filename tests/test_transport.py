@@ -242,11 +242,11 @@ def test_online_budget_too_small_is_a_clear_error():
 
 
 def test_sinkhorn_routing_never_picks_keops_or_the_unconverged_geomloss_loop():
-    # "auto": sort in 1-D, the exact assignment up to N = 10,000 (sparse, certified; 3,000 for weighted
+    # "auto": sort in 1-D, the exact assignment up to N = 30,000 (sparse, certified; 3,000 for weighted
     # or unequal clouds, POT's network simplex), then the converged torch solvers
     assert resolve_method("auto", 50_000, 1, "cpu") == "sort"
-    assert resolve_method("auto", 10_000, 2, "cpu") == "exact"
-    assert resolve_method("auto", 10_001, 2, "cpu") == "sinkhorn-multiscale"
+    assert resolve_method("auto", 30_000, 2, "cpu") == "exact"
+    assert resolve_method("auto", 30_001, 2, "cpu") == "sinkhorn-multiscale"
     assert resolve_method("auto", 3000, 2, "cpu", weighted=True) == "exact"
     assert resolve_method("auto", 4001, 2, "cpu", weighted=True) == "sinkhorn-multiscale"
     # CPU "sinkhorn": dense tiles up to N = 4,000, the sparse kernel beyond (d <= 3)

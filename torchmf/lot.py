@@ -46,7 +46,7 @@ _PROTOCOL = ("dt", "state", "step", "positions", "set_positions")
 
 def lot_method(method: str, n: int, dim: int, weighted: bool = False) -> str:
     """The transport backend LOT uses for ``method``: ``"auto"`` means sorting in 1-D, the exact
-    assignment up to ``n = 10,000`` (the certified sparse assignment; 3,000 for frames of unequal
+    assignment up to ``n = 30,000`` (the certified sparse assignment; 3,000 for frames of unequal
     counts, by POT's network simplex) and the converged Sinkhorn beyond
     (:func:`torchmf.transport.resolve_method`). Measured on untracked clouds moved by known gradient
     fields (N = 1,000, scripts/bench_transport.py): exact maps 0.03% off the true velocity, converged
@@ -482,7 +482,7 @@ class ProjectiveRun:
 
 def w2_distance(x: torch.Tensor, y: torch.Tensor, method: str = "auto") -> torch.Tensor:
     """W2 between uniform clouds ``(N, d)``: :func:`torchmf.metrics.w2` (sort in 1-D, the exact
-    assignment up to N = 10,000, the transport cost of a converged Sinkhorn plan beyond).
+    assignment up to N = 30,000, the transport cost of a converged Sinkhorn plan beyond).
 
     It used to take the length of a debiased multiscale Sinkhorn map at 1% blur above N = 1,000:
     33% above to 13% below the exact W2 on N = 2,000 pairs (issue 12, item 6)."""

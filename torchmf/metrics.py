@@ -31,9 +31,11 @@ def w2(x: torch.Tensor, y: torch.Tensor, method: str = "auto", blur: Optional[fl
     Arguments:
         x: ``(..., N, d)``.
         y: ``(..., M, d)`` with the same batch dimensions and ``d``.
-        method: ``"sort"`` (exact, 1-D, any N and M), ``"exact"`` (optimal assignment by POT's
-            network simplex, ``N == M`` up to 10,000), ``"sinkhorn"`` (see below), or ``"auto"``:
-            sort in 1-D, exact for ``N == M <= 3000``, Sinkhorn otherwise.
+        method: ``"sort"`` (exact, 1-D, any N and M), ``"exact"`` (optimal assignment: the
+            certified sparse assignment, ``N == M`` up to 50,000; POT's network simplex otherwise,
+            up to 10,000), ``"sinkhorn"`` (see below), or ``"auto"``: sort in 1-D, exact for
+            ``N == M`` up to :func:`torchmf.transport.routing.exact_limits` (30,000 with OR-Tools),
+            Sinkhorn otherwise.
         blur: Sinkhorn's :math:`\varepsilon^{1/2}` length scale (default: that of
             :func:`torchmf.transport.default_blur`, 5% of the clouds' largest standard deviation).
 

@@ -23,10 +23,12 @@ chosen by the single ``method`` argument:
                           cold start anneals the coarse scales on grid clusters first.
                           ``"sinkhorn-dense"`` is an accepted alias
 ``"sinkhorn-multiscale"`` torch coarse-to-fine Sinkhorn: grid clusters solved densely, then a
-                          sparse (truncated) kernel around the predicted targets; d <= 3
+                          sparse (truncated) kernel around the predicted targets and on the
+                          clusters' plan support, checked against the dense kernel up to
+                          N = 10,000; d <= 3
 ``"sinkhorn"``            the fastest measured backend for the size, dimension and device (see
                           :func:`resolve_method`); never pykeops
-``"auto"``                ``sort`` in 1-D, ``exact`` for N <= 10,000 (3,000 weighted or unequal),
+``"auto"``                ``sort`` in 1-D, ``exact`` for N <= 30,000 (3,000 weighted or unequal),
                           ``sinkhorn`` otherwise
 ========================  ====================================================================
 

@@ -20,7 +20,8 @@ __all__ = ["multiscale_solve", "coarse_start", "truncated_kernel", "DENSE_LIMIT"
 
 DENSE_LIMIT = 600          # the recursion solves densely below this many points
 DENSE_FALLBACK_PAIRS = 10_000 ** 2  # up to this many pairs an unconverged sparse solve is redone densely
-SUPPORT_CHECK_PAIRS = 4_000 ** 2    # up to this many pairs a converged sparse solve's support is checked
+SUPPORT_CHECK_PAIRS = 10_000 ** 2   # up to this many pairs a converged sparse solve's support is checked
+#                                     (N = 1e4: 4-6 s of a 12-17 s solve; N = 3e4: 80 s of 165 s, not run)
 _TRUNCATE = 12.0            # sparse kernel keeps pairs with pi_ij / (a_i b_j) >= exp(-_TRUNCATE); 6 lost mass
 #                              that the finer levels needed (map error 0.090 against 0.066 dense, 0.071 at 12)
 _CLUSTER_SIZE = 6.0          # particles per coarse grid cell
@@ -31,7 +32,10 @@ SELF_TRUNCATE = 12.0         # self-transport kernel: pairs within sqrt(2 * 12 *
 _MIN_PAIRS = 8               # pairs every row and column keeps in the sparse kernel
 _SUPPORT_ROUNDS = 3          # dense checks of a converged sparse solve's support before the dense fallback
 _DENSE_SHARE = 0.1           # a support with more than this share of all pairs continues on the dense kernel
-# the coarse stage only has to place the fine start within a cell: a loose solve is enough
+_FROM_COARSE_OMEGA = 1.5    # over-relaxation of the final level when it starts from clusters solved at that eps
+_COARSE_TRUNCATE = 4.0      # cluster pairs with plan ratio >= exp(-4) give all their particle pairs to the
+#                              fine kernel (mixture to ring, N = 1e4: the check then added 0.02% of the pairs)
+# where the clusters sit above the final eps they only place the fine start within a cell: a loose solve
 _COARSE = SinkhornSettings(tolerance=1e-1, max_iterations=20, level_tolerance=1e-1, level_iterations=5)
 
 
@@ -46,21 +50,27 @@ def multiscale_solve(x, y, eps, scaling, settings, previous=None, a_log=None, b_
     if previous is None and max(n, y.shape[0]) <= DENSE_LIMIT:
         return _dense_solve(x, y, eps, scaling, settings, a_log, b_log)
     if previous is None:
-        f, g, predicted, cell, report = coarse_start(x, y, eps, scaling, a_log, b_log, settings)
+        f, g, predicted, cell, report, support = coarse_start(x, y, eps, scaling, a_log, b_log, settings)
         fine_levels = epsilon_schedule(max(cell, math.sqrt(eps)), eps, scaling)[1:]
         margin = _MARGIN * cell
     else:
-        (f, g, predicted, margin), report = previous, None
+        (f, g, predicted, margin), report, support = previous, None, None
         fine_levels = [eps]
-    kernel = truncated_kernel(x, y, predicted, math.sqrt(2 * _RADIUS_TRUNCATE * fine_levels[0]) + margin)
+    kernel = truncated_kernel(x, y, predicted, math.sqrt(2 * _RADIUS_TRUNCATE * fine_levels[0]) + margin, support=support)
     for level in fine_levels[:-1]:
         f, g, level_report = sinkhorn_loop(kernel, a_log, b_log, [level], _level_only(settings), f, g)
         report = level_report if report is None else report + level_report
         kernel = kernel.prune(level, f, g, _TRUNCATE, _MIN_PAIRS)
-    f, g, final = sinkhorn_loop(kernel, a_log, b_log, [eps], settings, f, g)
-    # not in the coarse stage (it only places the fine start), nor beyond SUPPORT_CHECK_PAIRS: after
-    # the missing pairs are added the solve re-converges slowly (N = 1e4: 728 s against 6.7 s
-    # unchecked; N = 3e4: over ten minutes), so larger sparse supports stay unverified (stated)
+    final_settings = settings
+    if previous is None and len(fine_levels) == 1:
+        # the clusters were solved at this eps: the particles start near their solution, where
+        # strong over-relaxation first oscillates (mixture to ring, N = 1e4: 78 iterations at 1.9,
+        # 22 at 1.5, 23 at 1.0; square to banana: 58 at 1.5, 115 at 1.0)
+        final_settings = settings._replace(omega=min(settings.omega, _FROM_COARSE_OMEGA))
+    f, g, final = sinkhorn_loop(kernel, a_log, b_log, [eps], final_settings, f, g)
+    # not in the coarse stage (it only places the fine start), nor beyond SUPPORT_CHECK_PAIRS, where
+    # the two dense soft-mins per round cost more than the solve; there the coarse plan's support
+    # (below) is what keeps the right pairs
     if check_support and x.shape[0] * y.shape[0] <= SUPPORT_CHECK_PAIRS:
         kernel, f, g, final = _complete_support(x, y, eps, settings, a_log, b_log, kernel, f, g, final)
     if not final.converged and x.shape[0] * y.shape[0] <= DENSE_FALLBACK_PAIRS:
@@ -111,14 +121,14 @@ def _complete_support(x, y, eps, settings, a_log, b_log, kernel, f, g, final):
     return kernel, f, g, final._replace(converged=False)
 
 
-def _plan_pairs(points, others, potential, other_potential, eps, chunk=256):
+def _plan_pairs(points, others, potential, other_potential, eps, chunk=256, truncate=_TRUNCATE):
     """Pairs ``(k, j)`` with plan ratio ``exp((potential_k + other_j - |points_k - others_j|^2 / 2) / eps)``
     at least ``exp(-_TRUNCATE)``, in chunks of ``points``."""
     rows, cols = [], []
     for start in range(0, points.shape[0], chunk):
         cost = 0.5 * torch.cdist(points[start:start + chunk], others).pow(2)
         score = (potential[start:start + chunk, None] + other_potential[None, :] - cost) / eps
-        row, col = (score >= -_TRUNCATE).nonzero(as_tuple=True)
+        row, col = (score >= -truncate).nonzero(as_tuple=True)
         rows.append(row + start)
         cols.append(col)
     empty = torch.empty(0, dtype=torch.long, device=points.device)
@@ -154,7 +164,33 @@ def coarse_start(x, y, eps, scaling, a_log, b_log, settings):
     f, predicted = _extrapolate(coarse, label_x, x, centre_y, count_y.log() + g_c / eps_coarse, eps_coarse)
     g = _extrapolate(coarse.transpose(), label_y, y, centre_x, count_x.log() + f_c / eps_coarse, eps_coarse,
                      targets=False)
-    return f, g, predicted, cell, report
+    # Clusters solved at the final eps also say which particle pairs the plan needs: all pairs of
+    # every cluster pair with a non-negligible coarse plan. Without them the fine kernel held only
+    # the pairs near each particle's predicted target, which misses a second branch where a cluster
+    # straddles a tear of the map (mixture to ring, N = 3e4: map error 0.0667 against 0.0346, and
+    # the dense check re-converged for 332 s adding 91% more pairs; N = 1e4: 0.0633 against 0.0309)
+    support = None
+    if eps_coarse <= eps:
+        cluster_rows, cluster_cols = _plan_pairs(centre_x, centre_y, f_c, g_c, eps_coarse, truncate=_COARSE_TRUNCATE)
+        support = _member_pairs(cluster_rows, cluster_cols, label_x, label_y)
+    return f, g, predicted, cell, report, support
+
+
+def _member_pairs(cluster_rows, cluster_cols, label_x, label_y):
+    """Every particle pair ``(i, j)`` whose clusters ``(label_x[i], label_y[j])`` are a listed pair."""
+    def members(labels, size):
+        order = labels.argsort()
+        counts = torch.bincount(labels, minlength=size)
+        return order, counts, torch.cumsum(counts, 0) - counts
+    order_x, counts_x, starts_x = members(label_x, int(cluster_rows.max()) + 1 if cluster_rows.numel() else 0)
+    order_y, counts_y, starts_y = members(label_y, int(cluster_cols.max()) + 1 if cluster_cols.numel() else 0)
+    size_x, size_y = counts_x[cluster_rows], counts_y[cluster_cols]
+    sizes = size_x * size_y
+    pair = torch.repeat_interleave(torch.arange(sizes.numel(), device=label_x.device), sizes)
+    within = torch.arange(pair.numel(), device=label_x.device) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
+    rows = order_x[starts_x[cluster_rows][pair] + within // size_y[pair]]
+    cols = order_y[starts_y[cluster_cols][pair] + within % size_y[pair]]
+    return rows, cols
 
 
 def _level_only(settings):
@@ -209,7 +245,7 @@ def _neighbour_pairs(predicted, y, radius):
     return torch.cat(rows), torch.cat(cols)
 
 
-def truncated_kernel(x, y, predicted, radius, count=_MIN_PAIRS):
+def truncated_kernel(x, y, predicted, radius, count=_MIN_PAIRS, support=None):
     """Sparse kernel: pairs within ``radius`` of the ``predicted`` targets, topped up so that every
     row and every column has at least ``count`` pairs (its nearest partners).
 
@@ -217,6 +253,8 @@ def truncated_kernel(x, y, predicted, radius, count=_MIN_PAIRS):
     (tails, thin features): with one forced pair per lonely column, two rows can end up sharing
     one column and the error sticks at log 2 (seen on a curved cloud at N = 2,000)."""
     rows, cols = _neighbour_pairs(predicted, y, radius)
+    if support is not None:
+        rows, cols = torch.cat([rows, support[0]]), torch.cat([cols, support[1]])
     thin_rows = (torch.bincount(rows, minlength=x.shape[0]) < count).nonzero().squeeze(1)
     thin_cols = (torch.bincount(cols, minlength=y.shape[0]) < count).nonzero().squeeze(1)
     near_cols = _nearest(predicted[thin_rows], y, count)            # (R, count) columns

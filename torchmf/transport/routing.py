@@ -16,8 +16,9 @@ ALIASES = {"sinkhorn-dense": "sinkhorn-online"}
 EXACT_LIMIT = 3000           # "auto" uses POT's network simplex up to this size (same rule as metrics.w2):
 #                              it beat a converged Sinkhorn map at N = 2,000 (1.3 s vs 5.4 s)
 EXACT_MAX = 10_000           # POT's network simplex: two N x N float64 arrays (1.6 GB) and about a minute here
-SPARSE_EXACT_LIMIT = 10_000  # "auto" uses the certified sparse assignment (OR-Tools) up to this size:
-#                              7 s at N = 1e4 on a loaded core, where a converged Sinkhorn map took 7-17 s
+SPARSE_EXACT_LIMIT = 30_000  # "auto" uses the certified sparse assignment (OR-Tools) up to this size:
+#                              N = 1e4: 7-9 s against 5-17 s for a converged Sinkhorn map; N = 3e4: 53 s
+#                              against 165 s (support checked) or about 90 s (not checked)
 SPARSE_EXACT_MAX = 50_000    # sparse assignment: O(N k) memory, but every pricing round visits all N^2 pairs
 DENSE_SINKHORN_LIMIT = 4000  # CPU "sinkhorn" uses the dense online tiles up to this size, the sparse kernel beyond
 _MEMORY_FRACTION = 0.25     # the online backend's tiles use at most this share of the free memory
@@ -45,7 +46,7 @@ def resolve_method(method: str, n: int, dim: int, device=None, element_size: int
     (``weighted``: the clouds carry weights or differ in size).
 
     ``"auto"``: sorting in 1-D; the exact assignment up to the limit of :func:`exact_limits`
-    (10,000 for uniform clouds of equal size, 3,000 otherwise); ``"sinkhorn"`` beyond.
+    (30,000 for uniform clouds of equal size, 3,000 otherwise); ``"sinkhorn"`` beyond.
 
     ``"sinkhorn"``: the converged torch solvers only (geomloss' loop does one update per annealing
     level and is not converged; ask for ``"sinkhorn-geomloss"`` explicitly):
