@@ -20,7 +20,10 @@ def case():
     return x, y, blur, reference
 
 
-def _error(case):
+def _error(case, monkeypatch):
+    # the plan here spreads over more than 10% of all pairs, where the solver would take the dense
+    # tiles: kept sparse, as it is for larger N at this blur
+    monkeypatch.setattr(multiscale, "_DENSE_SHARE", 1.0)
     x, y, blur, reference = case
     mapped = TransportSolver("sinkhorn-multiscale", blur=blur, debias=False)(x, y)
     return float((mapped - reference).norm() / (reference - x).norm())
@@ -28,7 +31,7 @@ def _error(case):
 
 def test_clusters_plan_support_keeps_the_torn_branches(case, monkeypatch):
     monkeypatch.setattr(multiscale, "SUPPORT_CHECK_PAIRS", 0)
-    assert _error(case) <= 0.015  # measured 0.0085 (the stopping tolerance's share)
+    assert _error(case, monkeypatch) <= 0.015  # measured 0.0085 (the stopping tolerance's share)
 
 
 def test_without_the_clusters_plan_support_the_map_is_off(case, monkeypatch):
@@ -36,11 +39,11 @@ def test_without_the_clusters_plan_support_the_map_is_off(case, monkeypatch):
     monkeypatch.setattr(multiscale, "SUPPORT_CHECK_PAIRS", 0)
     empty = torch.empty(0, dtype=torch.long)
     monkeypatch.setattr(multiscale, "_member_pairs", lambda *args: (empty, empty))
-    assert _error(case) >= 0.025
+    assert _error(case, monkeypatch) >= 0.025
 
 
 def test_the_support_check_repairs_a_missing_branch(case, monkeypatch):
     """With the check on (the default up to N = 10,000) even the narrow kernel comes out right."""
     empty = torch.empty(0, dtype=torch.long)
     monkeypatch.setattr(multiscale, "_member_pairs", lambda *args: (empty, empty))
-    assert _error(case) <= 0.015
+    assert _error(case, monkeypatch) <= 0.015

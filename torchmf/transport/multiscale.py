@@ -3,9 +3,13 @@ r"""Coarse-to-fine Sinkhorn on a sparse (truncated) kernel, for d <= 3.
 Grid clusters of about ``CLUSTER_SIZE`` particles are solved first (recursively, densely below
 ``DENSE_LIMIT`` points) down to the cluster scale; their potentials and barycentric targets are
 extrapolated to the particles, and the fine levels run on a sparse kernel that keeps only the pairs
-near each particle's predicted target, pruned at every level. A soft-min then costs about
-``O(N k)`` with ``k`` pairs per row, against ``O(N M)`` for the dense kernel. The dense online
-backend also starts from :func:`coarse_start` in d <= 3.
+near each particle's predicted target, pruned at every level. Where the clusters are finer than the
+blur (many particles), they are solved at the final eps itself, converged, and every particle pair
+of a cluster pair in their plan joins the kernel too, so that a map that tears (one cluster sent
+to two places) keeps both branches. Up to ``SUPPORT_CHECK_PAIRS`` the converged sparse solve is
+then checked against the dense kernel. A soft-min costs about ``O(N k)`` with ``k`` pairs per row,
+against ``O(N M)`` for the dense kernel. The dense online backend also starts from
+:func:`coarse_start` in d <= 3.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ SELF_TRUNCATE = 12.0         # self-transport kernel: pairs within sqrt(2 * 12 *
 _MIN_PAIRS = 8               # pairs every row and column keeps in the sparse kernel
 _SUPPORT_ROUNDS = 3          # dense checks of a converged sparse solve's support before the dense fallback
 _DENSE_SHARE = 0.1           # a support with more than this share of all pairs continues on the dense kernel
+DENSE = "dense"  # coarse_start's support when the plan is too spread for a sparse kernel
 _FROM_COARSE_OMEGA = 1.5    # over-relaxation of the final level when it starts from clusters solved at that eps
 _COARSE_TRUNCATE = 4.0      # cluster pairs with plan ratio >= exp(-4) give all their particle pairs to the
 #                              fine kernel (mixture to ring, N = 1e4: the check then added 0.02% of the pairs)
@@ -56,7 +61,13 @@ def multiscale_solve(x, y, eps, scaling, settings, previous=None, a_log=None, b_
     else:
         (f, g, predicted, margin), report, support = previous, None, None
         fine_levels = [eps]
-    kernel = truncated_kernel(x, y, predicted, math.sqrt(2 * _RADIUS_TRUNCATE * fine_levels[0]) + margin, support=support)
+    if support is DENSE:
+        # a plan spread over this many pairs runs faster on the dense tiles (far apart clouds,
+        # N = 1e4: 73% of all pairs in the clusters' support, 72 s sparse against 15 s dense)
+        kernel = DenseKernel(x, y)
+    else:
+        kernel = truncated_kernel(x, y, predicted, math.sqrt(2 * _RADIUS_TRUNCATE * fine_levels[0]) + margin,
+                                  support=support)
     for level in fine_levels[:-1]:
         f, g, level_report = sinkhorn_loop(kernel, a_log, b_log, [level], _level_only(settings), f, g)
         report = level_report if report is None else report + level_report
@@ -71,7 +82,7 @@ def multiscale_solve(x, y, eps, scaling, settings, previous=None, a_log=None, b_
     # not in the coarse stage (it only places the fine start), nor beyond SUPPORT_CHECK_PAIRS, where
     # the two dense soft-mins per round cost more than the solve; there the coarse plan's support
     # (below) is what keeps the right pairs
-    if check_support and x.shape[0] * y.shape[0] <= SUPPORT_CHECK_PAIRS:
+    if check_support and isinstance(kernel, SparseKernel) and x.shape[0] * y.shape[0] <= SUPPORT_CHECK_PAIRS:
         kernel, f, g, final = _complete_support(x, y, eps, settings, a_log, b_log, kernel, f, g, final)
     if not final.converged and x.shape[0] * y.shape[0] <= DENSE_FALLBACK_PAIRS:
         # The truncated support could not carry the marginals (or the warm start was far off):
@@ -169,10 +180,13 @@ def coarse_start(x, y, eps, scaling, a_log, b_log, settings):
     # the pairs near each particle's predicted target, which misses a second branch where a cluster
     # straddles a tear of the map (mixture to ring, N = 3e4: map error 0.0667 against 0.0346, and
     # the dense check re-converged for 332 s adding 91% more pairs; N = 1e4: 0.0633 against 0.0309)
+    # (``support`` is DENSE when those pairs are more than _DENSE_SHARE of all pairs)
     support = None
     if eps_coarse <= eps:
         cluster_rows, cluster_cols = _plan_pairs(centre_x, centre_y, f_c, g_c, eps_coarse, truncate=_COARSE_TRUNCATE)
-        support = _member_pairs(cluster_rows, cluster_cols, label_x, label_y)
+        # the clusters' masses are shares of each cloud: this is the share of all particle pairs
+        dense = float((count_x[cluster_rows] * count_y[cluster_cols]).sum()) > _DENSE_SHARE
+        support = DENSE if dense else _member_pairs(cluster_rows, cluster_cols, label_x, label_y)
     return f, g, predicted, cell, report, support
 
 
