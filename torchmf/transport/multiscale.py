@@ -152,7 +152,7 @@ def _dense_solve(x, y, eps, scaling, settings, a_log, b_log):
     return kernel, f, g, report
 
 
-def coarse_start(x, y, eps, scaling, a_log, b_log, settings):
+def coarse_start(x, y, eps, scaling, a_log, b_log, settings, with_support=True):
     """Potentials ``f (N,)``, ``g (M,)`` and barycentric targets ``(N, d)`` at the scale of grid
     clusters of about ``CLUSTER_SIZE`` particles (annealed on the clusters, then extrapolated to the
     particles through the coarse kernel); also the cluster side and the coarse solve's report.
@@ -161,7 +161,9 @@ def coarse_start(x, y, eps, scaling, a_log, b_log, settings):
     is enough. Where it is not (many particles: N = 1e4 at 5% blur), the clusters are solved at the
     final eps itself, and the particles only run the final level from there: that coarse solve is
     converged to ``settings`` (about 1/6 of the points). Loose, it left the particles 660 sparse
-    iterations from converged on a uniform square to a banana (305 s); converged, 46 (18 s)."""
+    iterations from converged on a uniform square to a banana (305 s); converged, 46 (18 s).
+    There, with ``with_support``, the last item is the clusters' plan support for the fine kernel
+    (particle ``(rows, cols)``, or ``DENSE``); otherwise it is ``None``."""
     # the finer of the two clouds' scales: one joint scale put a tight source (sd 0.05 against a
     # target of radius 2) into a handful of cells, and the map came out 2.8x the dense kernel's error
     cell = max(min(_occupied_cells_scale(x, x.shape[0] / _CLUSTER_SIZE),
@@ -182,7 +184,7 @@ def coarse_start(x, y, eps, scaling, a_log, b_log, settings):
     # the dense check re-converged for 332 s adding 91% more pairs; N = 1e4: 0.0633 against 0.0309)
     # (``support`` is DENSE when those pairs are more than _DENSE_SHARE of all pairs)
     support = None
-    if eps_coarse <= eps:
+    if eps_coarse <= eps and with_support:
         cluster_rows, cluster_cols = _plan_pairs(centre_x, centre_y, f_c, g_c, eps_coarse, truncate=_COARSE_TRUNCATE)
         # the clusters' masses are shares of each cloud: this is the share of all particle pairs
         dense = float((count_x[cluster_rows] * count_y[cluster_cols]).sum()) > _DENSE_SHARE

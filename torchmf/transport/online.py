@@ -26,7 +26,8 @@ def online_solve(x, y, eps, scaling, settings, previous=None, tiling=(None, None
         f, g, report = sinkhorn_loop(kernel, a_log, b_log, [eps], settings, f, g)
         return kernel, f, g, report
     if x.shape[1] <= 3 and max(x.shape[0], y.shape[0]) > DENSE_LIMIT:
-        f, g, _, cell, coarse = coarse_start(x, y, eps, scaling, a_log, b_log, settings)
+        f, g, _, cell, coarse, _ = coarse_start(x, y, eps, scaling, a_log, b_log, settings,
+                                                   with_support=False)
         levels = epsilon_schedule(max(cell, math.sqrt(eps)), eps, scaling)[1:]
         f, g, report = sinkhorn_loop(kernel, a_log, b_log, levels, settings, f, g)
         return kernel, f, g, coarse + report
