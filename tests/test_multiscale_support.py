@@ -47,3 +47,18 @@ def test_the_support_check_repairs_a_missing_branch(case, monkeypatch):
     empty = torch.empty(0, dtype=torch.long)
     monkeypatch.setattr(multiscale, "_member_pairs", lambda *args: (empty, empty))
     assert _error(case, monkeypatch) <= 0.015
+
+
+def test_a_spread_plan_runs_on_the_dense_tiles_with_the_same_map(monkeypatch):
+    """Far apart clouds: the default blur follows the gap, every cluster pair carries plan, and the
+    sparse kernel would hold most pairs; the fine stage takes the dense tiles instead (no truncated
+    kernel is built) and gives the dense backend's map."""
+    x, y = transport_case("far_apart", 1500, seed=2)
+
+    def no_truncated_kernel(*args, **kwargs):
+        raise AssertionError("a truncated kernel was built for a plan spread over most pairs")
+
+    monkeypatch.setattr(multiscale, "truncated_kernel", no_truncated_kernel)
+    mapped = TransportSolver("sinkhorn-multiscale", debias=False, tolerance=1e-4)(x, y)
+    dense = TransportSolver("sinkhorn-online", debias=False, tolerance=1e-4)(x, y)
+    assert float((mapped - dense).norm() / (dense - x).norm()) < 1e-4
