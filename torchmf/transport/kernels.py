@@ -99,9 +99,10 @@ class SparseKernel:
         self._transposed = None
 
     def transpose(self):
+        # kept, so that its padded layout is built once per kernel (no back-reference: a cycle would
+        # hold both layouts, gigabytes at N = 3e4, until the cyclic collector runs)
         if self._transposed is None:
             self._transposed = SparseKernel(self.y, self.x, self.cols, self.rows, self.cost)
-            self._transposed._transposed = self
         return self._transposed
 
     def _layout(self):

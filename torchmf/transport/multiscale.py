@@ -194,19 +194,21 @@ def coarse_start(x, y, eps, scaling, a_log, b_log, settings, with_support=True):
 
 def _member_pairs(cluster_rows, cluster_cols, label_x, label_y):
     """Every particle pair ``(i, j)`` whose clusters ``(label_x[i], label_y[j])`` are a listed pair."""
-    def members(labels, size):
-        order = labels.argsort()
-        counts = torch.bincount(labels, minlength=size)
-        return order, counts, torch.cumsum(counts, 0) - counts
-    order_x, counts_x, starts_x = members(label_x, int(cluster_rows.max()) + 1 if cluster_rows.numel() else 0)
-    order_y, counts_y, starts_y = members(label_y, int(cluster_cols.max()) + 1 if cluster_cols.numel() else 0)
-    size_x, size_y = counts_x[cluster_rows], counts_y[cluster_cols]
-    sizes = size_x * size_y
-    pair = torch.repeat_interleave(torch.arange(sizes.numel(), device=label_x.device), sizes)
-    within = torch.arange(pair.numel(), device=label_x.device) - torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)
-    rows = order_x[starts_x[cluster_rows][pair] + within // size_y[pair]]
-    cols = order_y[starts_y[cluster_cols][pair] + within % size_y[pair]]
-    return rows, cols
+    entry, rows = _members(label_x, cluster_rows)
+    entry, cols = _members(label_y, cluster_cols[entry])
+    return rows[entry], cols
+
+
+def _members(labels, clusters):
+    """The particles of each listed cluster: ``(entry (P,), particle (P,))``, entry ``k`` of
+    ``clusters (K,)`` repeated once for every particle ``i`` with ``labels[i] == clusters[k]``."""
+    order = labels.argsort()
+    counts = torch.bincount(labels)
+    starts = torch.cumsum(counts, 0) - counts
+    sizes = counts[clusters]
+    entry = torch.repeat_interleave(torch.arange(clusters.numel(), device=labels.device), sizes)
+    offset = torch.arange(entry.numel(), device=labels.device) - (torch.cumsum(sizes, 0) - sizes)[entry]
+    return entry, order[starts[clusters][entry] + offset]
 
 
 def _level_only(settings):
@@ -308,14 +310,7 @@ def _extrapolate(coarse, labels, points, centres, h, eps, targets=True):
         kernel = DenseKernel(points, centres)
     else:
         # pairs (i, J) for every coarse pair (label_i, J)
-        order = labels.argsort()
-        counts = torch.bincount(labels, minlength=coarse.x.shape[0])
-        starts = torch.cumsum(counts, 0) - counts
-        sizes = counts[coarse.rows]
-        pair = torch.repeat_interleave(torch.arange(coarse.rows.numel(), device=points.device), sizes)
-        offset = torch.arange(pair.numel(), device=points.device) - torch.repeat_interleave(
-            torch.cumsum(sizes, 0) - sizes, sizes)
-        rows = order[starts[coarse.rows][pair] + offset]
+        pair, rows = _members(labels, coarse.rows)
         kernel = SparseKernel(points, centres, rows, coarse.cols[pair])
     if not targets:
         return kernel.softmin(eps, h)
