@@ -358,6 +358,9 @@ def scale_family_rows(n):
     return rows
 
 
+_SECTIONS = ("families", "w2", "lot", "large", "peers", "scale_families")
+
+
 def main(argv=None):
     parser = standard_parser(__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
@@ -367,6 +370,9 @@ def main(argv=None):
                              "N = 1e4 against the dense kernel, takes about 30 minutes and is not in the default)")
     args = parser.parse_args(argv)
     sections = set(args.sections.split(","))
+    unknown = sections - set(_SECTIONS)
+    if unknown:
+        parser.error(f"--sections: expected names from {','.join(_SECTIONS)}, but got {','.join(sorted(unknown))}")
     torch.set_num_threads(args.threads)
     report = Report("bench_transport", args)
     n = 2000  # the acceptance size, quick or not (about 3 minutes)
