@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from torchmf._io import write_json  # noqa: E402
+from torchmf.data.files import write_json  # noqa: E402
 
 __all__ = ["Report", "standard_parser", "device_name", "baseline", "schema_problems", "CHECK_KEYS",
            "BASELINE_KEYS"]

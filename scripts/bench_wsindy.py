@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import Report, standard_parser  # noqa: E402
 
 from torchmf import systems, wsindy  # noqa: E402
-from torchmf.particles import Trajectories  # noqa: E402
+from torchmf.data import Trajectories  # noqa: E402
 
 TARGETS = {"local_2d": 9.7 / 3, "qanr_1d": 2.6 / 3, "keller_segel_2d": 8.5 / 3}
 

@@ -24,7 +24,7 @@ def train(args) -> dict:
     import torch
 
     from torchmf.averaging import drift_error
-    from torchmf.variational import band_scores
+    from torchmf.averaging.variational import band_scores
     from trainers.averaged import VariationalAveragedDynamicsModule, fit_quietly
     from trainers.slow_path_data import SlowPathDataModule
 

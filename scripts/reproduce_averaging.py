@@ -217,7 +217,7 @@ def exact_law_fit(system, x, dx, dt, grid, n_nodes=512, n_samples=20000):
 
 
 def cubic_section(report, args):
-    from torchmf.averaging_plots import drift_band_plot
+    from torchmf.averaging.plots import drift_band_plot
 
     quick = args.quick
     recipe, path = cubic_path(args)
@@ -271,7 +271,7 @@ def tilted_section(report, args):
     from scipy.stats import wasserstein_distance
 
     from torchmf.averaging import drift_error
-    from torchmf.averaging_plots import fast_law_plot
+    from torchmf.averaging.plots import fast_law_plot
 
     quick = args.quick
     params = {"eps": size("tilted_eps", quick)}
@@ -320,8 +320,8 @@ def tilted_section(report, args):
 
 def coverage_section(report, args):
     """Independent datasets; per dataset a variational fit; count 90% intervals containing the truth."""
-    from torchmf.averaging_plots import drift_band_plot, posterior_pairs_plot
-    from torchmf.variational import band_scores
+    from torchmf.averaging.plots import drift_band_plot, posterior_pairs_plot
+    from torchmf.averaging.variational import band_scores
     from trainers.averaged import AveragedDynamicsModule, VariationalAveragedDynamicsModule, fit_quietly
     from trainers.slow_path_data import SlowPathDataModule
 

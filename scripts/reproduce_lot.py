@@ -36,7 +36,7 @@ import torch
 from _report import Report, standard_parser
 
 from torchmf import systems
-from torchmf._io import atomic_path
+from torchmf.data.files import atomic_path
 from torchmf.lot import AdaptiveStep, ProjectiveIntegrator, SystemSimulator, lot_embedding, pca
 from torchmf.metrics import w2
 from torchmf.plots import line_plot, plt, save_figure, scatter_panels

@@ -58,7 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import Report, standard_parser  # noqa: E402
 
 from torchmf import systems, wsindy  # noqa: E402
-from torchmf.particles import Trajectories  # noqa: E402
+from torchmf.data import Trajectories  # noqa: E402
 from torchmf.wsindy.library import load_library  # noqa: E402
 from torchmf.plots import line_plot  # noqa: E402
 

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from torchmf import Trajectories, pretrained, systems
-from torchmf._io import atomic_path, read_hdf5_array, read_plain_arrays, sweep_stale_temporaries
+from torchmf.data.files import atomic_path, read_hdf5_array, read_plain_arrays, sweep_stale_temporaries
 from torchmf._memory import check_fits
 from torchmf._validation import check_seed, parse_key_values
 from torchmf.cli import main as torchmf_main
@@ -436,7 +436,7 @@ API_CASES = [
     ("pretrained unknown", lambda f: pretrained.load("no-such-model"), ValueError, "name"),
     ("pretrained not a string", lambda f: pretrained.load(3), TypeError, "name"),
     ("pretrained info ../", lambda f: pretrained.info("../../etc/passwd"), ValueError, "name"),
-    ("pretrained builder outside allow-list", lambda f: pretrained._builder("torchmf._io:write_json"), ValueError,
+    ("pretrained builder outside allow-list", lambda f: pretrained._builder("torchmf.data.files:write_json"), ValueError,
      "builder"),
     ("pretrained builder os", lambda f: pretrained._builder("os:system"), ValueError, "builder"),
     ("pretrained save name with slash", lambda f: pretrained.save("../x", {}, pretrained.BUILDERS[0], "", {}, {},

@@ -33,7 +33,7 @@ def test_interrupted_save_keeps_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "data.h5"
     make(seed=1).save(path)
     before = path.read_bytes()
-    import torchmf.particles as particles
+    import torchmf.data.trajectory_files as particles
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")

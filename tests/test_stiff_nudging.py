@@ -41,7 +41,7 @@ def test_implicit_step_without_damping_is_the_explicit_velocity(linear_case):
     model = NudgedSDE(biased.sde, observations, 0.2, 50.0)
     x = reference.positions[:, 3] + 0.1
     rule = observations.rule(float(reference.times[3]))
-    implicit = model._implicit_velocity(rule, x, damping=0.0)
+    implicit = model._implicit.velocity(rule, x, damping=0.0, strength=model.strength)
     explicit = model.velocity(float(reference.times[3]), x)
     assert float((implicit - explicit).abs().max()) < 1e-4 * float(explicit.abs().max())
 

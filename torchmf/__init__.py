@@ -6,7 +6,7 @@ integration (:mod:`torchmf.lot`), flow-parameterized averaged dynamics
 The core: :class:`Trajectories`, :mod:`torchmf.kernels`, :mod:`torchmf.interaction`,
 :mod:`torchmf.sde`, :mod:`torchmf.systems`, :mod:`torchmf.metrics`.
 """
-from .particles import Trajectories
+from .data import Trajectories
 
 __version__ = "0.1.0"
 __all__ = ["Trajectories", "__version__"]

@@ -192,81 +192,18 @@ class Grid:
         if scheme == "ngp" and method != "sorted":
             if check and not self.periodic:
                 self._check_inside(flat_positions)
-            return self._deposit_nearest(flat_positions, weights).reshape(*batch_shape, *self.shape)
+            return _deposit_nearest(self, flat_positions, weights).reshape(*batch_shape, *self.shape)
         base, fraction = self.locate(flat_positions, check=check)
         batch_offset = (torch.arange(batch, device=positions.device) * self.size).unsqueeze(-1)
         out = positions.new_zeros(batch * self.size)
         if method == "sorted":
-            return self._deposit_sorted(base, fraction, weights, batch_offset, out, scheme).reshape(*batch_shape, *self.shape)
+            return _deposit_sorted(self, base, fraction, weights, batch_offset, out, scheme).reshape(*batch_shape, *self.shape)
         indices, values = [], []
         for flat_index, corner_weight in self._corners(base, fraction, linear=scheme == "cic"):
             indices.append((flat_index + batch_offset).reshape(-1))
             values.append((weights if corner_weight is None else weights * corner_weight).reshape(-1))
         out.index_add_(0, torch.cat(indices), torch.cat(values))
         return out.reshape(*batch_shape, *self.shape)
-
-    def _deposit_nearest(self, positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """Nearest-grid-point deposit of ``positions (B, n, d)`` with ``weights (B, n)`` -> ``(B * size,)``.
-
-        Same node choice as :meth:`locate` + :meth:`_corners` (``floor`` plus one where the fraction is
-        at least 1/2, clamped or wrapped), computed axis by axis with scalar arithmetic (broadcasting
-        against a length-``d`` vector is several times slower in torch) and, on CPUs, in chunks of
-        ``DEPOSIT_CHUNK`` particles: one pass over tens of millions of particles was dominated by
-        first-touch page faults of full-size temporaries, while chunk-sized ones stay cached.
-        """
-        batch, n, dim = positions.shape
-        out = positions.new_zeros(batch * self.size)
-        index_dtype = torch.int32 if batch * self.size < 2 ** 31 else torch.int64
-        strides = [math.prod(self.shape[i + 1:]) for i in range(dim)]
-        chunk = DEPOSIT_CHUNK if positions.device.type == "cpu" else max(batch * n, 1)
-        rows, columns = max(1, chunk // max(n, 1)), max(1, min(n, chunk))
-        for first in range(0, batch, rows):
-            offsets = torch.arange(first, min(first + rows, batch), device=positions.device, dtype=index_dtype)
-            offsets = offsets.unsqueeze(-1) * self.size
-            for start in range(0, n, columns):
-                block = positions[first:first + rows, start:start + columns]
-                flat = offsets
-                for axis, (low, step, size) in enumerate(zip(self.lower, self.spacing, self.shape)):
-                    scaled = (block[..., axis] - low) / step
-                    nearest = torch.floor(scaled)
-                    nearest += (scaled - nearest) >= 0.5
-                    if self.periodic:
-                        index = torch.remainder(nearest.to(index_dtype), size)
-                    else:
-                        index = nearest.clamp_(0, size - 1).to(index_dtype)
-                    flat = flat + index * strides[axis] if axis == 0 else flat.add_(index * strides[axis])
-                out.index_add_(0, flat.reshape(-1), weights[first:first + rows, start:start + columns].reshape(-1))
-        return out
-
-    def _deposit_sorted(self, base, fraction, weights, batch_offset, out, scheme):
-        # Group particles by their cell so that each (cell, corner) pair receives one add.
-        if scheme == "ngp":  # one node per particle: group by that node directly
-            (node, _), = self._corners(base, fraction, linear=False)
-            node = (node + batch_offset).reshape(-1)
-            order = torch.argsort(node)
-            nodes, counts = torch.unique_consecutive(node[order], return_counts=True)
-            return out.index_add_(0, nodes, torch.segment_reduce(weights.reshape(-1)[order], "sum", lengths=counts))
-        shape = base.new_tensor(self.shape)
-        strides = base.new_tensor([math.prod(self.shape[i + 1:]) for i in range(self.dim)])
-        cell = ((base * strides).sum(-1) + batch_offset).reshape(-1)
-        order = torch.argsort(cell)
-        sorted_cell = cell[order]
-        cells, counts = torch.unique_consecutive(sorted_cell, return_counts=True)
-        first = torch.cumsum(counts, 0) - counts  # index of each cell's first particle in sorted order
-        flat_fraction = fraction.reshape(-1, self.dim)[order]
-        flat_weights = weights.reshape(-1)[order]
-        cell_base = base.reshape(-1, self.dim)[order][first]
-        cell_batch = sorted_cell[first] // self.size
-        for flat_index, corner_weight in self._corners(cell_base.new_zeros(flat_fraction.shape), flat_fraction,
-                                                       linear=True):
-            # flat_index above is the corner offset from the particle's own cell (base 0)
-            contribution = flat_weights * corner_weight
-            per_cell = torch.segment_reduce(contribution, "sum", lengths=counts)
-            offset = flat_index[first]
-            node = cell_base + torch.stack([(offset // s) % g for s, g in zip(strides.tolist(), self.shape)], -1)
-            node = torch.remainder(node, shape) if self.periodic else node
-            out.index_add_(0, (node * strides).sum(-1) + cell_batch * self.size, per_cell)
-        return out
 
     def interpolate(self, field: torch.Tensor, positions: torch.Tensor, check: bool = True) -> torch.Tensor:
         """Cloud-in-cell interpolation of a node field to particle positions.
@@ -332,6 +269,72 @@ class Grid:
             index = torch.where(index <= n // 2, index, index - n)
             axes.append(index * h)
         return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)
+
+
+# -- deposit kernels (Grid.deposit picks one) ------------------------------------------------------
+def _deposit_nearest(grid: "Grid", positions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Nearest-grid-point deposit of ``positions (B, n, d)`` with ``weights (B, n)`` -> ``(B * size,)``.
+
+    Same node choice as :meth:`Grid.locate` + :meth:`Grid._corners` (``floor`` plus one where the fraction is
+    at least 1/2, clamped or wrapped), computed axis by axis with scalar arithmetic (broadcasting
+    against a length-``d`` vector is several times slower in torch) and, on CPUs, in chunks of
+    ``DEPOSIT_CHUNK`` particles: one pass over tens of millions of particles was dominated by
+    first-touch page faults of full-size temporaries, while chunk-sized ones stay cached.
+    """
+    batch, n, dim = positions.shape
+    out = positions.new_zeros(batch * grid.size)
+    index_dtype = torch.int32 if batch * grid.size < 2 ** 31 else torch.int64
+    strides = [math.prod(grid.shape[i + 1:]) for i in range(dim)]
+    chunk = DEPOSIT_CHUNK if positions.device.type == "cpu" else max(batch * n, 1)
+    rows, columns = max(1, chunk // max(n, 1)), max(1, min(n, chunk))
+    for first in range(0, batch, rows):
+        offsets = torch.arange(first, min(first + rows, batch), device=positions.device, dtype=index_dtype)
+        offsets = offsets.unsqueeze(-1) * grid.size
+        for start in range(0, n, columns):
+            block = positions[first:first + rows, start:start + columns]
+            flat = offsets
+            for axis, (low, step, size) in enumerate(zip(grid.lower, grid.spacing, grid.shape)):
+                scaled = (block[..., axis] - low) / step
+                nearest = torch.floor(scaled)
+                nearest += (scaled - nearest) >= 0.5
+                if grid.periodic:
+                    index = torch.remainder(nearest.to(index_dtype), size)
+                else:
+                    index = nearest.clamp_(0, size - 1).to(index_dtype)
+                flat = flat + index * strides[axis] if axis == 0 else flat.add_(index * strides[axis])
+            out.index_add_(0, flat.reshape(-1), weights[first:first + rows, start:start + columns].reshape(-1))
+    return out
+
+
+def _deposit_sorted(grid: "Grid", base, fraction, weights, batch_offset, out, scheme):
+    # Group particles by their cell so that each (cell, corner) pair receives one add.
+    if scheme == "ngp":  # one node per particle: group by that node directly
+        (node, _), = grid._corners(base, fraction, linear=False)
+        node = (node + batch_offset).reshape(-1)
+        order = torch.argsort(node)
+        nodes, counts = torch.unique_consecutive(node[order], return_counts=True)
+        return out.index_add_(0, nodes, torch.segment_reduce(weights.reshape(-1)[order], "sum", lengths=counts))
+    shape = base.new_tensor(grid.shape)
+    strides = base.new_tensor([math.prod(grid.shape[i + 1:]) for i in range(grid.dim)])
+    cell = ((base * strides).sum(-1) + batch_offset).reshape(-1)
+    order = torch.argsort(cell)
+    sorted_cell = cell[order]
+    cells, counts = torch.unique_consecutive(sorted_cell, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # index of each cell's first particle in sorted order
+    flat_fraction = fraction.reshape(-1, grid.dim)[order]
+    flat_weights = weights.reshape(-1)[order]
+    cell_base = base.reshape(-1, grid.dim)[order][first]
+    cell_batch = sorted_cell[first] // grid.size
+    for flat_index, corner_weight in grid._corners(cell_base.new_zeros(flat_fraction.shape), flat_fraction,
+                                                   linear=True):
+        # flat_index above is the corner offset from the particle's own cell (base 0)
+        contribution = flat_weights * corner_weight
+        per_cell = torch.segment_reduce(contribution, "sum", lengths=counts)
+        offset = flat_index[first]
+        node = cell_base + torch.stack([(offset // s) % g for s, g in zip(strides.tolist(), grid.shape)], -1)
+        node = torch.remainder(node, shape) if grid.periodic else node
+        out.index_add_(0, (node * strides).sum(-1) + cell_batch * grid.size, per_cell)
+    return out
 
 
 class GridConvolution:

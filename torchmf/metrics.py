@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 
 from ._validation import check_choice, check_points, check_positive, check_tensor
-from .grid import Grid, GridConvolution
-from .kernels import GaussianKernel, PeriodicKernel
+from .grid import Grid
+from .smoothing import smoothed_density
 from .transport.routing import exact_limits
 
 __all__ = ["w2", "smoothed_density", "density_l2_error", "moments", "relative_error", "W2_METHODS"]
@@ -108,25 +108,6 @@ def _w2_sinkhorn(x, y, blur):
     flat_x, flat_y = x.reshape(-1, *x.shape[-2:]), y.reshape(-1, *y.shape[-2:])
     values = [w2_sinkhorn(a, b, blur) for a, b in zip(flat_x, flat_y)]
     return torch.stack(values).to(dtype=x.dtype).reshape(x.shape[:-2])
-
-
-def smoothed_density(x: torch.Tensor, grid: Grid, bandwidth: float, weights: Optional[torch.Tensor] = None) -> torch.Tensor:
-    r""":math:`(K_h * \mu^N)` at the nodes of ``grid``: ``(..., N, d) -> (..., G_1, ..., G_d)``.
-
-    A Gaussian kernel of bandwidth ``h`` (periodized on a periodic grid) convolved with the
-    cloud-in-cell deposit of the particles; integrates to 1 up to mass leaving the box.
-    """
-    x = check_points("x", x)
-    if not isinstance(grid, Grid):
-        raise TypeError(f"grid: expected a torchmf.grid.Grid, but got {type(grid).__name__}")
-    if grid.dim != x.shape[-1]:
-        raise ValueError(f"grid: expected dimension {x.shape[-1]} like x, but got a {grid.dim}-D grid")
-    bandwidth = check_positive("bandwidth", bandwidth)
-    kernel = GaussianKernel(bandwidth, grid.dim)
-    if grid.periodic:
-        kernel = PeriodicKernel(kernel, [b - a for a, b in zip(grid.lower, grid.upper)])
-    masses = grid.deposit(x, weights)
-    return GridConvolution(grid, kernel.value)(masses).squeeze(-1)
 
 
 def density_l2_error(x: torch.Tensor, y: torch.Tensor, grid: Grid, bandwidth: float) -> torch.Tensor:

@@ -16,7 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ._io import atomic_path  # noqa: E402
+from .data.files import atomic_path  # noqa: E402
 
 __all__ = ["save_figure", "line_plot", "scatter_panels", "density_panels", "plt"]
 

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from ._io import atomic_path, write_json
+from .data.files import atomic_path, write_json
 
 __all__ = ["names", "load", "info", "save", "CHECKPOINT_DIR", "BUILDERS"]
 

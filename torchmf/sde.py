@@ -11,7 +11,7 @@ with :math:`F_{ext} = -\nabla V`).
 ``sde_type``): the torchsde batch is the flattened particle ensemble ``(M*N, d)`` of
 ``n_experiments = M`` independent experiments, and the mean-field coupling is computed inside
 ``f`` within each experiment. :func:`simulate` integrates an ensemble ``(M, N, d)`` by
-Euler-Maruyama with optional box boundaries and records a :class:`~torchmf.particles.Trajectories`.
+Euler-Maruyama with optional box boundaries and records a :class:`~torchmf.data.Trajectories`.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from ._memory import check_simulation_fits
 from ._validation import as_float_tensor, check_int, check_points, check_positive, check_seed, check_tensor
 from .interaction import InteractionForce
-from .particles import Trajectories
+from .data import Trajectories
 
 __all__ = ["McKeanVlasovSDE", "ReflectingBox", "PeriodicBox", "simulate", "make_generator", "record_loop",
            "DivergenceGuard", "DIVERGENCE_FACTOR"]
@@ -250,7 +250,7 @@ def simulate(sde: McKeanVlasovSDE, x0: torch.Tensor, times, dt: float, seed: Opt
         progress: show a progress bar.
 
     Returns:
-        :class:`~torchmf.particles.Trajectories` with positions ``(M, L, N, d)``.
+        :class:`~torchmf.data.Trajectories` with positions ``(M, L, N, d)``.
     """
     x0 = check_points("x0", x0)
     if x0.ndim == 2:

@@ -27,10 +27,10 @@ from typing import List, Optional, Union
 import torch
 from lightning.pytorch import LightningModule
 
+from torchmf._class_path import split_class_path
 from torchmf._validation import check_choice
-from torchmf.averaging import (FlowAveragedDrift, NeuralDrift, PathStatistics, drift_error, fit_fast_law,
-                               split_class_path)
-from torchmf.variational import VariationalAveragedDrift
+from torchmf.averaging import (FlowAveragedDrift, NeuralDrift, PathStatistics, VariationalAveragedDrift, drift_error,
+                               fit_fast_law)
 
 __all__ = ["AveragedDynamicsModule", "VariationalAveragedDynamicsModule"]
 
@@ -233,7 +233,7 @@ class AveragedDynamicsModule(_AveragedBase):
         if isinstance(system, dict):  # {class_path, init_args}: a user-defined fast-slow system
             system, system_params = split_class_path(system, system_params)
         if density == "neural":
-            from torchmf.averaging import fast_system
+            from torchmf.averaging.fast_slow_system import fast_system
 
             known = None if system is None else fast_system(system, system_params)
             self.model = NeuralDrift(known.dim if known is not None else (dim or 1), hidden, sigma_init, seed)

@@ -36,9 +36,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchmf.grid import Grid
 from torchmf.interaction import InteractionForce
 from torchmf.kernels import RadialKernel
-from torchmf.particles import Trajectories
+from torchmf.data import Trajectories
+from torchmf.pretrained import load_payload
 
-__all__ = ["DriftModel", "DriftModule", "TrajectoryDataModule", "build_drift_model", "RadialMLPKernel"]
+__all__ = ["DriftModel", "DriftModule", "TrajectoryDataModule", "build_drift_model", "RadialMLPKernel",
+           "drift_model_from_checkpoint"]
 
 
 def _mlp(inputs: int, hidden: int, layers: int, outputs: int) -> nn.Sequential:
@@ -203,6 +205,23 @@ def build_drift_model(payload: dict, manifest: Optional[dict] = None) -> DriftMo
         raise ValueError("payload: expected a dict with 'config' and 'state_dict'")
     model = DriftModel(**payload["config"])
     model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def drift_model_from_checkpoint(path) -> DriftModel:
+    """A :class:`DriftModel` from a ``.pt`` payload of :meth:`DriftModule.payload` or a Lightning ``.ckpt``
+    of a :class:`DriftModule` (read with ``weights_only=True``; nothing in the file chooses code)."""
+    payload = load_payload(path)
+    if isinstance(payload, dict) and "config" in payload and "state_dict" in payload:
+        return build_drift_model(payload)
+    if not (isinstance(payload, dict) and "state_dict" in payload and "hyper_parameters" in payload):
+        raise ValueError(f"--model: {str(path)!r} is neither a DriftModule payload (config, state_dict) nor a "
+                         f"Lightning checkpoint of a DriftModule")
+    names = set(DriftModel.__init__.__code__.co_varnames[1:DriftModel.__init__.__code__.co_argcount])
+    config = {k: v for k, v in payload["hyper_parameters"].items() if k in names}
+    state = {k[len("model."):]: v for k, v in payload["state_dict"].items() if k.startswith("model.")}
+    model = DriftModel(**config)
+    model.load_state_dict(state)
     return model.eval()
 
 

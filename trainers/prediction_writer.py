@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from torchmf._io import atomic_path
+from torchmf.data.files import atomic_path
 
 __all__ = ["PredictionWriter"]
 

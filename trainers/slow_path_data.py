@@ -3,7 +3,7 @@
 The path comes from a dataset recipe (``datasets/*.yaml``, simulated on first use and cached in
 ``datasets/cache/NAME-<recipe hash>.h5``, written atomically) or from the user's file (``path``):
 a CSV table (``time`` column and value columns), a plain ``.npz``/``.h5`` (``times`` and ``x``), or a
-trajectories file with one particle (experiment ``experiment``); see :func:`torchmf.series.read_series`.
+trajectories file with one particle (experiment ``experiment``); see :func:`torchmf.data.read_series`.
 The first ``1 - validation_fraction`` of the transitions train, the rest validate (and test);
 ``validation_fraction=0`` trains on the whole path (no validation). Prediction serves every
 transition of the path. Batches are ``(x (B, d), dx (B, d), dt (B,))``.
@@ -23,7 +23,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, TensorDataset
 
 from torchmf.averaging import path_transitions
-from torchmf.particles import Trajectories
+from torchmf.data import Trajectories
 
 __all__ = ["SlowPathDataModule", "resolve_file", "cached_recipe_path"]
 
@@ -47,7 +47,7 @@ def cached_recipe_path(recipe: Path, cache_dir: Path) -> Path:
 
 def load_or_simulate(recipe: str, cache_dir: str = "datasets/cache", progress: bool = True) -> Trajectories:
     """The Trajectories of a recipe, simulated and cached atomically on first use."""
-    from torchmf.runs import load_recipe, simulate_recipe
+    from torchmf.recipes import load_recipe, simulate_recipe
 
     recipe_path = resolve_file(recipe, "recipe")
     cache = Path(cache_dir)
@@ -98,7 +98,7 @@ class SlowPathDataModule(LightningDataModule):
 
     def _series(self):
         """``(values (L, d), times (L,) float64, meta)`` of the observed path."""
-        from torchmf.series import read_series
+        from torchmf.data import read_series
 
         if self.use_recipe:
             data = load_or_simulate(str(self.source), self.cache_dir, self.progress)

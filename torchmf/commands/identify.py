@@ -13,7 +13,7 @@ import argparse
 import math
 from pathlib import Path
 
-from .._io import check_output_path
+from ..data.files import check_output_path
 
 from ..runs import add_table_arguments
 
@@ -43,7 +43,7 @@ def run(args) -> int:
     import torch
 
     from .. import wsindy
-    from ..runs import read_particle_data
+    from ..data import read_particle_data
 
     from ..distributed import check_device
 

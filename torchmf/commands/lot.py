@@ -59,9 +59,9 @@ def run(args) -> int:
     import torch
 
     from .. import systems
-    from .._io import check_output_path, write_json
     from .._memory import STATE_COPIES, check_fits
     from .._validation import parse_key_values
+    from ..data.files import check_output_path, write_json
     from ..lot import AdaptiveStep, ProjectiveIntegrator, SystemSimulator, w2_distance
     from ..plots import line_plot
 
@@ -117,9 +117,8 @@ def _extrapolate_snapshots(args) -> int:
     """``--snapshots FILE --horizon H``: one LOT step from the user's frames (:func:`torchmf.lot.extrapolate`)."""
     import torch
 
+    from ..data import Trajectories, read_particle_data
     from ..lot import extrapolate
-    from ..particles import Trajectories
-    from ..runs import read_particle_data
 
     if args.system is not None:
         raise ValueError(f"system: give either a registered system or --snapshots, but got both ({args.system!r})")

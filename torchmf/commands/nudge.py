@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .._io import check_output_path
+from ..data.files import check_output_path
 
 NAME = "nudge"
 HELP = "assimilate smoothed density observations of a reference run into a biased particle model"
@@ -151,11 +151,11 @@ def _nudge(args, sharded: bool) -> int:
     import torch
 
     from .. import distributed, systems
-    from .._io import write_json
+    from ..data.files import write_json
     from ..metrics import w2
     from ..nudging import NudgedSDE, ParticleObservations
     from ..plots import line_plot
-    from ..runs import gather_trajectories, simulate_local
+    from ..recipes import gather_trajectories, simulate_local
 
     rank, size = distributed.rank_and_size()
     device = distributed.check_device(args.device)
@@ -238,11 +238,11 @@ def _nudge(args, sharded: bool) -> int:
 
 def _nudge_own_data(args) -> int:
     """``--observations FILE --model SPEC``: nudge the user's model towards the user's observations."""
-    from .._io import write_json
+    from ..data import Trajectories, initial_particles, read_observations, read_particle_data
+    from ..data.files import write_json
     from ..metrics import smoothed_density
     from ..nudging import GridObservations, NudgedSDE
-    from ..particles import Trajectories
-    from ..runs import initial_particles, load_model, read_observations, read_particle_data
+    from ..runs import load_model
 
     if args.observations is None or args.model is None:
         raise ValueError("--observations: own-data nudging needs both --observations FILE and --model, "

@@ -26,7 +26,7 @@ def run(args) -> int:
     import torch
 
     from .. import __version__
-    from .._io import check_output_path, write_json, write_text
+    from ..data.files import check_output_path, write_json, write_text
     from ..report import sections
     from ..report.render import markdown_to_html
 

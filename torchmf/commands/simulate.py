@@ -13,11 +13,11 @@ from pathlib import Path
 
 import yaml  # noqa: F401
 
-from .._io import check_output_path
 from .._validation import parse_key_values
+from ..data.files import check_output_path
 
-# the run logic lives in the library (torchmf.runs); these names stay importable from here
-from ..runs import gather_trajectories, load_recipe, simulate_local, simulate_recipe, simulate_sharded  # noqa: F401
+# the run logic lives in the library (torchmf.recipes); these names stay importable from here
+from ..recipes import gather_trajectories, load_recipe, simulate_local, simulate_recipe, simulate_sharded  # noqa: F401
 
 NAME = "simulate"
 HELP = "simulate a registered system or dataset recipe and write an HDF5/npz dataset"

@@ -14,12 +14,12 @@ MODEL = "averaged-cubic"
 def run(out: Path, quick: bool = False, progress: bool = True) -> dict:
     from .. import pretrained
     from ..averaging import drift_error, simulate_reduced
-    from ..averaging_plots import drift_band_plot
+    from ..averaging.plots import drift_band_plot
 
     if MODEL not in pretrained.names():
         return {"markdown": f"- pretrained model `{MODEL}` is not shipped in this build.", "figures": [], "metrics": {}}
     model = pretrained.load(MODEL)
-    from ..variational import band_scores
+    from ..averaging.variational import band_scores
 
     # E_q once, precisely, for every posterior draw (issue 14: a plain 512-sample estimate per point
     # had Monte-Carlo noise larger than the band, which read as 21% coverage and a jagged median)

@@ -13,7 +13,7 @@ from typing import Dict, Optional
 import torch
 
 from .._validation import check_int, check_positive
-from ..particles import Trajectories
+from ..data import Trajectories
 from .._memory import check_simulation_fits
 from ..sde import DivergenceGuard, McKeanVlasovSDE, make_generator, record_loop
 
@@ -83,7 +83,7 @@ class ParticleSystem:
             initial_state: start from this state instead of drawing one.
 
         Returns:
-            :class:`~torchmf.particles.Trajectories` ``(M, L, N, d)`` with the system's name,
+            :class:`~torchmf.data.Trajectories` ``(M, L, N, d)`` with the system's name,
             parameters, seed and step in ``meta``.
         """
         n_particles = check_int("n_particles", self.default_particles if n_particles is None else n_particles, 1)

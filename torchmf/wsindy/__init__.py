@@ -30,7 +30,7 @@ import torch
 from .. import distributed
 from .._validation import check_int, check_positive
 from ..grid import Grid
-from ..particles import Trajectories
+from ..data import Trajectories
 from .ensemble import inclusion_probabilities
 from .histogram import (GRID_RULES, add_measurement_noise, as_positions, default_grid, histogram, mass_left_out,
                         masked_positions)
@@ -103,7 +103,7 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
     """Identify :math:`(K, V, \\sigma)` from particle data by WSINDy (Algorithm 4.1).
 
     Arguments:
-        trajectories: :class:`~torchmf.particles.Trajectories` or positions ``(M, L, N, d)`` (then ``times``);
+        trajectories: :class:`~torchmf.data.Trajectories` or positions ``(M, L, N, d)`` (then ``times``);
             a Trajectories with a ``mask`` (lost particles, varying counts) weighs each frame's histogram
             by its observed particles.
         library: preset name (:data:`~torchmf.wsindy.library.PRESETS`), spec dict, YAML path or :class:`Library`.

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 from .._validation import check_int, check_positive
-from ..particles import Trajectories
+from ..data import Trajectories
 from .scores import TrueModel
 
 __all__ = ["HeldOutSystem", "HELD_OUT", "get_held_out", "polynomial_interaction_1d"]

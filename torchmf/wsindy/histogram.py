@@ -33,7 +33,7 @@ import torch
 from .. import distributed
 from .._validation import check_int, check_nonnegative, check_tensor
 from ..grid import Grid
-from ..particles import Trajectories
+from ..data import Trajectories
 
 __all__ = ["as_positions", "default_grid", "histogram", "add_measurement_noise", "axis_statistics",
            "masked_positions", "mass_left_out", "GRID_RULES"]

@@ -18,7 +18,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .._io import write_json
+from ..data.files import write_json
 from .._validation import check_points, check_positive
 from ..grid import Grid
 from ..kernels import RadialKernel
@@ -218,7 +218,7 @@ class WSINDyModel:
         about 15x slower at N = 3,000) or any :class:`~torchmf.interaction.InteractionForce` backend.
         The progress bar shows the estimated remaining time (``progress=False`` hides it).
 
-        Returns :class:`~torchmf.particles.Trajectories` ``(M, L, N, d)``; compare with the data by
+        Returns :class:`~torchmf.data.Trajectories` ``(M, L, N, d)``; compare with the data by
         :func:`torchmf.metrics.w2` at matching times.
         """
         from ..sde import simulate

@@ -2,7 +2,7 @@
 
 :func:`read_images` returns the stack as a float numpy array ``(L, rows, columns)`` (or whatever
 ``(M, L, ...)`` shape the file holds; axis order as stored, see
-:class:`torchmf.nudging.GridObservations` ``indexing``) and the optional ``times`` ``(L,)`` and
+:class:`torchmf.data.GridObservations` ``indexing``) and the optional ``times`` ``(L,)`` and
 ``extent`` ``(2, d)`` (lower and upper image edges) stored beside it. Nothing from a file is
 executed (``allow_pickle=False``; TIFF through ``tifffile``, the optional ``images`` extra).
 """
@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from ._io import read_plain_arrays
+from .files import read_plain_arrays
 
 __all__ = ["read_images", "IMAGE_KEYS"]
 
