@@ -22,6 +22,7 @@ __all__ = ["RECIPE_KEYS", "load_recipe", "simulate_recipe", "simulate_local", "g
            "simulate_sharded", "read_particle_data", "add_table_arguments", "TABLE_SUFFIXES", "load_model",
            "read_observations", "initial_particles"]
 
+
 def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     """Options naming the columns of a long-format track table (used when the data file is a .csv)."""
     group = parser.add_argument_group("long-format tables (.csv: one row per particle and frame)")

@@ -219,4 +219,3 @@ def read_plain_arrays(path: PathLike) -> dict:
         except OSError as error:
             raise ValueError(f"path: {str(path)!r} is not a readable HDF5 file ({error})") from None
     raise ValueError(f"path: expected a .npz, .h5 or .hdf5 file, but got {str(path)!r}")
-

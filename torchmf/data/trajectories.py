@@ -36,6 +36,7 @@ from .trajectory_files import read_trajectory_file, write_trajectory_file
 
 __all__ = ["Trajectories"]
 
+
 class Trajectories:
     """Recorded particle ensembles.
 

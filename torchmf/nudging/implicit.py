@@ -28,7 +28,7 @@ class ImplicitStep:
         self._observation_transforms: Dict[tuple, torch.Tensor] = {}
 
     def symbol(self, damping: float, like: torch.Tensor) -> torch.Tensor:
-        """:math:`1 / (1 + \tau \lambda P |k|^2 e^{-|k|^2 h^2})` on the real-FFT frequencies (``damping`` = tau lambda P)."""
+        r""":math:`1 / (1 + \tau \lambda P |k|^2 e^{-|k|^2 h^2})` on the real-FFT frequencies (``damping`` = tau lambda P)."""
         key = (like.device, like.dtype, self.grid)
         if key not in self._wavenumbers:  # |k|^2 exp(-|k|^2 h^2), the linearized decay rate per lambda P
             squared = self.grid.squared_wavenumbers(like.device, like.dtype)
@@ -48,7 +48,7 @@ class ImplicitStep:
         return self._observation_transforms[key]
 
     def observed_spectrum(self, rule, like: torch.Tensor, batch: int) -> torch.Tensor:
-        """:math:`\widehat{\nabla K * \mu^{obs}}` of the rule's observations on the FFT grid, ``(M, d, *freq)``."""
+        r""":math:`\widehat{\nabla K * \mu^{obs}}` of the rule's observations on the FFT grid, ``(M, d, *freq)``."""
         kernel = self.transport.observation_both.spectrum(like.device, like.dtype)[1:]
         total = None
         for index, weight in rule:

@@ -255,4 +255,4 @@ class NudgedSDE(nn.Module):
                             "scheme": self.scheme}}
         self._planned_steps = max(1, math.ceil(float(times_tensor[-1] - times_tensor[0]) / float(dt)))
         return simulate_sde(self, state, times_tensor, dt, seed=seed, boundary=boundary, progress=progress,
-                        meta={**info, **(meta or {})})
+                            meta={**info, **(meta or {})})
