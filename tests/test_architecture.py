@@ -18,7 +18,7 @@ PACKAGES = ("torchmf", "trainers")
 LEVELS = {
     "base": ["torchmf._validation", "torchmf._errors", "torchmf._memory", "torchmf._class_path",
              "torchmf.distributed", "torchmf.grid", "torchmf.kernels", "torchmf.smoothing"],
-    "data": ["torchmf.data", "torchmf.particles", "torchmf.series"],
+    "data": ["torchmf.data", "torchmf.particles", "torchmf.series", "torchmf.tracks", "torchmf.images"],
     "core": ["torchmf.interaction", "torchmf.sde", "torchmf.metrics", "torchmf.transport", "torchmf.systems",
              "torchmf.recipes", "torchmf.plots", "torchmf.pretrained"],
     "methods": ["torchmf.nudging", "torchmf.lot", "torchmf.averaging", "torchmf.wsindy", "torchmf.variational",
