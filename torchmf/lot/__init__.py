@@ -3,8 +3,11 @@ r"""Linearized optimal transport (LOT) velocities and projective integration of 
 The bulk law of a particle system moves with a velocity field :math:`v_t` that can be read off
 optimal transport maps between snapshots, even when each particle moves erratically:
 
-- :func:`lot_velocity`: the average of ``k`` centred differences of transport maps from the
-  central snapshot (LOT paper, section 5.2),
+- :func:`lot_velocity`: the velocity of the bulk law at the central snapshot of a window, by default
+  a least-squares slope of the transport displacements over the lags, smoothed in space with a
+  bandwidth chosen from the data (:mod:`~torchmf.lot.estimate`; :func:`lot_velocity_estimate`
+  adds its standard error); ``estimator="centred-average"`` is the LOT paper's section 5.2 average
+  of ``k`` centred differences,
   :math:`v(x_i) = \frac1k \sum_{j=1}^k \frac{T^{+j}(x_i) - T^{-j}(x_i)}{2 j h}`.
 - :func:`particle_velocity`: the same average without transport (the particle-wise baseline of
   section 6.2): each particle's own centred differences.
@@ -23,9 +26,13 @@ Micro-simulators follow a small protocol (:class:`MicroSimulator`): ``dt`` (micr
 registered :mod:`torchmf.systems` system.
 
 Files: ``velocity.py`` (:func:`lot_method`, the window checks, :func:`lot_velocity`,
-:func:`particle_velocity`), ``extrapolation.py`` (:func:`extrapolate`), ``embedding.py``
+:func:`lot_velocity_estimate`, :func:`particle_velocity`), ``estimate.py`` (the regression
+estimator and :class:`VelocityEstimate`), ``local_linear.py`` (the spatial smoother and its
+bandwidth), ``extrapolation.py`` (:func:`extrapolate`), ``embedding.py``
 (:func:`lot_embedding`, :func:`pca`), ``simulators.py`` (the micro-simulator protocol and the
-hidden-state re-initialization policies), ``integrator.py`` (:class:`AdaptiveStep`,
+hidden-state re-initialization policies), ``window.py`` (one cycle's window, grown while its velocity is too noisy for the step;
+:func:`sampling_floor`), ``one_step.py`` (:func:`one_step_test`: a large step scored from a control
+cloud against the oracle Euler step and standing still), ``integrator.py`` (:class:`AdaptiveStep`,
 :class:`ProjectiveRun`, :func:`w2_distance`, :class:`ProjectiveIntegrator`).
 
 Shapes: snapshots ``(2k+1, N, d)``; velocities ``(N, d)``; recorded runs ``(L, N, d)``.
@@ -33,9 +40,14 @@ Shapes: snapshots ``(2k+1, N, d)``; velocities ``(N, d)``; recorded runs ``(L, N
 from .embedding import lot_embedding, pca
 from .extrapolation import extrapolate
 from .integrator import AdaptiveStep, ProjectiveIntegrator, ProjectiveRun, w2_distance
+from .window import sampling_floor
 from .simulators import KeepHiddenState, MicroSimulator, SystemReinitialization, SystemSimulator, check_simulator
-from .velocity import lot_method, lot_velocity, particle_velocity
+from .estimate import VelocityEstimate, estimate_velocity
+from .local_linear import choose_bandwidth, local_linear
+from .one_step import one_step_test
+from .velocity import ESTIMATORS, lot_method, lot_velocity, lot_velocity_estimate, particle_velocity
 
-__all__ = ["lot_velocity", "particle_velocity", "lot_embedding", "pca", "MicroSimulator", "SystemSimulator",
+__all__ = ["lot_velocity", "lot_velocity_estimate", "VelocityEstimate", "estimate_velocity", "ESTIMATORS",
+           "local_linear", "choose_bandwidth", "one_step_test", "sampling_floor", "particle_velocity", "lot_embedding", "pca", "MicroSimulator", "SystemSimulator",
            "check_simulator", "KeepHiddenState", "SystemReinitialization", "AdaptiveStep", "ProjectiveIntegrator",
            "ProjectiveRun", "lot_method", "w2_distance", "extrapolate"]

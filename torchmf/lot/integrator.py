@@ -10,7 +10,6 @@ Shapes: snapshots ``(2k+1, N, d)``; velocities ``(N, d)``; recorded runs ``(L, N
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -21,7 +20,12 @@ from tqdm.auto import tqdm
 from .._validation import check_int, check_nonnegative, check_points, check_positive
 from ..metrics import w2
 from .simulators import _reinit_policy, check_simulator
-from .velocity import lot_method, lot_velocity, particle_velocity
+from .estimate import VelocityEstimate
+from .velocity import ESTIMATORS, lot_method
+from .window import sample_window
+
+#: what the integrator does when the velocity is inside its noise
+INSIGNIFICANT = ("hold", "simulate", "jump")
 
 
 @dataclass
@@ -121,12 +125,26 @@ class ProjectiveIntegrator:
         t_end: final time for the adaptive mode (fixed mode: ``S + N_T (k h + H + H_R) + R``).
         record_every: also record every this many micro steps inside micro segments (None: stage ends only).
         progress: progress bar over cycles.
+        estimator: the velocity (:func:`~torchmf.lot.lot_velocity`): ``"regression"`` (default, with
+            its error bar) or ``"centred-average"`` (section 5.2 verbatim; no error bar, always jumps).
+        max_k: the half window may double (more micro steps, the centre moving forward) up to this
+            while the step's predicted velocity error ``H * standard_error`` exceeds
+            ``error_fraction`` times the sampling floor estimated from the central cloud
+            (:func:`sampling_floor`); default ``4 k``; ``max_k = k`` keeps the paper's window.
+        error_fraction: see ``max_k``.
+        insignificant: when the speed is within twice its standard error even at ``max_k``:
+            ``"hold"`` (default) takes the large step with zero velocity (the law is not seen to move:
+            the error is at most about ``2 H standard_error``), ``"simulate"`` runs the step as plain
+            micro steps (exact, costs them), ``"jump"`` applies the noisy velocity anyway.
+        lags, smoothing: of the regression estimator (:func:`~torchmf.lot.lot_velocity`).
     """
 
     def __init__(self, k: int = 80, step: float = 85.0, burn_in: float = 30.0, start_up: float = 30.0,
                  n_steps: int = 16, recovery: float = 50.0, method: str = "auto", blur: Optional[float] = None,
                  reinit=None, adaptive: Optional[AdaptiveStep] = None, t_end: Optional[float] = None,
-                 record_every: Optional[int] = None, progress: bool = True):
+                 record_every: Optional[int] = None, progress: bool = True, estimator: str = "regression",
+                 max_k: Optional[int] = None, error_fraction: float = 0.5, insignificant: str = "hold",
+                 lags: int = 10, smoothing="auto"):
         self.k = check_int("k", k, minimum=1)
         self.step = check_positive("H", step)
         self.burn_in = check_nonnegative("burn_in", burn_in)
@@ -145,6 +163,16 @@ class ProjectiveIntegrator:
         self.t_end = None if t_end is None else check_positive("t_end", t_end)
         self.record_every = None if record_every is None else check_int("record_every", record_every, minimum=1)
         self.progress = progress
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator: expected one of {list(ESTIMATORS)}, but got {estimator!r}")
+        self.estimator = estimator
+        self.max_k = 4 * self.k if max_k is None else check_int("max_k", max_k, minimum=self.k)
+        self.error_fraction = check_positive("error_fraction", error_fraction)
+        if insignificant not in INSIGNIFICANT:
+            raise ValueError(f"insignificant: expected one of {list(INSIGNIFICANT)}, but got {insignificant!r}")
+        self.insignificant = insignificant
+        self.lags = check_int("lags", lags, minimum=1)
+        self.smoothing = smoothing
 
     # -- helpers ------------------------------------------------------------------------------------------
     @staticmethod
@@ -199,25 +227,32 @@ class ProjectiveIntegrator:
                 remaining = plan["t_end"] - plan["recovery"] - clock
                 if remaining < self.k + plan["min_step"] + plan["burn_in"]:
                     break
-            window, centre_state = self._sample_window(simulator, recorder, clock)
-            centre_clock = clock + self.k
-            velocity, curvature = self._velocity(window, dt)
-            speed = float(velocity.pow(2).sum(-1).mean().sqrt())
+            room = None if self.adaptive is None else plan["t_end"] - plan["recovery"] - plan["burn_in"] - clock
+            window = sample_window(self, simulator, recorder, clock, dt, step_count * dt, room)
+            centre_clock = clock + window.k
+            speed = float(window.velocity.pow(2).sum(-1).mean().sqrt())
             if self.adaptive is not None:
-                step_count = self._adaptive_steps(plan, large_steps, step_count, speed, curvature, centre_clock, dt)
+                step_count = self._adaptive_steps(plan, large_steps, step_count, speed, window, centre_clock, dt)
+            step_count = max(step_count, window.k + 1)
             step_length = step_count * dt
-            predicted = window[self.k] + step_length * velocity
-            if not bool(torch.isfinite(predicted).all()):
-                raise ValueError(f"H: the large step at t = {centre_clock * dt:g} produced NaN/inf positions")
-            self.reinit(simulator, centre_state, predicted, step_length)
+            action = self._action(window.estimate)
+            if action == "simulate":
+                recorder.micro(centre_clock + window.k, step_count - window.k, "simulated")
+            else:
+                velocity = window.velocity if action == "jump" else torch.zeros_like(window.velocity)
+                predicted = window.snapshots[window.k] + step_length * velocity
+                if not bool(torch.isfinite(predicted).all()):
+                    raise ValueError(f"H: the large step at t = {centre_clock * dt:g} produced NaN/inf positions")
+                self.reinit(simulator, window.centre_state, predicted, step_length)
             clock = centre_clock + step_count
             if hasattr(simulator, "time"):
                 simulator.time = clock * dt
             recorder.record(clock, "euler")
             clock = recorder.micro(clock, plan["burn_in"], "burn-in")
-            large_steps.append({"t0": centre_clock * dt, "H": step_length, "speed": speed, "curvature": curvature})
-            cycle_micro += 2 * self.k + plan["burn_in"]
-            cycle_length += self.k + step_count + plan["burn_in"]
+            large_steps.append(self._diagnostics(centre_clock * dt, step_length, speed, window, action))
+            simulated = step_count - window.k if action == "simulate" else 0
+            cycle_micro += 2 * window.k + simulated + plan["burn_in"]
+            cycle_length += window.k + step_count + plan["burn_in"]
             bar.update(1)
         bar.close()
         # fixed mode: exactly R; adaptive mode: whatever is left to t_end (R, or more if cycles stopped early)
@@ -225,45 +260,42 @@ class ProjectiveIntegrator:
         return ProjectiveRun(recorder.times_tensor(), torch.stack(recorder.positions), recorder.stages,
                              recorder.micro_steps, clock, dt, large_steps, cycle_micro, cycle_length)
 
-    def _sample_window(self, simulator, recorder, clock):
-        """2k micro steps from ``clock``: the snapshots ``(2k+1, N, d)`` and a copy of the central state."""
-        window, centre_state = [simulator.positions().clone()], None
-        for j in range(1, 2 * self.k + 1):
-            simulator.step(1)
-            window.append(simulator.positions().clone())
-            if j == self.k:
-                centre_state = _copy_state(simulator.state)
-                recorder.record(clock + j, "centre")
-            elif self.record_every and j % self.record_every == 0:
-                recorder.record(clock + j, "window")
-        recorder.count(2 * self.k)
-        sizes = {tuple(cloud.shape) for cloud in window}
-        if len(sizes) > 1:
-            # the Euler step re-initialises the simulator's own particles: a changing set has no meaning here
-            raise ValueError(f"simulator: positions() changed shape within a window ({sorted(sizes)}); the projective "
-                             f"integrator moves a fixed set of particles -- for recorded frames with lost particles "
-                             f"use torchmf.lot.extrapolate(trajectories) or lot_velocity(..., mask=)")
-        return torch.stack(window), centre_state
+    def _action(self, estimate: Optional[VelocityEstimate]) -> str:
+        if estimate is None or estimate.significant:
+            return "jump"
+        return self.insignificant
 
-    def _velocity(self, window, dt):
-        if self.method == "particle":
-            return particle_velocity(window, dt, self.k), float("nan")
-        velocity, second = lot_velocity(window, dt, self.k, method=self.method, blur=self.blur,
-                                        return_second_derivative=True)
-        return velocity, float(second.pow(2).sum(-1).mean().sqrt())
+    @staticmethod
+    def _diagnostics(t0, step_length, speed, window, action):
+        """One large step's record: where, how long, how fast, how sure, and what was done."""
+        entry = {"t0": t0, "H": step_length, "speed": speed, "curvature": window.curvature, "k": window.k,
+                 "action": action}
+        if window.estimate is not None:
+            error = window.estimate.standard_error
+            entry.update(standard_error=error, relative_error=window.estimate.relative_error,
+                         bandwidth=window.estimate.bandwidth, floor_estimate=window.floor,
+                         predicted_displacement=step_length * speed,
+                         predicted_velocity_error=step_length * error,
+                         # moving by H v gains about H |v| on standing still and costs about H |error|
+                         predicted_w2_gain=step_length * (speed - error) if action == "jump" else 0.0)
+        return entry
 
-    def _adaptive_steps(self, plan, large_steps, previous_steps, speed, curvature, centre_clock, dt):
+    def _adaptive_steps(self, plan, large_steps, previous_steps, speed, window, centre_clock, dt):
+        curvature = window.curvature
         if large_steps:
             last = large_steps[-1]
             elapsed = centre_clock * dt - last["t0"]
             curvature = abs(speed - last["speed"]) / elapsed
         length = self.adaptive.next_step(previous_steps * dt, curvature) if large_steps else self.step
+        if window.estimate is not None and window.estimate.standard_error > 0 and window.floor == window.floor:
+            # the velocity's own error may not carry the step further than the floor allows
+            length = min(length, self.error_fraction * window.floor / window.estimate.standard_error)
         steps = min(max(int(round(length / dt)), plan["min_step"]), plan["max_step"])
         # never step past the final recovery; stretch the last step rather than leave a sliver
-        room = plan["t_end"] - plan["recovery"] - (centre_clock - self.k) - self.k - plan["burn_in"]
+        room = plan["t_end"] - plan["recovery"] - centre_clock - plan["burn_in"]
         if room - steps < self.k + plan["min_step"] + plan["burn_in"]:
             steps = room
-        return max(steps, self.k + 1)
+        return max(steps, window.k + 1)
 
     def control(self, simulator, times: torch.Tensor, progress: Optional[bool] = None) -> torch.Tensor:
         """Plain micro run of ``simulator`` recorded at ``times (L,)`` (whole numbers of steps),
@@ -308,12 +340,15 @@ class _Recorder:
         self.count(steps)
         return clock + steps
 
+    def insert(self, clock, positions, stage):
+        """Record ``positions`` at ``clock`` in time order (the centre of a window is known at its end)."""
+        index = len(self.times)
+        while index > 0 and self.times[index - 1] > clock:
+            index -= 1
+        self.times.insert(index, clock)
+        self.positions.insert(index, positions.clone())
+        self.stages.insert(index, stage)
+
     def times_tensor(self):
         return torch.tensor(self.times, dtype=torch.float64) * self.dt
 
-
-def _copy_state(state):
-    """A detached copy of a simulator state (tensors cloned, containers copied)."""
-    if isinstance(state, torch.Tensor):
-        return state.clone()
-    return copy.deepcopy(state)

@@ -1,8 +1,11 @@
 r"""LOT velocity at the central snapshot of a window, and the particle-wise baseline.
 
 - :func:`lot_method`: the transport backend LOT uses for a ``method`` name.
-- :func:`lot_velocity`: the average of ``k`` centred differences of transport maps from the
-  central snapshot (LOT paper, section 5.2); also for windows with missing particles.
+- :func:`lot_velocity`: the velocity at the central snapshot from transport maps to the others:
+  by default the noise-aware regression of :mod:`torchmf.lot.estimate` (a least-squares slope over
+  the lags, smoothed in space, with its error bar: :func:`lot_velocity_estimate`), or
+  ``estimator="centred-average"``, the average of ``k`` centred differences of the LOT paper's
+  section 5.2, verbatim; also for windows with missing particles.
 - :func:`particle_velocity`: each particle's own centred differences (section 6.2).
 
 Shapes: snapshots ``(2k+1, N, d)`` (or ``2k+1`` clouds ``(N_j, d)`` with missing particles);
@@ -16,6 +19,10 @@ import torch
 
 from .._validation import check_int, check_points, check_positive, check_tensor
 from ..transport import METHODS, TransportSolver, resolve_method
+from .estimate import VelocityEstimate, estimate_velocity
+
+#: the velocity estimators of :func:`lot_velocity`
+ESTIMATORS = ("regression", "centred-average")
 
 
 def lot_method(method: str, n: int, dim: int, weighted: bool = False) -> str:
@@ -81,8 +88,17 @@ def _cloud_window(snapshots, k, mask):
 
 def lot_velocity(snapshots: torch.Tensor, dt: float, k: Optional[int] = None, method: str = "auto",
                  blur: Optional[float] = None, solver: Optional[TransportSolver] = None,
-                 return_second_derivative: bool = False, mask: Optional[torch.Tensor] = None):
-    r"""LOT velocity at the central snapshot: the average of ``k`` centred differences.
+                 return_second_derivative: bool = False, mask: Optional[torch.Tensor] = None,
+                 estimator: str = "regression", lags: int = 10, smoothing="auto"):
+    r"""LOT velocity at the central snapshot of a window.
+
+    ``estimator="regression"`` (default): the least-squares slope of the transport displacements
+    over ``lags`` lags spread over the window, smoothed in space with a bandwidth chosen from the
+    data (:mod:`torchmf.lot.estimate`; :func:`lot_velocity_estimate` also returns its standard
+    error). Measured on box diffusion (clean step from the exact law at t = 155, k = 80, N = 1,000 -
+    4,000): velocity error 0.18-0.99x the true speed, against 2.3-3.2x for the section 5.2 average.
+    ``estimator="centred-average"``: the paper's
+    :math:`v(x_i) = \frac1k \sum_{j=1}^k \frac{T^{+j}(x_i) - T^{-j}(x_i)}{2 j h}` (all ``2k`` maps).
 
     Snapshots with missing particles (``mask``, or a sequence of clouds of different sizes) are
     used as they are: every frame is the uniform measure on its observed particles, and the maps
@@ -102,25 +118,24 @@ def lot_velocity(snapshots: torch.Tensor, dt: float, k: Optional[int] = None, me
             curve :math:`s \mapsto T^{\mu_{t_0+s}}_{\mu_{t_0}}` at :math:`s = 0`, ``(N, d)``.
         mask: ``(2k+1, N)`` bool, True where a particle was observed (e.g. a window of
             :attr:`torchmf.Trajectories.mask`); the other entries of ``snapshots`` may be NaN.
+        estimator: ``"regression"`` or ``"centred-average"`` (above).
+        lags, smoothing: of the regression (:func:`torchmf.lot.estimate.estimate_velocity`):
+            positive lags used, and ``"auto"`` / ``None`` / a bandwidth in length units.
 
     Returns:
         velocity ``(N, d)`` at the particles of ``snapshots[k]`` (and the second derivative); with
         missing particles ``(N_k, d)`` at the observed particles of the central frame, in their
         order (``snapshots[k][mask[k]]``).
     """
-    if mask is not None or isinstance(snapshots, (list, tuple)):
-        snapshots, k = _cloud_window(snapshots, k, mask)
-        warm = False
-    else:
-        snapshots, k = _check_window(snapshots, k)
-        warm = True
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator: expected one of {list(ESTIMATORS)}, but got {estimator!r}")
+    if estimator == "regression":
+        estimate = lot_velocity_estimate(snapshots, dt, k, method, blur, solver, mask, lags, smoothing)
+        return (estimate.velocity, estimate.second_derivative) if return_second_derivative else estimate.velocity
+    snapshots, k, warm = _window(snapshots, k, mask)
     dt = check_positive("dt", dt)
     centre = snapshots[k]
-    if solver is None:
-        # the self-transport debiasing cancels in a difference of maps from one source
-        sizes = {cloud.shape[0] for cloud in snapshots}
-        solver = TransportSolver(lot_method(method, max(sizes), centre.shape[1], weighted=len(sizes) > 1),
-                                 blur=blur, debias=False)
+    solver = _solver(snapshots, method, blur) if solver is None else solver
     solver.reset()
     maps = {}
     for j in list(range(-k, 0)) + list(range(1, k + 1)):  # consecutive targets: warm starts help
@@ -133,6 +148,35 @@ def lot_velocity(snapshots: torch.Tensor, dt: float, k: Optional[int] = None, me
     # even part of the curve: e_j = a s_j^2 / 2, least squares over j
     second = 2 * sum(s ** 2 * e for s, e in zip(lags, even)) / sum(s ** 4 for s in lags)
     return velocity, second
+
+
+def lot_velocity_estimate(snapshots, dt: float, k: Optional[int] = None, method: str = "auto",
+                          blur: Optional[float] = None, solver: Optional[TransportSolver] = None,
+                          mask: Optional[torch.Tensor] = None, lags: int = 10,
+                          smoothing="auto") -> VelocityEstimate:
+    """The regression LOT velocity with its error bar: a
+    :class:`~torchmf.lot.estimate.VelocityEstimate` (``velocity``, ``standard_error``, ``speed``,
+    ``significant``, ``bandwidth``, ...). Arguments as :func:`lot_velocity`."""
+    snapshots, k, warm = _window(snapshots, k, mask)
+    dt = check_positive("dt", dt)
+    solver = _solver(snapshots, method, blur) if solver is None else solver
+    return estimate_velocity(snapshots, dt, k, lags=lags, smoothing=smoothing, solver=solver, warm_start=warm)
+
+
+def _window(snapshots, k, mask):
+    """``(clouds, k, warm)``: the checked window; warm starts only for one labelled tensor."""
+    if mask is not None or isinstance(snapshots, (list, tuple)):
+        clouds, k = _cloud_window(snapshots, k, mask)
+        return clouds, k, False
+    snapshots, k = _check_window(snapshots, k)
+    return snapshots, k, True
+
+
+def _solver(snapshots, method, blur):
+    # the self-transport debiasing cancels in a difference of maps from one source
+    sizes = {cloud.shape[0] for cloud in snapshots}
+    return TransportSolver(lot_method(method, max(sizes), snapshots[0].shape[1], weighted=len(sizes) > 1),
+                           blur=blur, debias=False)
 
 
 def particle_velocity(snapshots: torch.Tensor, dt: float, k: Optional[int] = None) -> torch.Tensor:
