@@ -126,3 +126,21 @@ def test_sampling_floor_matches_two_independent_samples():
                         torch.rand(800, 2, generator=generator, dtype=torch.float64)))) for _ in range(3)]
     estimate, direct = (sum(v) / 3 for v in zip(*values))
     assert 0.75 < estimate / direct < 1.33
+
+
+def test_extrapolate_forecasts_from_the_last_frames():
+    # a deterministic dilation x(t) = x0 exp(r t), 41 frames: the velocity is exact from a short window, so
+    # the default window stays at the end of the series instead of centring in its middle
+    generator = torch.Generator().manual_seed(8)
+    x0 = torch.randn(200, 2, generator=generator, dtype=torch.float64)
+    rate, dt = 0.3, 0.05
+    frames = torch.stack([x0 * math.exp(rate * j * dt) for j in range(41)])
+    from torchmf.lot import extrapolate
+    forecast, info = extrapolate(frames, dt=dt, horizon=0.2, return_info=True)
+    assert info["k"] == 2 and info["centre_offset"] == pytest.approx(2 * dt)
+    assert info["steps"] == [pytest.approx(2 * dt + 0.2)] and info["significant"]
+    truth = x0 * math.exp(rate * (40 * dt + 0.2))
+    assert float((forecast - truth).norm() / truth.norm()) < 6e-3  # Euler: (r s)^2 / 2 = 4e-3
+    # the whole series as the window (the old default) steps 1.2 time units from its centre: much worse
+    whole = extrapolate(frames, dt=dt, horizon=0.2, k=20)
+    assert float((whole - truth).norm()) > 5 * float((forecast - truth).norm())
