@@ -19,6 +19,12 @@ Cases (the held-out ones are micro-simulators written here in plain torch, not t
 - ``moving_source``: attraction towards a source circling the origin, dx = -a (x - c(t)) dt + s dW,
   from a bimodal Gaussian mixture: the law stays a Gaussian mixture (means and covariances by ODE),
   so its velocity -a (x - c) - s^2/2 grad log rho is exact.
+- ``double_well``: dx = (x - x^3) dt + s dW, dy = -y dt + s dW from an asymmetric two-bump law in x:
+  the x-marginal by a Crank-Nicolson Fokker-Planck solve on a fine grid, the y-marginal Gaussian;
+  the velocity b - s^2/2 grad log rho from them.
+- ``chemotaxis``: the 1-D bacterial chemotaxis of section 7 (hidden internal state, h = 1/16, k = 80,
+  H = 95), steps centred at t = 300 and 600; its law has no closed form, so the oracle is the
+  regression velocity of a 20,000-particle ensemble with a window of half width 160, interpolated in x.
 - ``gradient_flow``: the deterministic double-well gradient flow x' = x - x^3, y' = -y from a uniform
   (edged) square; the velocity of the law is the drift itself; the law at t is a fresh square
   integrated to t (RK4).
@@ -125,11 +131,128 @@ def square_sample(n, t, generator, dt=0.002):
     return simulator.positions()
 
 
+# -- double well with diffusion: x and y independent, the x-law by a Fokker-Planck solve --------------------
+WELL_NOISE = 0.7
+WELL_GRID = torch.linspace(-3.5, 3.5, 1751, dtype=torch.float64)
+_WELL_CACHE = {}
+
+
+def well_drift(x, t):
+    return torch.stack([x[:, 0] - x[:, 0] ** 3, -x[:, 1]], 1)
+
+
+def well_x_density(t, step=5e-4):
+    """The x-marginal at time t: Crank-Nicolson for rho_t = (U' rho)_x + D rho_xx, U' = x^3 - x, from an
+    asymmetric two-bump start; cached by time."""
+    import numpy as np
+    from scipy.linalg import solve_banded
+
+    key = round(t, 9)
+    if key in _WELL_CACHE:
+        return _WELL_CACHE[key]
+    x = WELL_GRID.numpy()
+    dx, diffusion = x[1] - x[0], WELL_NOISE ** 2 / 2
+    rho = 0.7 * np.exp(-(x + 0.3) ** 2 / (2 * 0.2 ** 2)) / 0.2 + 0.3 * np.exp(-(x - 0.8) ** 2 / (2 * 0.3 ** 2)) / 0.3
+    rho /= rho.sum() * dx
+    force = x ** 3 - x
+    # L rho_i = (f_{i+1} rho_{i+1} - f_{i-1} rho_{i-1}) / 2dx + D (rho_{i+1} - 2 rho_i + rho_{i-1}) / dx^2
+    upper = force[1:] / (2 * dx) + diffusion / dx ** 2
+    lower = -force[:-1] / (2 * dx) + diffusion / dx ** 2
+    middle = np.full_like(x, -2 * diffusion / dx ** 2)
+    steps = int(round(t / step))
+    h = t / steps if steps else 0.0
+    banded = np.zeros((3, x.size))
+    banded[0, 1:], banded[1], banded[2, :-1] = -0.5 * h * upper, 1 - 0.5 * h * middle, -0.5 * h * lower
+    for _ in range(steps):
+        right = rho + 0.5 * h * (middle * rho + np.r_[upper * rho[1:], 0.0] + np.r_[0.0, lower * rho[:-1]])
+        rho = solve_banded((1, 1), banded, right)
+    rho = np.clip(rho, 1e-300, None)
+    _WELL_CACHE[key] = torch.from_numpy(rho / (rho.sum() * dx))
+    return _WELL_CACHE[key]
+
+
+def well_y_variance(t):
+    return 0.5 ** 2 * math.exp(-2 * t) + WELL_NOISE ** 2 * (1 - math.exp(-2 * t)) / 2
+
+
+def well_sample(n, t, generator):
+    rho = well_x_density(t)
+    cdf = torch.cumsum(rho, 0)
+    cdf = cdf / cdf[-1]
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    index = torch.searchsorted(cdf, u).clamp(1, len(cdf) - 1)
+    left, right = cdf[index - 1], cdf[index]
+    fraction = (u - left) / (right - left).clamp_min(1e-300)
+    x = WELL_GRID[index - 1] + fraction * (WELL_GRID[1] - WELL_GRID[0])
+    y = math.sqrt(well_y_variance(t)) * torch.randn(n, generator=generator, dtype=torch.float64)
+    return torch.stack([x, y], 1)
+
+
+def well_velocity(points, t):
+    points = points.double()
+    log_rho = well_x_density(t).log()
+    slope = torch.gradient(log_rho, spacing=(WELL_GRID,))[0]
+    index = torch.searchsorted(WELL_GRID, points[:, 0].contiguous()).clamp(1, len(WELL_GRID) - 1)
+    weight = (points[:, 0] - WELL_GRID[index - 1]) / (WELL_GRID[1] - WELL_GRID[0])
+    score_x = slope[index - 1] * (1 - weight) + slope[index] * weight
+    diffusion = WELL_NOISE ** 2 / 2
+    return torch.stack([points[:, 0] - points[:, 0] ** 3 - diffusion * score_x,
+                        -points[:, 1] + diffusion * points[:, 1] / well_y_variance(t)], 1)
+
+
+# -- chemotaxis (LOT paper, section 7): the oracle is the velocity of a 20x larger ensemble ---------------
+CHEMOTAXIS_REFERENCE = 20_000
+_CHEMOTAXIS_CACHE = {}
+
+
+def _seed(generator):
+    return int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator))
+
+
+def chemotaxis_sample(n, t, generator):
+    model = systems.get("chemotaxis")
+    simulator = SystemSimulator(model, n, seed=_seed(generator), dtype=torch.float64)
+    simulator.step(int(round(t / simulator.dt)))
+    return simulator.positions().clone()
+
+
+def chemotaxis_start(n, t, generator):
+    """A control simulator (hidden state included) at time t."""
+    model = systems.get("chemotaxis")
+    simulator = SystemSimulator(model, n, seed=_seed(generator), dtype=torch.float64)
+    simulator.step(int(round(t / simulator.dt)))
+    return simulator
+
+
+def chemotaxis_velocity(points, t, k=160):
+    """The regression LOT velocity of a 20,000-particle window of half width 160 centred at t (sorting: exact
+    in 1-D), interpolated in x: the same procedure fed a near-exact law ("long-run velocity")."""
+    from torchmf.lot import lot_velocity_estimate
+
+    key = round(t, 9)
+    if key not in _CHEMOTAXIS_CACHE:
+        model = systems.get("chemotaxis")
+        simulator = SystemSimulator(model, CHEMOTAXIS_REFERENCE, seed=987_654, dtype=torch.float64)
+        simulator.step(int(round(t / simulator.dt)) - k)
+        window = [simulator.positions().clone()]
+        for _ in range(2 * k):
+            simulator.step(1)
+            window.append(simulator.positions().clone())
+        estimate = lot_velocity_estimate(torch.stack(window), simulator.dt, k)
+        order = torch.argsort(window[k][:, 0])
+        _CHEMOTAXIS_CACHE[key] = (window[k][order, 0], estimate.velocity[order, 0])
+    grid, values = _CHEMOTAXIS_CACHE[key]
+    import numpy as np
+    return torch.from_numpy(np.interp(points[:, 0].double().numpy(), grid.numpy(), values.numpy()))[:, None]
+
+
 CASES = {
     # name: (micro step h, k, H, centre times, N list full, sampler(n, t, gen), velocity(x, t), simulator factory)
     "box": dict(h=1 / 16, k=80, step=85.0, centres=(35.0, 155.0)),
     "moving_source": dict(h=0.01, k=20, step=1.0, centres=(1.0, 3.0)),
     "gradient_flow": dict(h=0.005, k=20, step=0.3, centres=(0.2, 0.8)),
+    "double_well": dict(h=0.005, k=20, step=0.5, centres=(0.5, 2.0)),
+    "chemotaxis": dict(h=1 / 16, k=80, step=95.0, centres=(300.0, 600.0)),
 }
 
 
@@ -144,6 +267,11 @@ def case_functions(name):
     if name == "moving_source":
         return (mixture_sample, mixture_velocity,
                 lambda cloud, start, seed: DriftSimulator(moving_drift, NOISE, CASES[name]["h"], cloud, start, seed))
+    if name == "chemotaxis":
+        return chemotaxis_sample, chemotaxis_velocity, None
+    if name == "double_well":
+        return (well_sample, well_velocity,
+                lambda cloud, start, seed: DriftSimulator(well_drift, WELL_NOISE, CASES[name]["h"], cloud, start, seed))
     return (square_sample, lambda x, t: gradient_drift(x.double(), t),
             lambda cloud, start, seed: DriftSimulator(gradient_drift, 0.0, CASES[name]["h"], cloud, start, seed))
 
@@ -158,7 +286,8 @@ def run_case(report, name, sizes, seeds, paper_seeds):
                 generator = torch.Generator().manual_seed(10_000 * seed + n)
                 start = centre - settings["k"] * settings["h"]
                 integrator = ProjectiveIntegrator(k=settings["k"], step=settings["step"], progress=False)
-                simulator = make_simulator(sample(n, start, generator), start, seed)
+                simulator = chemotaxis_start(n, start, generator) if make_simulator is None else \
+                    make_simulator(sample(n, start, generator), start, seed)
                 begin = time.perf_counter()
                 row = one_step_test(integrator, simulator, start,
                                     lambda t: (sample(n, t, generator), sample(n, t, generator)),

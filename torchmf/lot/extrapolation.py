@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from tqdm.auto import tqdm
 
 from .._validation import check_int, check_nonnegative, check_points
 from .velocity import lot_velocity_estimate
@@ -16,7 +17,8 @@ FORECAST_RELATIVE_ERROR = 0.25
 
 
 def extrapolate(snapshots, dt: Optional[float] = None, horizon=1.0, k: Optional[int] = None, order: int = 1,
-                method: str = "auto", blur: Optional[float] = None, return_info: bool = False):
+                method: str = "auto", blur: Optional[float] = None, return_info: bool = False,
+                progress: bool = False):
     r"""Extrapolate recorded snapshots beyond the last one with the LOT velocity (no simulator needed).
 
     The window is the last ``2k+1`` snapshots. By default (``k=None``) it is chosen as a forecaster
@@ -45,6 +47,7 @@ def extrapolate(snapshots, dt: Optional[float] = None, horizon=1.0, k: Optional[
         return_info: also return a dict: ``k``, ``centre_offset`` (the window's centre, in time before
             the last frame), ``steps`` (the step lengths from the centre, one per horizon) and the
             velocity's ``speed``, ``standard_error``, ``relative_error`` and ``significant``.
+        progress: a progress bar over the windows tried.
 
     Returns:
         ``(N, d)`` for one horizon, ``(H, N, d)`` for a sequence (``N_c`` instead of ``N`` with a mask:
@@ -82,7 +85,7 @@ def extrapolate(snapshots, dt: Optional[float] = None, horizon=1.0, k: Optional[
         if 2 * k + 1 > snapshots.shape[0]:
             raise ValueError(f"k: a window of 2k+1 = {2 * k + 1} snapshots needs that many, but got "
                              f"{snapshots.shape[0]}")
-    estimate, k = _forecast_window(snapshots, mask, dt, k, method, blur)
+    estimate, k = _forecast_window(snapshots, mask, dt, k, method, blur, progress)
     window = snapshots[-(2 * k + 1):]
     window_mask = None if mask is None else mask[-(2 * k + 1):]
     velocity, second = estimate.velocity, estimate.second_derivative
@@ -99,14 +102,14 @@ def extrapolate(snapshots, dt: Optional[float] = None, horizon=1.0, k: Optional[
     return forecast, info
 
 
-def _forecast_window(snapshots, mask, dt, k, method, blur):
+def _forecast_window(snapshots, mask, dt, k, method, blur, progress=False):
     """``(estimate, k)``: the given ``k``, or the shortest window ``k = 2, 4, ...`` ending at the last
     frame with relative error <= FORECAST_RELATIVE_ERROR (else the longest)."""
     largest = (snapshots.shape[0] - 1) // 2
     if largest < 1:
         raise ValueError(f"snapshots: expected at least 3 frames, but got {snapshots.shape[0]}")
     candidates = [k] if k is not None else sorted({min(2 ** p, largest) for p in range(1, largest.bit_length() + 1)})
-    for candidate in candidates:
+    for candidate in tqdm(candidates, disable=not progress, desc="LOT windows", leave=False):
         window = snapshots[-(2 * candidate + 1):]
         window_mask = None if mask is None else mask[-(2 * candidate + 1):]
         estimate = lot_velocity_estimate(window, dt, candidate, method=method, blur=blur, mask=window_mask)
