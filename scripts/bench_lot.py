@@ -186,8 +186,11 @@ def velocity_noise(report, quick):
             snapshots, truth = diffusion_window(n, seed, k=20)
             solver = _ColdStart(n, 2)
             seconds, velocity = timed(lambda: lot_velocity(snapshots, 1 / 16, solver=solver), 1)
+            paper_seconds, paper = timed(lambda: lot_velocity(snapshots, 1 / 16, solver=solver,
+                                                              estimator="centred-average"), 1)
             diffusion.append({"n": n, "seed": seed, "k": 20, "method": solver.method, "seconds": seconds,
-                              "error": relative(velocity, truth),
+                              "error": relative(velocity, truth), "paper_error": relative(paper, truth),
+                              "paper_seconds": paper_seconds,
                               "speed": float(velocity.pow(2).sum(1).mean().sqrt()),
                               "true_speed": float(truth.pow(2).sum(1).mean().sqrt())})
             print(f"velocity noise N = {n} seed {seed}: flows {[round(r['error'], 4) for r in flows[-3:]]}, "
@@ -214,6 +217,12 @@ def velocity_noise(report, quick):
                  f"(mean of {len(seeds)} seeds; slope in N over {exact_sizes}: {slope:.2f})",
                  round(means[largest], 3), "< 1 (beats standing still)", lambda v: v < 1.0,
                  baseline=("standing still (zero velocity)", 1.0))
+    paper_means = {n: sum(r["paper_error"] for r in diffusion if r["n"] == n) / len(seeds) for n in sizes}
+    report.metrics["velocity_noise_diffusion_paper_mean_error"] = paper_means
+    worst = max(means[n] / paper_means[n] for n in sizes)
+    report.check(f"lot_velocity (default regression) / the paper's 5.2 average on free diffusion, k = 20: velocity "
+                 f"error ratio, worst over N = {sizes}", round(worst, 3), "<= 0.5", lambda v: v <= 0.5,
+                 baseline=("the paper's average (its error at the largest N)", round(paper_means[largest], 3)))
 
 
 def _slope(sizes, values):

@@ -1,7 +1,8 @@
 """The tutorial docs/own_data.md is a test: every ``python`` block runs, in order, in one namespace,
 and every ``torchmf ...`` line of its ``bash`` blocks runs through the CLI and must exit 0, in a
 fresh working folder. The page's own asserts are the checks (identified terms, nudged vs
-un-nudged forecast, extrapolation vs the last snapshot, trained drift error)."""
+un-nudged forecast, the raw microscope frames: refused with the floor in, W2 <= 0.5x the model
+alone's with ``--background auto``, extrapolation vs the last snapshot, trained drift error)."""
 from __future__ import annotations
 
 import re
@@ -21,7 +22,8 @@ def test_the_page_has_the_whole_workflow():
     text = PAGE.read_text()
     assert kinds.count("python") >= 5 and kinds.count("bash") >= 3
     for step in ("torchmf identify tracks.csv", "GridObservations.from_file", "torchmf nudge --observations",
-                 "extrapolate(", "torchmf lot --snapshots", "SlowPathDataModule(path="):
+                 "--background auto", "--psf", "extrapolate(", "torchmf lot --snapshots", "SlowPathDataModule(path=",
+                 "my_fast_slow.SinFastSlow"):
         assert step in text, step
 
 
@@ -39,3 +41,5 @@ def test_tutorial_runs_top_to_bottom(tmp_path, monkeypatch):
                 assert main(shlex.split(line)[1:]) == 0, line
     assert (tmp_path / "model.json").is_file() and (tmp_path / "forecast.npz").is_file()
     assert (tmp_path / "runs" / "nudge" / "nudge.json").is_file()
+    # the microscope section: raw uint16 frames in, the nudged run and its figure out
+    assert (tmp_path / "raw_nudged.npz").is_file() and (tmp_path / "runs" / "raw" / "nudge.png").is_file()

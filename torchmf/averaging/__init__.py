@@ -39,6 +39,7 @@ Shapes: slow states ``x (B, d)``, fast samples ``y (B, S, k)``, drifts ``(B, d)`
 for ``T`` parameter draws ``theta (T, P)``); an observed path gives ``x, dx (n, d)``, ``dt (n,)``.
 """
 from .._class_path import split_class_path
+from ..systems.fastslow import FastSlowSystem
 from .drift import DENSITIES, FlowAveragedDrift, NeuralDrift, TestFunctions, generator_applied
 from .fast_slow_system import fast_system
 from .fitting import drift_error, fit_fast_law
@@ -49,4 +50,4 @@ from .variational import VariationalAveragedDrift, band_scores
 __all__ = ["FlowAveragedDrift", "NeuralDrift", "TestFunctions", "ReducedSDE", "simulate_reduced", "path_transitions",
            "em_negative_log_likelihood", "PathStatistics", "fast_system", "drift_error", "build_pretrained",
            "fit_fast_law", "fast_base_noise", "VariationalAveragedDrift", "band_scores", "generator_applied",
-           "split_class_path", "DENSITIES"]
+           "split_class_path", "DENSITIES", "FastSlowSystem"]

@@ -1,29 +1,26 @@
-"""Nudge a biased model of a registered system towards smoothed density observations of a reference run.
+"""Nudge a model towards density observations: a biased model of a registered system towards its own
+reference run, or your model towards your own data (particle tracks or microscope images).
 
-The reference run uses the system's default parameters (or --reference-param); the biased
-forecast starts from the same particles with --param overrides; observations are the
-reference's particle snapshots every --obs-every recorded times, smoothed with --bandwidth.
-Writes OUT/nudge.json (W2 / density errors vs time, settings) and PNG figures.
+A registered system: the reference run uses the system's default parameters (or --reference-param);
+the biased forecast starts from the same particles with --param overrides; observations are the
+reference's particle snapshots every --obs-every recorded times, smoothed with --bandwidth. Writes
+OUT/nudge.json (W2 / density errors vs time, settings) and OUT/nudge_error.png. With --output FILE
+the nudged run of the first --strength is also written as a dataset. Under torchrun (WORLD_SIZE > 1)
+the particles are sharded (grid backend; see torchmf.distributed).
 
-With --output FILE the nudged run of the first --strength is also written as a dataset.
-Under torchrun (WORLD_SIZE > 1) the particles are sharded: each rank simulates its share of the
-reference and of the nudged ensemble (grid backend; the density grids are all-reduced, see
-torchmf.distributed); rank 0 gathers the runs, computes the errors and writes the JSON, the
-figure and the dataset (atomically).
-
-Examples:
-    torchmf nudge ou_linear --param a=5 --strength 100 --bandwidth 0.2 --out runs/nudge
-    torchmf nudge double_well --param a=0.1 --strength 10 --strength 1000 --particles 2000
-    torchrun --standalone --nproc-per-node 2 -m torchmf nudge ou_linear --param a=5 -o runs/nudged.h5
-
-Your own observations and model (no reference run): --observations FILE (particle data .h5/.npz/.csv
-with positions and times, or an image stack .npz/.h5/.tif with --extent edges) and --model (a
-registered system, an identified WSINDy model .json, a drift checkpoint .pt/.ckpt). The forecast
-starts from --initial FILE (its first frame) or from --particles (default 2000) drawn from the first
-observation; --dt defaults to a tenth of the smallest observation spacing. Writes OUT/nudge.json
-(misfit to the observations at their times, nudged and un-nudged) and, with -o, the nudged run.
-    torchmf nudge --observations images.npz --model model.json --strength 50 --bandwidth 0.3 -o runs/nudged.h5
-    torchmf nudge --observations cells.tif --extent 0 640 0 480 --frame-dt 5 --model ou_linear --particles 3000
+Your own data: --observations FILE (particle data .h5/.npz/.csv, or an image stack .npz/.h5/.tif)
+and --model (a registered system, an identified WSINDy model .json, a drift checkpoint .pt/.ckpt).
+Units are never guessed: a track table needs --frame-dt; images take their frame times and pixel
+size from the file (npz 'times'/'extent', ImageJ or OME TIFF metadata) or --frame-dt/--extent; the
+units used and their source are printed. Raw microscope frames: a constant floor is refused until
+--background auto|VALUE removes it (or --background 0 keeps it); --psf is the blur the images hold
+(the nudging bandwidth must equal it: a wider --bandwidth blurs the images further). The last
+--holdout frames (default 1 with 4 frames or more) are not assimilated; the verdict compares the
+nudged and un-nudged misfits there, and a worse nudged run is said and exits with status 1 (so
+does a run against images that still hold a floor: no claim either way). Without --strength the
+strength comes from the data: a nudging rate lambda P / (e h^2) of 50 per frame interval. Forecast
+particles leaving the nudging grid: --field-of-view (images) or --margin (particle data).
+Writes OUT/nudge.json and OUT/nudge.png (misfit over time with the un-nudged baseline, density panels).
 """
 from __future__ import annotations
 
@@ -32,6 +29,22 @@ from pathlib import Path
 
 from ..data.files import check_output_path
 
+EPILOG = """examples:
+  a registered system, biased (a = 5) and nudged towards its reference run:
+    torchmf nudge ou_linear --param a=5 --strength 100 --bandwidth 0.2 --out runs/nudge
+    torchmf nudge double_well --param a=0.1 --strength 10 --strength 1000 --particles 2000
+    torchrun --standalone --nproc-per-node 2 -m torchmf nudge ou_linear --param a=5 -o runs/nudged.h5
+
+  your images (edges and times stored in the .npz) and an identified model:
+    torchmf nudge --observations images.npz --model model.json --strength 50 --bandwidth 0.3 -o runs/nudged.h5
+
+  raw microscope frames (ImageJ TIFF: frame interval and pixel size from its metadata):
+    torchmf nudge --observations cells.tif --background auto --normalize --psf 1.5 --model model.json
+
+  a TIFF without calibration, and track tables (frame numbers times --frame-dt):
+    torchmf nudge --observations cells.tif --extent 0 640 0 480 --frame-dt 5 --psf 2 --model ou_linear
+    torchmf nudge --observations tracks.csv --frame-dt 0.02 --model model.json --strength 20
+"""
 NAME = "nudge"
 HELP = "assimilate smoothed density observations of a reference run into a biased particle model"
 ORDER = 20
@@ -55,15 +68,28 @@ def add_arguments(parser) -> None:
     group.add_argument("--origin", choices=["lower", "upper"], default="lower",
                        help="row 0 at the smallest y (lower, default) or the largest (upper)")
     group.add_argument("--normalize", action="store_true", help="scale each image to mass 1")
+    group.add_argument("--background", default=None, metavar="auto|VALUE",
+                       help="constant floor of raw images (camera offset): 'auto' estimates it per frame, a number "
+                       "is subtracted, 0 keeps the values (default: a floor is refused)")
+    group.add_argument("--psf", type=float, default=None, metavar="SIGMA",
+                       help="blur the images hold (PSF standard deviation, image length unit): the nudging "
+                       "bandwidth (a wider --bandwidth blurs the images further)")
+    group.add_argument("--holdout", type=int, default=None, metavar="K",
+                       help="last K frames not assimilated, to judge the nudging on (default 1 with >= 4 frames)")
     group.add_argument("--field-of-view", action="store_true",
                        help="the images see only their window: particles outside feel no nudging")
+    group.add_argument("--margin", type=float, default=None, metavar="M",
+                       help="particle observations: widen the nudging grid by M beyond the observed particles "
+                       "(default max(6 h, 25%% of their extent))")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="biased model parameter (YAML value), repeatable")
     parser.add_argument("--reference-param", action="append", default=[], metavar="KEY=VALUE",
                         help="reference model parameter, repeatable (default: the system's defaults)")
     parser.add_argument("--strength", action="append", type=float, default=[],
-                        help="nudging strength lambda >= 0, repeatable (default 100)")
-    parser.add_argument("--bandwidth", type=float, default=0.2, help="kernel bandwidth h > 0 (default 0.2)")
+                        help="nudging strength lambda >= 0, repeatable (default 100; your own data: from the "
+                        "data, a nudging rate of 50 per frame interval)")
+    parser.add_argument("--bandwidth", type=float, default=None,
+                        help="kernel bandwidth h > 0 (default 0.2; images: --psf, or this)")
     parser.add_argument("--obs-every", type=int, default=1, help="observe every k-th recorded time (default 1)")
     parser.add_argument("--interpolation", choices=["hold", "linear"], default="linear",
                         help="rule between observation times (default linear)")
@@ -82,6 +108,7 @@ def add_arguments(parser) -> None:
                         help="also write the nudged run of the first --strength as a dataset (.h5, .hdf5, .npz)")
     parser.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-plot", action="store_true", help="write no figure (default: OUT/nudge.png)")
 
 
 def _params(items, option):
@@ -95,6 +122,8 @@ def _check_args(args):
     for option, value in (("--dt", args.dt), ("--t-end", args.t_end)):
         if value is not None and not (math.isfinite(value) and value > 0):
             raise ValueError(f"{option}: expected a positive number, but got {value}")
+    if args.margin is not None and not (math.isfinite(args.margin) and args.margin >= 0):
+        raise ValueError(f"--margin: expected a non-negative number, but got {args.margin}")
     if args.particles is not None and args.particles < 1:
         raise ValueError(f"--particles: expected an integer >= 1, but got {args.particles}")
     if args.seed < 0:
@@ -122,7 +151,7 @@ def _check_args(args):
     for value in args.strength:
         if value < 0:
             raise ValueError(f"--strength: expected a non-negative number, but got {value}")
-    if not args.bandwidth > 0:
+    if args.bandwidth is not None and not (math.isfinite(args.bandwidth) and args.bandwidth > 0):
         raise ValueError(f"--bandwidth: expected a positive number, but got {args.bandwidth}")
     if args.output is not None and not args.output.endswith((".h5", ".hdf5", ".npz")):
         raise ValueError(f"--output: expected a .h5, .hdf5 or .npz file name, but got {args.output!r}")
@@ -133,7 +162,16 @@ def run(args) -> int:
 
     _check_args(args)
     if args.observations is not None or args.model is not None:
-        return _nudge_own_data(args)
+        from .nudge_own_data import nudge_own_data
+
+        return nudge_own_data(args, _params(args.param, "--param"))
+    for option, value in (("--background", args.background), ("--psf", args.psf), ("--holdout", args.holdout),
+                          ("--margin", args.margin)):
+        if value is not None:
+            raise ValueError(f"{option}: applies to --observations FILE (your own data), not to a system's "
+                             f"reference run")
+    if args.bandwidth is None:
+        args.bandwidth = 0.2
     if args.system is None:
         raise ValueError("system: expected a registered system, or --observations FILE with --model, but got neither")
     _, size = distributed.setup(args.device)
@@ -148,8 +186,6 @@ def run(args) -> int:
 
 
 def _nudge(args, sharded: bool) -> int:
-    import torch
-
     from .. import distributed, systems
     from ..data.files import write_json
     from ..metrics import w2
@@ -172,6 +208,9 @@ def _nudge(args, sharded: bool) -> int:
                          f"with --backend {args.backend}")
     base = getattr(biased_system, "sde", None) or biased_system.pic
     dt = reference_system.default_dt if args.dt is None else args.dt
+    if rank == 0:  # a registered system has no unit but its own: said, not implied
+        print(f"units: time and length in {args.system}'s model units (nondimensional, the system's own); time step "
+              f"{dt:g} ({'--dt' if args.dt is not None else 'the system default'})")
     if sharded:
         recipe = {"system": args.system, "params": reference_params, "particles": args.particles,
                   "t_end": args.t_end, "dt": dt, "seed": args.seed}
@@ -215,14 +254,14 @@ def _nudge(args, sharded: bool) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ylabel = "W2 to the reference" if metric == "w2" else "|mean - reference mean|"
-    figure = line_plot(out / "nudge_error.png", times.cpu(), curves, "t", ylabel, f"{args.system}: nudged vs biased",
-                       logy=True)
+    figure = None if args.no_plot else line_plot(out / "nudge_error.png", times.cpu(), curves, "t", ylabel,
+                                                 f"{args.system}: nudged vs biased", logy=True)
     result = {"system": args.system, "biased_params": biased_params, "reference_params": reference_params,
               "strengths": strengths, "bandwidth": args.bandwidth, "obs_every": args.obs_every,
               "interpolation": args.interpolation, "noise": args.noise, "backend": args.backend, "scheme": args.scheme,
               "particles": n_total, "dt": dt, "seed": args.seed, "metric": metric, "summary": summary,
               "times": times.tolist(), "errors": {k: v.tolist() for k, v in curves.items()},
-              "figures": [figure.name], "device": str(device), "processes": size}
+              "figures": [figure.name] if figure else [], "device": str(device), "processes": size}
     if args.output is not None:
         strength, run = kept
         run.meta.update(nudging_strength=strength, processes=size)
@@ -232,85 +271,5 @@ def _nudge(args, sharded: bool) -> int:
     write_json(out / "nudge.json", result)
     for label, values in summary.items():
         print(f"{label:>14}: final {metric} {values['final']:.4f}, time-averaged {values['time_averaged']:.4f}")
-    print(f"wrote {out / 'nudge.json'} and {figure}")
+    print(f"wrote {out / 'nudge.json'}" + (f" and {figure}" if figure else ""))
     return 0
-
-
-def _nudge_own_data(args) -> int:
-    """``--observations FILE --model SPEC``: nudge the user's model towards the user's observations."""
-    from ..data import Trajectories, initial_particles, read_observations, read_particle_data
-    from ..data.files import write_json
-    from ..metrics import smoothed_density
-    from ..nudging import GridObservations, NudgedSDE
-    from ..runs import load_model
-
-    if args.observations is None or args.model is None:
-        raise ValueError("--observations: own-data nudging needs both --observations FILE and --model, "
-                         f"but got observations={args.observations!r}, model={args.model!r}")
-    if args.system is not None:
-        raise ValueError(f"system: give a registered system or --observations/--model, but got both ({args.system!r})")
-    extent = None
-    if args.extent is not None:
-        if len(args.extent) % 2:
-            raise ValueError(f"--extent: expected pairs x0 x1 [y0 y1 ...], but got {len(args.extent)} numbers")
-        extent = (args.extent[0::2], args.extent[1::2])
-    observations = read_observations(args.observations, extent=extent, frame_dt=args.frame_dt,
-                                     indexing=args.indexing, origin=args.origin, normalize=args.normalize or False,
-                                     field_of_view=args.field_of_view)
-    model, description = load_model(args.model, _params(args.param, "--param"))
-    if args.initial is not None:
-        start = read_particle_data(args.initial).require_complete("--initial").positions[:, 0].double()
-    else:
-        start = initial_particles(observations, args.particles or 2000, args.seed)
-    times = observations.times
-    dt = args.dt or float(times.diff().min()) / 10
-    strengths = args.strength or [100.0]
-    is_image = isinstance(observations, GridObservations)
-    grid = observations.grid if is_image else None
-    runs, misfits = {}, {}
-    for strength in [0.0] + strengths:
-        nudged = NudgedSDE(model, observations, args.bandwidth, strength, backend=args.backend, scheme=args.scheme)
-        run = nudged.simulate(start, times, dt, seed=args.seed + 1, progress=not args.no_progress)
-        label = "un-nudged" if strength == 0 else f"lambda={strength:g}"
-        runs[label] = run
-        misfits[label] = _misfit(run, observations, grid, args.bandwidth, smoothed_density)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    result = {"observations": str(args.observations), "model": description, "strengths": strengths,
-              "bandwidth": args.bandwidth, "dt": dt, "particles": int(start.shape[1]), "seed": args.seed,
-              "times": times.tolist(), "misfit": {k: v for k, v in misfits.items()},
-              "misfit_kind": "L2 of smoothed density minus image" if is_image else "W2 to the observed particles"}
-    write_json(out / "nudge.json", result)
-    for label, values in misfits.items():
-        print(f"{label:>14}: final misfit {values[-1]:.4g}, mean {sum(values) / len(values):.4g}")
-    if args.output is not None:
-        run = runs[f"lambda={strengths[0]:g}"]
-        saved = Trajectories(run.positions, run.times, dict(run.meta, model=description, nudging_strength=strengths[0]))
-        print(f"wrote {saved.save(Path(args.output))}")
-    print(f"wrote {out / 'nudge.json'}")
-    return 0
-
-
-def _misfit(run, observations, grid, bandwidth, smoothed_density):
-    """Per observation time: L2 distance of the run's smoothed density to the image, or W2 to the observed cloud."""
-    import torch
-
-    from ..metrics import w2
-
-    values = []
-    for index in range(observations.n_times):
-        points = run.positions[:, index]
-        if grid is not None:
-            lower, upper = points.new_tensor(grid.lower), points.new_tensor(grid.upper)
-            inside = ((points >= lower) & (points <= upper)).all(-1)  # outside a field of view: not observed
-            density = smoothed_density(torch.where(inside.unsqueeze(-1), points, lower), grid, bandwidth,
-                                       inside.to(points) / points.shape[-2])
-            difference = density - observations.densities[:1, index].to(points)
-            if observations.window is not None:
-                difference = difference * observations.window.to(points)
-            values.append(float(difference.pow(2).sum().sqrt() * grid.cell_volume ** 0.5))
-        else:
-            observed, weights = observations.sources(index)
-            keep = weights[0] > 0
-            values.append(float(w2(points[0], observed[0][keep].to(points))))
-    return values

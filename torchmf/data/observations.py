@@ -42,6 +42,7 @@ class _Observations:
     """Shared time handling: ``times (L,)`` and the rule between them."""
 
     kind = "abstract"
+    _per_time: Tuple[str, ...] = ()
 
     def _with_noise(self, values: torch.Tensor, noise, seed) -> torch.Tensor:
         """Store the observation-noise level and return ``values`` plus seeded Gaussian noise of that size."""
@@ -81,6 +82,19 @@ class _Observations:
             return [(index, 1.0)]
         return [(index, 1.0 - fraction), (index + 1, fraction)]
 
+    def head(self, count: int):
+        """The same observations at their first ``count`` times only (the rest held out): a copy."""
+        count = check_int("count", count, minimum=1)
+        if count > self.n_times:
+            raise ValueError(f"count: expected at most {self.n_times} observation times, but got {count}")
+        copy = object.__new__(type(self))
+        copy.__dict__.update(self.__dict__)
+        copy.times = self.times[:count]
+        for name in self._per_time:  # (M, L, ...) arrays of the observations
+            if getattr(self, name, None) is not None:
+                setattr(copy, name, getattr(self, name)[:, :count])
+        return copy
+
     def check_run(self, start: float, end: float) -> None:
         """Raise if an observation time lies outside the run ``[start, end]``."""
         low, high = float(self.times[0]), float(self.times[-1])
@@ -103,6 +117,7 @@ class ParticleObservations(_Observations):
     """
 
     kind = "particles"
+    _per_time = ("snapshots", "weights")
 
     def __init__(self, snapshots, times=None, interpolation: str = "hold", noise: float = 0.0, seed: int = 0):
         self.weights = None  # (M, L, N) for masked data, else uniform
@@ -173,16 +188,26 @@ class GridObservations(_Observations):
             error), ``True`` (the image window is the observed region: the misfit is measured only
             inside it, particles outside feel no nudging and are not an error) or a boolean mask of the
             image shape (same axis order as ``densities``) marking the observed pixels.
+        background: ``None`` (the values are the density as given: a constant floor under every frame,
+            see :mod:`torchmf.data.background`, is warned about, or refused with ``strict=True``),
+            ``"auto"`` (each frame's floor estimated and subtracted before ``normalize``) or a number
+            (that floor subtracted). The floor used is kept as ``self.background``. Negative pixels in
+            the values as given are warned about (a density is never negative).
+        strict: refuse (``ValueError``) instead of warning where the images are not a density (a floor).
+        names: what the messages call ``background`` and ``normalize`` (the command line passes its flags).
     """
 
     kind = "density"
+    _per_time = ("densities",)
 
     def __init__(self, densities, extent, times, periodic: bool = False, interpolation: str = "hold",
                  noise: float = 0.0, seed: int = 0, indexing: Optional[str] = None, origin: str = "lower",
-                 normalize=False, field_of_view=False):
+                 normalize=False, field_of_view=False, background=None, strict: bool = False, names=None):
         if isinstance(densities, np.ndarray):
             densities = torch.from_numpy(np.ascontiguousarray(densities))
         densities = check_tensor("densities", densities)
+        self._names = names
+        self._from_grid = isinstance(extent, Grid)
         if isinstance(extent, Grid):
             grid = extent
             dim = grid.dim
@@ -213,6 +238,7 @@ class GridObservations(_Observations):
         self.grid = grid
         self._set_times(times, densities.shape[1], interpolation)
         self.window = self._window(field_of_view, dim, densities.device)
+        densities = self._floor_removed(densities, background, strict)
         densities = self._normalized(densities, normalize)
         self.densities = self._with_noise(densities, noise, seed)
 
@@ -261,6 +287,42 @@ class GridObservations(_Observations):
             raise ValueError("field_of_view: the mask marks no observed pixel")
         return mask
 
+    def _floor_removed(self, densities: torch.Tensor, background, strict: bool) -> torch.Tensor:
+        """Check the values as given (negative pixels, a constant floor), then subtract ``background``."""
+        from . import background as floors
+
+        values = densities.detach().cpu().numpy()
+        negative = floors.negative_message(values, self._names)
+        if negative is not None:
+            warnings.warn(negative, UserWarning, stacklevel=4)
+        self.background = None
+        if background is None and (self._from_grid or self.grid.periodic):
+            return densities  # torchmf's own densities, or a torus that a population may fill evenly
+        if background is None:
+            floor = floors.check_floor(values, self.grid.dim, self._names)
+            if floor is not None and strict:
+                raise ValueError(floor)
+            if floor is not None:
+                warnings.warn(floor, UserWarning, stacklevel=4)
+            return densities
+        removed, self.background = floors.remove_background(values, self.grid.dim, background)
+        return torch.from_numpy(removed).to(densities)
+
+    def blurred(self, sigma: float) -> "GridObservations":
+        """These images convolved with a Gaussian of standard deviation ``sigma`` (free space: mass
+        within ``3 sigma`` of the window's edge partly leaves it). Images of blur ``s`` become images of
+        blur ``sqrt(s^2 + sigma^2)``: what makes them match a nudging bandwidth wider than their blur."""
+        from ..grid import GridConvolution
+        from ..kernels import GaussianKernel
+
+        sigma = check_positive("sigma", sigma)
+        smoothing = GridConvolution(self.grid, GaussianKernel(sigma, self.grid.dim).value)
+        blurred = smoothing(self.densities * self.grid.cell_volume).squeeze(-1)
+        copy = object.__new__(GridObservations)
+        copy.__dict__.update(self.__dict__)
+        copy.densities = blurred
+        return copy
+
     def masses(self) -> torch.Tensor:
         """Mass :math:`\\sum_j \\rho_j h^d` of every image: ``(M, L)``."""
         return self.densities.flatten(2).sum(-1) * self.grid.cell_volume
@@ -273,8 +335,8 @@ class GridObservations(_Observations):
                 warnings.warn(f"densities: {int(far.sum())} of {masses.numel()} images have a mass "
                               f"(sum of values x pixel area {self.grid.cell_volume:.3g}) far from 1 "
                               f"(range {float(masses.min()):.4g}..{float(masses.max()):.4g}); the nudging compares "
-                              f"them with a probability density: pass normalize=True (or the fraction of the "
-                              f"population in the field of view)", UserWarning, stacklevel=3)
+                              f"them with a probability density: pass {self._normalize_advice()}",
+                              UserWarning, stacklevel=3)
             return densities
         target = 1.0 if normalize is True else check_positive("normalize", normalize)
         if target > 1:
@@ -282,6 +344,12 @@ class GridObservations(_Observations):
         if not bool((masses > 0).all()):
             raise ValueError("normalize: an image has zero or negative total mass; it cannot be normalized")
         return densities * (target / masses).reshape(*masses.shape, *([1] * self.grid.dim))
+
+    def _normalize_advice(self) -> str:
+        name = (self._names or {}).get("normalize")
+        if name is not None:  # the command line's flag
+            return f"{name} (each image scaled to mass 1)"
+        return "normalize=True (or the fraction of the population in the field of view)"
 
     @property
     def dim(self) -> int:
@@ -346,18 +414,37 @@ def density_observations(trajectories: Trajectories, grid: Grid, bandwidth: floa
                             seed=seed)
 
 
-def initial_particles(observations, count: int, seed: int):
+def initial_particles(observations, count: int, seed: int, above_noise: bool = False):
     """``(1, count, d)`` particles drawn from the first observation: resampled observed particles, or
-    pixels drawn with probability proportional to their value and placed uniformly inside the pixel."""
+    pixels drawn with probability proportional to their value and placed uniformly inside the pixel
+    (the part of it inside the grid of pixel centres, where the nudging computes).
+
+    ``above_noise``: for an image whose background was subtracted (its noise about 0 leaves negative
+    and small positive pixels everywhere): only pixels above the noise, more than 3 noise spreads
+    (sigma-clipped, :func:`torchmf.data.background.estimate_background`) over the empty level, are
+    drawn from; without it a negative pixel is refused."""
     generator = torch.Generator().manual_seed(seed)
     points, weights = observations.sources(0)
     points, weights = points[0].double().cpu(), weights[0].double().cpu()
+    if above_noise:
+        from .background import estimate_background
+
+        empty = estimate_background(weights.numpy()[None], 1)  # one frame of flattened pixels
+        weights = torch.where(weights > float(empty.levels[0]) + 3 * float(empty.noise[0]), weights, 0.0)
+        if not bool((weights > 0).any()):
+            raise ValueError("--observations: the first image holds no pixel above its noise; cannot draw particles "
+                             "from it (pass --initial FILE)")
     if bool((weights < 0).any()):
         raise ValueError("--observations: the first image has negative values; cannot draw particles from it "
                          "(pass --initial FILE)")
     chosen = torch.multinomial(weights, count, replacement=True, generator=generator)
     start = points[chosen]
     if isinstance(observations, GridObservations):
-        spacing = torch.tensor(observations.grid.spacing, dtype=torch.float64)
-        start = start + (torch.rand(start.shape, generator=generator, dtype=torch.float64) - 0.5) * spacing
+        grid = observations.grid
+        half = 0.5 * torch.tensor(grid.spacing, dtype=torch.float64)
+        low, high = start - half, start + half
+        if not grid.periodic:  # edge pixels: their inner half only
+            low = torch.maximum(low, torch.tensor(grid.lower, dtype=torch.float64))
+            high = torch.minimum(high, torch.tensor(grid.upper, dtype=torch.float64))
+        start = low + torch.rand(start.shape, generator=generator, dtype=torch.float64) * (high - low)
     return start.unsqueeze(0)

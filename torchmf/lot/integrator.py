@@ -34,7 +34,9 @@ class AdaptiveStep:
     :math:`W_2 \le \tfrac{H^2}{2} M`: :math:`H = \sqrt{2\,\text{tolerance}/\hat M}`, clipped to
     ``[min_step, max_step]`` and to ``growth`` times the previous step. :math:`\hat M` is the
     change of the LOT speed :math:`\|v\|_{L^2(\mu)}` between consecutive large steps per unit
-    time, or before the second step, the RMS of the window's second-derivative estimate."""
+    time, or before the second step, the RMS of the window's second-derivative estimate. A step that
+    applies a velocity is also capped at ``error_fraction * floor / standard_error`` of the
+    integrator (its noise may not carry it past the sampling floor)."""
 
     tolerance: float
     min_step: float
@@ -62,7 +64,11 @@ class ProjectiveRun:
     ``times (L,)`` and ``positions (L, N, d)`` at every recorded stage, ``stages`` (one label per
     record: ``initial``, ``micro``, ``start-up``, ``window``, ``centre``, ``euler``, ``burn-in``,
     ``recovery``), ``micro_steps`` taken, ``control_steps`` a plain run needs for the same time,
-    ``large_steps`` (one dict per Euler step: ``t0``, ``H``, ``speed``, ``curvature``),
+    ``large_steps`` (one dict per large step: ``t0`` (the window's centre), ``H``, ``k`` (the half
+    window used), ``speed``, ``curvature``, ``action`` (``jump``, ``hold`` or ``simulate``) and, for the
+    regression estimator, ``standard_error``, ``relative_error``, ``bandwidth``, ``floor_estimate``,
+    ``predicted_displacement`` (H x speed), ``predicted_velocity_error`` (H x standard error) and
+    ``predicted_w2_gain`` over standing still),
     ``dt``, ``cycle_micro_steps`` / ``cycle_steps_equivalent`` (per cycle, for the cycle ratio).
     """
 
@@ -287,8 +293,10 @@ class ProjectiveIntegrator:
             elapsed = centre_clock * dt - last["t0"]
             curvature = abs(speed - last["speed"]) / elapsed
         length = self.adaptive.next_step(previous_steps * dt, curvature) if large_steps else self.step
-        if window.estimate is not None and window.estimate.standard_error > 0 and window.floor == window.floor:
-            # the velocity's own error may not carry the step further than the floor allows
+        if window.estimate is not None and window.estimate.significant and window.estimate.standard_error > 0 \
+                and window.floor == window.floor:
+            # a velocity that will be applied may not carry its own error further than the floor allows (a held
+            # step is bounded by the curvature rule alone: the law is not seen to move)
             length = min(length, self.error_fraction * window.floor / window.estimate.standard_error)
         steps = min(max(int(round(length / dt)), plan["min_step"]), plan["max_step"])
         # never step past the final recovery; stretch the last step rather than leave a sliver

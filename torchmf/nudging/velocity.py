@@ -231,7 +231,8 @@ class TransportVelocity(nn.Module):
             lower, upper = points.new_tensor(grid.lower), points.new_tensor(grid.upper)
             count = int(((points < lower) | (points > upper)).any(-1).sum())
             raise ValueError(f"{name}: {count} {what} lie outside the nudging grid lower={list(grid.lower)}, "
-                             f"upper={list(grid.upper)}; pass a wider grid (nothing is clipped)")
+                             f"upper={list(grid.upper)}; pass a wider grid (grid= or margin=; for images that see only "
+                             f"their window, field_of_view=True; nothing is clipped)")
 
 
 class _ValueAndGradient:
