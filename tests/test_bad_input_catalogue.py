@@ -372,6 +372,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_leaves_nothing(name, argv, fragmen
     assert not (tmp_path / "pwned").exists() and not (files / "pwned").exists()
     if "1e10" in name or "huge" in name:
         assert seconds < 1.0, (name, seconds)  # refused up front, not after allocating
+    _record(name, lines[0])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -542,6 +543,7 @@ def test_api_bad_input_raises_a_named_error(name, call, error, fragment, files, 
     assert after == [n for n in before if n != "evil.pt"]  # no temporary files left
     if "huge" in name or "1e10" in name or "^2" in name or "^3" in name:
         assert seconds < 1.0, (name, seconds)
+    _record(name, message)
 
 
 def test_catalogue_has_at_least_200_cases():
@@ -742,5 +744,387 @@ def test_train_cli_bad_input_is_one_line_exit_2(name, options, fragment, tmp_pat
     assert code == 2, (name, err[-2000:])
     assert "Traceback" not in err
     assert len(errors) == 1 and fragment in errors[0], (name, errors)
+    _record(name, errors[0])
     assert not marker.exists()
     assert not [p for p in tmp_path.rglob("*.ckpt") if p.name != "last.ckpt"]  # no checkpoint was written
+
+
+# ===================================================================================================
+# issue 25: own-data tables and files, output paths, recipes and checkpoints naming code
+# ===================================================================================================
+# every message names the file and, for a table, the column and the row (rows counted from 1 after
+# the header, with the file line); a table's entry points: three API readers and three commands
+_GOOD_ROWS = "1,0,0.5,0.1\n2,0,0.7,0.2\n1,1,0.6,0.1\n2,1,0.8,0.3\n"
+_HEADER = "particle,frame,x,y\n"
+_HUGE_FIELD = "1,1,\"" + "9" * 140_000 + "\n"  # an unclosed quote swallows the rest: over csv's field limit
+
+#: (file name, content, fragments the one line must hold besides the file name)
+BAD_TABLES = [
+    ("text_x.csv", _HEADER + "1,0,0.5,0.1\n1,1,abc,0.2\n", ["'x'", "row 2 (line 3)", "'abc'"]),
+    ("text_y.csv", _HEADER + _GOOD_ROWS + "3,0,0.1,north\n", ["'y'", "row 5 (line 6)", "'north'"]),
+    ("plus_inf.csv", _HEADER + _GOOD_ROWS + "3,0,inf,0.2\n", ["'x'", "row 5", "infinite"]),
+    ("minus_inf.csv", _HEADER + "1,0,0.5,-inf\n" + _GOOD_ROWS, ["'y'", "row 1 (line 2)", "infinite"]),
+    ("infinity_word.csv", _HEADER + "1,0,Infinity,0.1\n" + _GOOD_ROWS, ["'x'", "row 1", "infinite"]),
+    ("overflow.csv", _HEADER + "1,0,1e999,0.1\n" + _GOOD_ROWS, ["'x'", "row 1", "infinite"]),
+    ("minus_overflow.csv", _HEADER + _GOOD_ROWS + "3,1,0.1,-1e999\n", ["'y'", "row 5", "infinite"]),
+    ("hex_value.csv", _HEADER + "1,0,0x1F,0.1\n" + _GOOD_ROWS, ["'x'", "row 1", "'0x1F'"]),
+    ("comma_decimal.csv", "particle;frame;x;y\n1;0;0,5;0,1\n2;0;0,7;0,2\n", ["'x'", "row 1", "'0,5'"]),
+    ("text_frame.csv", _HEADER + "1,zero,0.5,0.1\n" + _GOOD_ROWS, ["'frame'", "row 1", "'zero'"]),
+    ("empty_frame.csv", _HEADER + _GOOD_ROWS + "3,,0.5,0.1\n", ["'frame'", "row 5", "empty"]),
+    ("nan_frame.csv", _HEADER + _GOOD_ROWS + "3,nan,0.5,0.1\n", ["'frame'", "row 5", "NaN"]),
+    ("inf_frame.csv", _HEADER + _GOOD_ROWS + "3,inf,0.5,0.1\n", ["'frame'", "row 5", "infinite"]),
+    ("empty_id.csv", _HEADER + _GOOD_ROWS + ",1,0.5,0.1\n", ["'particle'", "row 5", "empty"]),
+    ("extra_field.csv", _HEADER + "1,0,0.5,0.1\n1,1,0.6,0.2,9\n", ["line 3", "5 fields", "header has 4"]),
+    ("missing_field.csv", _HEADER + _GOOD_ROWS + "3,1,0.6\n", ["line 6", "3 fields", "header has 4"]),
+    ("header_only.csv", _HEADER, ["header row and at least one data row"]),
+    ("empty.csv", "", ["header row and at least one data row"]),
+    ("comments_only.csv", "# exported by a tracker\n# nothing tracked\n", ["header row and at least one data row"]),
+    ("huge_field.csv", _HEADER + "1,0,0.5,0.1\n" + _HUGE_FIELD, ["line 3", "131072 characters"]),
+    ("latin1.csv", _HEADER.encode() + "1,0,0.5,0.1\n1,1,0.6,\xb0\n".encode("latin-1"), ["not UTF-8", "0xb0"]),
+    ("binary.csv", b"\x89PNG\r\n\x1a\n" + bytes(range(256)), ["not UTF-8"]),
+    ("repeated_pair.csv", _HEADER + _GOOD_ROWS + "2,1,0.9,0.3\n", ["row 4 (line 5)", "row 5 (line 6)", "same"]),
+    ("repeated_column.csv", "particle,frame,x,x\n1,0,0.5,0.1\n", ["['x']", "more than once"]),
+    ("empty_column_name.csv", "particle,frame,x,\n1,0,0.5,0.1\n", ["empty column name"]),
+    ("no_id_column.csv", "track,frame,x,y\n1,0,0.5,0.1\n", ["'particle'", "columns found", "track"]),
+    ("no_frame_column.csv", "particle,t,x,y\n1,0,0.5,0.1\n", ["'frame'", "columns found"]),
+    ("no_coordinates.csv", "particle,frame,u,v\n1,0,0.5,0.1\n", ["x/y/z", "columns found"]),
+]
+_TABLE_NAMES = [name for name, _, _ in BAD_TABLES]
+
+
+def _write_tables(root: Path) -> None:
+    for name, content, _ in BAD_TABLES:
+        (root / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    (root / "folder.csv").mkdir()
+    (root / "recipe_folder.yaml").mkdir()
+    header = json.dumps({"format": "torchmf.trajectories", "version": 1, "meta": {}})
+    positions = np.zeros((1, 3, 4, 2))
+    for name, value in (("plus_inf", INF), ("minus_inf", -INF)):
+        infinite = positions.copy()
+        infinite[0, 1, 2, 0] = value
+        _npz(root / f"{name}_positions.npz", header=np.array(header), positions=infinite, times=np.arange(3.0))
+        with h5py.File(root / f"{name}_positions.h5", "w") as handle:
+            handle.attrs["header"] = header
+            handle["positions"] = infinite
+            handle["times"] = np.arange(3.0)
+    with h5py.File(root / "extras_dataset.h5", "w") as handle:  # extras/NAME expected, a dataset given
+        handle.attrs["header"] = header
+        handle["positions"], handle["times"] = positions, np.arange(3.0)
+        handle["extras"] = np.zeros((1, 3, 4, 1))
+    with h5py.File(root / "extras_text.h5", "w") as handle:
+        handle.attrs["header"] = header
+        handle["positions"], handle["times"] = positions, np.arange(3.0)
+        handle["extras"] = np.array([b"velocity"])
+    with h5py.File(root / "extras_nested.h5", "w") as handle:  # a group inside extras instead of a dataset
+        handle.attrs["header"] = header
+        handle["positions"], handle["times"] = positions, np.arange(3.0)
+        handle.create_group("extras/velocity")
+    with h5py.File(root / "extras_strings.h5", "w") as handle:
+        handle.attrs["header"] = header
+        handle["positions"], handle["times"] = positions, np.arange(3.0)
+        handle["extras/label"] = np.array([b"a", b"b"])
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tables")
+    _write_tables(root)
+    return root
+
+
+#: (file name, fragments) of particle files (not tables) that are refused
+BAD_PARTICLE_FILES = [
+    ("plus_inf_positions.npz", ["'positions'", "+-inf", "[0, 1, 2, 0]"]),
+    ("minus_inf_positions.npz", ["'positions'", "+-inf"]),
+    ("plus_inf_positions.h5", ["'positions'", "+-inf"]),
+    ("minus_inf_positions.h5", ["'positions'", "+-inf", "NaN"]),
+    ("extras_dataset.h5", ["'extras' is a Dataset", "group"]),
+    ("extras_text.h5", ["'extras'", "expected"]),
+    ("extras_nested.h5", ["'velocity' is a Group"]),
+    ("extras_strings.h5", ["'label'", "expected numbers"]),
+    ("folder.csv", ["folder"]),
+    ("absent.csv", ["absent.csv"]),
+]
+
+
+def _table_api(reader: str):
+    from torchmf.data import read_observations, read_particle_data
+
+    calls = {"Trajectories.from_tracks": lambda path: Trajectories.from_tracks(path),
+             "read_particle_data": lambda path: read_particle_data(path),
+             "read_observations": lambda path: read_observations(path, frame_dt=0.1)}
+    return calls[reader]
+
+
+_TABLE_READERS = ["Trajectories.from_tracks", "read_particle_data", "read_observations"]
+TABLE_API_CASES = [(f"{reader} {name}", reader, name, fragments)
+                   for reader in _TABLE_READERS for name, _, fragments in BAD_TABLES] + \
+    [(f"{reader} {name}", reader, name, fragments) for reader in _TABLE_READERS
+     for name, fragments in BAD_PARTICLE_FILES if not (reader == "Trajectories.from_tracks" and "." in name
+                                                       and not name.endswith(".csv"))] + \
+    [(f"Trajectories.load {name}", "Trajectories.load", name, fragments)
+     for name, fragments in BAD_PARTICLE_FILES if not name.endswith(".csv")]
+
+
+@pytest.mark.parametrize("name, reader, file_name, fragments", TABLE_API_CASES, ids=[c[0] for c in TABLE_API_CASES])
+def test_table_and_file_readers_name_the_file_column_and_row(name, reader, file_name, fragments, tables):
+    call = (lambda path: Trajectories.load(path)) if reader == "Trajectories.load" else _table_api(reader)
+    with pytest.raises((ValueError, TypeError, OSError)) as caught:
+        call(tables / file_name)
+    message = _os_or_plain(caught.value)
+    assert "\n" not in message.strip(), (name, message)
+    assert file_name in message, (name, message)
+    for fragment in fragments:
+        assert fragment in message, (name, fragment, message)
+    _record(name, message)
+
+
+def _os_or_plain(error: BaseException) -> str:
+    from torchmf._errors import user_message
+
+    return user_message(error) if isinstance(error, OSError) else str(error)
+
+
+def _record(name: str, message: str) -> None:
+    """Append the case's message to $TORCHMF_CATALOGUE_LOG (JSON lines) to read every message at once."""
+    log = os.environ.get("TORCHMF_CATALOGUE_LOG")
+    if log:
+        with open(log, "a") as handle:
+            handle.write(json.dumps({"case": name, "message": message}) + "\n")
+
+
+#: a slow series (time, x): (file name, content, fragments)
+BAD_SERIES = [
+    ("series_text.csv", "time,x\n0,0.1\n0.1,abc\n0.2,0.3\n", ["'x'", "row 2 (line 3)", "'abc'"]),
+    ("series_inf.csv", "time,x\n0,0.1\n0.1,inf\n0.2,0.3\n", ["'x'", "row 2", "infinite"]),
+    ("series_minus_inf.csv", "time,x\n0,-inf\n0.1,0.2\n0.2,0.3\n", ["'x'", "row 1", "infinite"]),
+    ("series_empty_value.csv", "time,x\n0,0.1\n0.1,\n0.2,0.3\n", ["'x'", "row 2", "empty"]),
+    ("series_nan_value.csv", "time,x\n0,0.1\n0.1,NaN\n0.2,0.3\n", ["'x'", "row 2", "NaN"]),
+    ("series_text_time.csv", "time,x\n0,0.1\nlater,0.2\n0.2,0.3\n", ["'time'", "row 2", "'later'"]),
+    ("series_inf_time.csv", "time,x\n0,0.1\n0.1,0.2\ninf,0.3\n", ["'time'", "row 3", "infinite"]),
+    ("series_empty_time.csv", "time,x\n0,0.1\n,0.2\n0.2,0.3\n", ["'time'", "row 2", "empty"]),
+    ("series_ragged.csv", "time,x\n0,0.1\n0.1,0.2,7\n", ["line 3", "3 fields"]),
+    ("series_huge.csv", "time,x\n0,0.1\n0.1,\"" + "1" * 140_000 + "\n", ["line 3", "131072"]),
+    ("series_latin1.csv", b"time,x\n0,0.1\n0.1,\xe90\n", ["not UTF-8"]),
+    ("series_no_time.csv", "t,x\n0,0.1\n0.1,0.2\n", ["time", "'t'"]),
+    ("series_header_only.csv", "time,x\n", ["header row"]),
+    ("series_decreasing.csv", "time,x\n0,0.1\n0.2,0.2\n0.1,0.3\n", ["strictly increasing", "time point 3 (0.1)"]),
+    ("series_repeated_time.csv", "time,x\n0,0.1\n0.1,0.2\n0.1,0.3\n", ["strictly increasing", "time point 3"]),
+    ("series_repeated_column.csv", "time,x,x\n0,0.1,0.2\n0.1,0.2,0.3\n", ["['x']", "more than once"]),
+]
+
+
+@pytest.mark.parametrize("file_name, content, fragments", BAD_SERIES, ids=[c[0] for c in BAD_SERIES])
+def test_series_reader_names_the_file_column_and_row(file_name, content, fragments, tmp_path):
+    from torchmf.data import read_series
+
+    path = tmp_path / file_name
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError) as caught:
+        read_series(path)
+    message = str(caught.value)
+    assert "\n" not in message.strip() and file_name in message, message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    _record(f"read_series {file_name}", message)
+
+
+def _frame_dt(path: str):  # a table counts frames: its time step is given; a particle file has its times
+    return ["--frame-dt", "0.1"] if path.endswith(".csv") else []
+
+
+_COMMANDS = {
+    "identify": lambda path: ["identify", path, *_frame_dt(path)],
+    "nudge": lambda path: ["nudge", "--observations", path, "--model", "ou_linear", *_frame_dt(path), "--out",
+                           "nudge_out", "--no-progress"],
+    "lot": lambda path: ["lot", "--snapshots", path, "--horizon", "1", *_frame_dt(path), "-o", "forecast.npz",
+                         "--no-progress"],
+}
+TABLE_CLI_CASES = [(f"{command} {name}", _COMMANDS[command]("{T}/" + name), [name] + fragments)
+                   for command in _COMMANDS for name, _, fragments in BAD_TABLES] + \
+    [(f"{command} {name}", _COMMANDS[command]("{T}/" + name), [name] + fragments)
+     for command in _COMMANDS for name, fragments in BAD_PARTICLE_FILES] + [
+    # outputs the user named, reported under that name (never the hidden temporary's)
+    ("simulate -o under /proc", ["simulate", "ou_linear", "--particles", "20", "--t-end", "0.1", "--no-progress",
+                                 "-o", "/proc/x.h5"], ["'/proc/x.h5'"]),
+    ("simulate -o under /sys", ["simulate", "ou_linear", "--particles", "20", "--t-end", "0.1", "--no-progress",
+                                "-o", "/sys/x.npz"], ["'/sys/x.npz'"]),
+    ("simulate -o in a folder under /proc", ["simulate", "ou_linear", "--particles", "20", "--t-end", "0.1",
+                                             "--no-progress", "-o", "/proc/runs/x.h5"],
+     ["'/proc/runs/x.h5'", "cannot create its folder '/proc/runs'"]),
+    ("recipe is a folder", ["simulate", "{T}/recipe_folder.yaml", "-o", "out.h5", "--no-progress"],
+     ["recipe_folder.yaml", "folder"]),
+    ("recipe is a missing file", ["simulate", "{T}/absent_recipe.yaml", "-o", "out.h5"],
+     ["absent_recipe.yaml", "does not exist"]),
+]
+
+
+@pytest.mark.parametrize("name, argv, fragments", TABLE_CLI_CASES, ids=[c[0] for c in TABLE_CLI_CASES])
+def test_cli_reading_a_bad_table_or_file_is_one_located_line(name, argv, fragments, files, tables, tmp_path,
+                                                             monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    argv = [a.replace("{T}", str(tables)).replace("{F}", str(files)) for a in argv]
+    before = sorted(p.name for p in tables.iterdir())
+    try:
+        code = torchmf_main(argv)
+    except SystemExit as exit_request:
+        code = exit_request.code
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert code == 2, (name, code, captured.err[-2000:])
+    assert "Traceback" not in captured.err and len(lines) == 1, (name, lines)
+    for fragment in fragments:
+        assert fragment in lines[0], (name, fragment, lines[0])
+    assert not re.search(r"/\.[^/\s']+\.(\d+\.|tmp)", lines[0]), lines[0]  # never a hidden temporary file
+    assert list(tmp_path.iterdir()) == [], (name, list(tmp_path.iterdir()))
+    assert sorted(p.name for p in tables.iterdir()) == before
+    _record(name, lines[0])
+
+
+# -- readings that used to be silently wrong: each is read exactly as written --------------------------------
+def _ids(rows: str, **options) -> int:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "ids.csv"
+        path.write_text("particle,frame,x\n" + rows)
+        return Trajectories.from_tracks(path, **options).n_particles
+
+
+SILENT_CASES = [
+    ("ids 2^53 and 2^53+1 stay apart", lambda: _ids("9007199254740992,0,1\n9007199254740993,0,2\n"), 2),
+    ("ids 2^63-1 and 2^63-2 stay apart", lambda: _ids("9223372036854775807,0,1\n9223372036854775806,0,2\n"), 2),
+    ("ids beyond int64 stay apart", lambda: _ids("18446744073709551617,0,1\n18446744073709551616,0,2\n"), 2),
+    ("negative ids stay apart", lambda: _ids("-9007199254740993,0,1\n-9007199254740992,0,2\n"), 2),
+    ("7, 07 and +7 are one particle", lambda: _ids("7,0,1\n07,1,2\n+7,2,3\n"), 1),
+    ("text ids 1.0 and 1 are two labels", lambda: _ids("1.0,0,1\n1,0,2\n"), 2),
+    ("text ids keep case", lambda: _ids("cell_a,0,1\ncell_A,0,2\n"), 2),
+    ("int64 ids in a dict stay apart", lambda: Trajectories.from_tracks(
+        {"particle": np.array([2 ** 53, 2 ** 53 + 1], dtype=np.int64), "frame": np.zeros(2), "x": np.ones(2)}
+    ).n_particles, 2),
+    ("uint64 ids beyond int64 stay apart", lambda: Trajectories.from_tracks(
+        {"particle": np.array([2 ** 64 - 1, 2 ** 64 - 2], dtype=np.uint64), "frame": np.zeros(2), "x": np.ones(2)}
+    ).n_particles, 2),
+    ("NaN coordinate is a particle not seen", lambda: int(Trajectories.from_tracks(
+        {"particle": np.array([1, 2]), "frame": np.zeros(2), "x": np.array([1.0, NAN])}).counts().sum()), 1),
+    ("inf coordinate in a dict is refused, not lost", lambda: _raises(lambda: Trajectories.from_tracks(
+        {"particle": np.array([1, 2]), "frame": np.zeros(2), "x": np.array([1.0, INF])})), "infinite"),
+    ("inf positions in from_arrays are refused, not lost", lambda: _raises(lambda: Trajectories.from_arrays(
+        np.array([[[[1.0], [INF]]]]), [0.0])), "+-inf"),
+    ("byte-order mark does not rename the id column", lambda: _bom_ids(), 2),
+]
+
+
+def _raises(call) -> str:
+    try:
+        call()
+    except ValueError as error:
+        return "infinite" if "infinite" in str(error) else ("+-inf" if "+-inf" in str(error) else str(error))
+    return "no error"
+
+
+def _bom_ids() -> int:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bom.csv"
+        path.write_bytes("\ufeffparticle,frame,x\n1,0,1\n2,0,2\n".encode("utf-8"))
+        return Trajectories.from_tracks(path).n_particles
+
+
+@pytest.mark.parametrize("name, call, expected", SILENT_CASES, ids=[c[0] for c in SILENT_CASES])
+def test_readings_that_were_silently_wrong_are_exact(name, call, expected):
+    assert call() == expected
+
+
+# -- checkpoints that name code: every train subcommand, nothing imported ------------------------------------
+_CRAFTED = {
+    "model class of the same last name": lambda m: {"_class_path": f"{m}.AveragedDynamicsModule"},
+    "model class in a subpackage": lambda m: {"_class_path": f"{m}.inner.AveragedDynamicsModule"},
+    "neural module of another path": lambda m: {"_class_path": f"{m}.trainers.averaged.AveragedDynamicsModule"},
+    "system class_path": lambda m: {"_class_path": "trainers.AveragedDynamicsModule",
+                                    "system": {"class_path": f"{m}.Sys", "init_args": {}}},
+    "system dotted name": lambda m: {"_class_path": "trainers.averaged.AveragedDynamicsModule", "system": f"{m}.Sys"},
+    "instantiator": lambda m: {"_class_path": "trainers.AveragedDynamicsModule", "_instantiator": f"{m}.make",
+                               "hidden": f"{m}.Hidden"},
+}
+CHECKPOINT_CASES = [(f"{subcommand} {case}", subcommand, case) for subcommand in ("fit", "validate", "test", "predict")
+                    for case in _CRAFTED]
+
+
+@pytest.mark.parametrize("name, subcommand, case", CHECKPOINT_CASES, ids=[c[0] for c in CHECKPOINT_CASES])
+def test_a_checkpoint_naming_code_imports_nothing(name, subcommand, case, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("lightning")
+    from trainers.cli import main as train_main
+
+    module = f"marker_{abs(hash(name)) % 10 ** 10}_{os.getpid()}"
+    marker = tmp_path / "imported"
+    (tmp_path / f"{module}.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    _rebind_log_handlers()
+    checkpoint = tmp_path / "crafted.ckpt"
+    torch.save({"hyper_parameters": _CRAFTED[case](module), "state_dict": {}}, checkpoint)
+    config = Path(__file__).resolve().parents[1] / "trainers" / "configs" / "fastslow_cubic_neural.yaml"
+    code = train_main([subcommand, "-c", str(config), "--ckpt_path", str(checkpoint)])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("torchmf-train: error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1, (name, err[-2000:])
+    assert "nothing was imported" in errors[0] and module in errors[0], errors[0]
+    assert not marker.exists() and module not in sys.modules
+    _record(name, errors[0])
+
+
+# -- torchmf-train: the user's data and class_path modules, one line each ------------------------------------
+TRAIN_INPUT_CASES = [
+    # (id, options with {D} = the case's folder, files to write there {name: text}, fragments)
+    ("data path a series with text", ["--data.init_args.path", "{D}/s.csv"], {"s.csv": "time,x\n0,1\n0.1,abc\n"},
+     ["s.csv", "'x'", "row 2"]),
+    ("data path a series with inf", ["--data.init_args.path", "{D}/s.csv"], {"s.csv": "time,x\n0,1\n0.1,-inf\n"},
+     ["s.csv", "'x'", "infinite"]),
+    ("data path a series with a huge field", ["--data.init_args.path", "{D}/s.csv"],
+     {"s.csv": "time,x\n0,1\n0.1,\"" + "2" * 140_000 + "\n"}, ["s.csv", "131072"]),
+    ("data path is a folder", ["--data.init_args.path", "{D}"], {}, ["folder"]),
+    ("data recipe is a folder", ["--data.init_args.recipe", "{D}"], {}, ["folder"]),
+    ("model class_path module fails to import", ["--model", "broken_model_25.Model"],
+     {"broken_model_25.py": "import no_such_package_25\n"}, ["broken_model_25.Model", "no_such_package_25"]),
+    ("system class_path module fails to import", ["--model.init_args.system", "broken_system_25.System"],
+     {"broken_system_25.py": "import no_such_package_25\n"}, ["broken_system_25.System", "no_such_package_25"]),
+    ("system class_path module has a syntax error", ["--model.init_args.system", "syntax_system_25.System"],
+     {"syntax_system_25.py": "def broken(:\n"}, ["syntax_system_25", "SyntaxError"]),
+    ("system class_path module raises", ["--model.init_args.system", "raising_system_25.System"],
+     {"raising_system_25.py": "raise RuntimeError('cannot start')\n"}, ["raising_system_25", "cannot start"]),
+    ("system class_path class missing", ["--model.init_args.system", "empty_system_25.System"],
+     {"empty_system_25.py": "X = 1\n"}, ["empty_system_25", "no class 'System'"]),
+]
+
+
+@pytest.mark.parametrize("name, options, written, fragments", TRAIN_INPUT_CASES, ids=[c[0] for c in TRAIN_INPUT_CASES])
+def test_train_cli_user_data_and_modules_are_one_line(name, options, written, fragments, tmp_path, monkeypatch,
+                                                      capsys):
+    pytest.importorskip("lightning")
+    from trainers.cli import main as train_main
+
+    folder = tmp_path / "case"
+    folder.mkdir()
+    for file_name, text in written.items():
+        (folder / file_name).write_text(text)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.chdir(tmp_path)
+    _rebind_log_handlers()
+    config = Path(__file__).resolve().parents[1] / "trainers" / "configs" / "fastslow_cubic_neural.yaml"
+    options = [option.replace("{D}", str(folder)) for option in options]
+    code = train_main(["fit", "-c", str(config), "--trainer.max_steps", "1"] + options)
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("torchmf-train: error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1, (name, err[-2000:])
+    for fragment in fragments:
+        assert fragment in errors[0], (name, fragment, errors[0])
+    _record(name, errors[0])
+
+
+def test_catalogue_counts_at_least_480_cases():
+    old = len(CLI_CASES) + len(API_CASES) + len(TRAIN_CASES)
+    new = len(TABLE_API_CASES) + len(BAD_SERIES) + len(TABLE_CLI_CASES) + len(SILENT_CASES) + len(CHECKPOINT_CASES) \
+        + len(TRAIN_INPUT_CASES)
+    assert old + new >= 480, (old, new)

@@ -91,7 +91,7 @@ def test_fit_writes_best_and_last_checkpoints_csv_and_tensorboard(fitted):
     assert any(row.get("val_nll") for row in rows) and any(row.get("val_drift_error") for row in rows)
     assert list((fitted / "run" / "tensorboard").rglob("events.out.tfevents*"))
     state = torch.load(fitted / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert state["global_step"] == 12 and state["torchmf_module_class"] == "AveragedDynamicsModule"
+    assert state["global_step"] == 12 and state["torchmf_module_class"] == "trainers.averaged.AveragedDynamicsModule"
 
 
 # -- one-line errors, exit status 2 ---------------------------------------------------------------------------

@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for module in _command_modules():
-        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.__doc__)
+        # the docstring and EPILOG (examples) keep their line breaks: example blocks stay blocks
+        sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.__doc__,
+                                    epilog=getattr(module, "EPILOG", None),
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(run=module.run)
     return parser

@@ -22,6 +22,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from ._class_path import check_allowed, named_class_paths
 from .data.files import atomic_path, write_json
 
 __all__ = ["names", "load", "info", "save", "CHECKPOINT_DIR", "BUILDERS"]
@@ -99,6 +100,10 @@ def load(name: str, device="cpu") -> torch.nn.Module:
     """Load the pretrained model ``name``: hash verified, eval mode, on ``device``."""
     manifest = info(name)
     payload = load_payload(CHECKPOINT_DIR / manifest["file"], manifest["sha256"])
+    # a payload never chooses code: an import path in its config (e.g. a user-defined system) is refused
+    # before the builder could import it; torchmf's own classes are allowed
+    for where, path in named_class_paths(payload.get("config") if isinstance(payload, dict) else None):
+        check_allowed(path, (), f"name ({where})", f"the pretrained payload {name!r}")
     model = _builder(manifest["builder"])(payload, manifest)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"builder: {manifest['builder']} returned {type(model).__name__}, expected an nn.Module")

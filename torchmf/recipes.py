@@ -9,6 +9,7 @@ A recipe (``datasets/*.yaml``) names a registered system (:func:`torchmf.systems
 """
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 import yaml
@@ -22,6 +23,8 @@ RECIPE_KEYS = {"system", "params", "particles", "experiments", "t_end", "dt", "r
 
 def load_recipe(path: Path) -> dict:
     """Read a dataset recipe (safe YAML) and check its keys."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "system: expected a recipe file (.yaml), but this is a folder", str(path))
     if not path.is_file():
         raise FileNotFoundError(f"system: recipe file {str(path)!r} does not exist")
     with open(path) as handle:

@@ -38,6 +38,10 @@ _CLASS_KEY = "torchmf_module_class"
 LIKELIHOODS = ("auto", "path", "minibatch")
 
 
+def _full_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 class _AveragedBase(LightningModule):
     model: torch.nn.Module
 
@@ -179,16 +183,19 @@ class _AveragedBase(LightningModule):
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, total, eta_min=0.05 * rate)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
-    # refuse checkpoints of another model class with a one-line error instead of a key mismatch dump
+    # refuse checkpoints of another model class with a one-line error instead of a key mismatch dump;
+    # the class is compared by its full dotted path (two classes may share their last name)
     def on_save_checkpoint(self, checkpoint):
-        checkpoint[_CLASS_KEY] = type(self).__name__
+        checkpoint[_CLASS_KEY] = _full_name(type(self))
         checkpoint["torchmf_model_config"] = getattr(self.model, "config", {})
 
     def on_load_checkpoint(self, checkpoint):
         written_by = checkpoint.get(_CLASS_KEY)
-        if written_by != type(self).__name__:
+        # checkpoints before issue 25 stored the last part only
+        expected = _full_name(type(self)) if "." in str(written_by) else type(self).__name__
+        if written_by != expected:
             raise ValueError(f"ckpt_path: the checkpoint was written by {written_by or 'another model class'}, "
-                             f"but the config trains {type(self).__name__}")
+                             f"but the config trains {_full_name(type(self))}")
 
     def export_payload(self) -> dict:
         """A ``weights_only`` payload for :mod:`torchmf.pretrained` (class name, config, state dict)."""
@@ -206,7 +213,8 @@ class AveragedDynamicsModule(_AveragedBase):
     ``slow_learning_rate_factor`` (theta and sigma, or the posterior flow, learn this many times faster);
     ``penalty_warmup`` (fraction of the steps trained on the penalty alone, see :meth:`_penalty_only`);
     ``system``: a registered fast-slow system, ``{class_path: package.module.Class, init_args: {...}}`` for
-    a user-defined one (rebuilt by import when a checkpoint loads), or None: no system for
+    a user-defined one (imported, so its code runs; a checkpoint naming it loads only when the config
+    names it too or ``--allow_class`` allows it), or None: no system for
     ``density="neural"`` (then ``dim`` gives the slow dimension, default 1, and no truth is scored),
     ``fastslow_cubic`` for the others (their structure needs one);
     ``likelihood`` (``auto``, ``path``, ``minibatch``; see the module docstring) and ``path_nodes``

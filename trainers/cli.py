@@ -2,7 +2,12 @@
 
 Every run is a YAML config under ``trainers/configs/``: ``torchmf-train fit -c trainers/configs/NAME.yaml``
 (resume with ``--ckpt_path last``; multi-process with ``--trainer.strategy ddp --trainer.devices N``).
-Models and data modules are chosen by ``class_path`` in the config (subclass mode). Bad
+Models and data modules are chosen by ``class_path`` in the config (subclass mode): a config's
+``class_path`` imports the named module, which runs its code, so run only configs you trust. A
+checkpoint never chooses code: the class comes from the config, and any other class the checkpoint
+names must be torchmf's own, named by the config, or given with ``--allow_class`` (checked by its
+full dotted path before anything is imported). Checkpoints are written atomically
+(:mod:`trainers.checkpoint_io`). Bad
 configs and user errors (unknown system, missing file, a checkpoint of another model class, a
 path with NaN or non-increasing times) print one line and exit with status 2.
 """
@@ -20,6 +25,10 @@ _SUBCOMMANDS = ("fit", "validate", "test", "predict")
 _CKPT_NAMES = ("last", "best", "hpc")
 _CHECKPOINT_LOAD_ERRORS = ("Weights only load failed", "PytorchStreamReader", "central directory", "Unpickl",
                            "pickle data was truncated", "invalid load key")
+_DESCRIPTION = ("torchmf-train: Lightning training runs from a YAML config. A config's class_path imports the "
+                "named module, which runs its code: use only configs you trust. A checkpoint (--ckpt_path) never "
+                "chooses code: its class must be the config's, and other classes it names must be torchmf's own, "
+                "named by the config or given with --allow_class.")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -33,14 +42,19 @@ def _cause(error: BaseException) -> BaseException:
 
 
 def _one_line(error: BaseException) -> str:
+    outer = str(error)  # jsonargparse names the option ("Parser key ...") outside the cause
     error = _cause(error)
     text = str(error).strip()
     if not text:
         return type(error).__name__
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    # jsonargparse nests the cause under its own header: keep the most specific line
+    # jsonargparse nests the cause under its own header: keep the most specific line, named by its key
     specific = [line for line in lines if ":" in line and not line.startswith(("Parser key", "Problem with given"))]
-    return (specific[-1] if specific else lines[0])[:500]
+    line = specific[-1] if specific else lines[0]
+    key = _PARSER_KEY.search(text) or _PARSER_KEY.search(outer)
+    if key and key.group(1).rsplit(".", 1)[-1] not in line:
+        line = f"{key.group(1)}: {line}"
+    return line[:500]
 
 
 def _cli_class():
@@ -52,6 +66,9 @@ def _cli_class():
         def add_arguments_to_parser(self, parser):
             parser.add_argument("--threads", type=Optional[int], default=None,
                                 help="torch.set_num_threads for this run (default: torch's choice)")
+            parser.add_argument("--allow_class", type=Optional[List[str]], default=None,
+                                help="full dotted paths of classes a checkpoint (--ckpt_path) may name besides "
+                                     "torchmf's own and those the config names; importing a class runs its code")
             parser.add_argument("--predictions", type=Optional[str], default=None,
                                 help="predict: file (.npz/.csv) the predictions are written to (default "
                                      "<trainer.default_root_dir>/predictions.npz)")
@@ -78,31 +95,45 @@ def _cli_class():
 
                 torch.set_num_threads(threads)
 
-        def _parse_ckpt_path(self):
-            # LightningCLI would silently switch to the checkpoint's own model class: refuse instead
+        def _set_seed(self):
+            # numpy's own message ("-1 is not in bounds") names no option
             subcommand = self.config.get("subcommand")
-            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            seed = (self.config[subcommand] if subcommand else self.config).get("seed_everything")
+            if isinstance(seed, int) and not isinstance(seed, bool) and not 0 <= seed <= 2 ** 32 - 1:
+                raise ValueError(f"seed_everything: expected true, false or an integer in [0, 4294967295], "
+                                 f"but got {seed}")
+            return super()._set_seed()
+
+        def _parse_ckpt_path(self):
+            # LightningCLI would import the class a checkpoint names and build it: the class comes from
+            # the config, and every import path in the checkpoint is checked before anything is imported
+            from trainers.checkpoint_io import read_checkpoint
+            from trainers.checkpoint_trust import checkpoint_hyperparameters
+
+            subcommand = self.config.get("subcommand")
+            if not subcommand:
+                return
+            ckpt_path = self.config[subcommand].get("ckpt_path")
             if ckpt_path is not None:
                 _check_ckpt_path(ckpt_path)
-            weights_only = self.config[subcommand].get("weights_only") if subcommand else None
-            if weights_only is False:
+            if self.config[subcommand].get("weights_only") is False:
                 raise ValueError("weights_only: a checkpoint is data, never code: expected true (the default), "
                                  "but got false")
-            if ckpt_path and Path(ckpt_path).is_file():
-                import torch
+            if not ckpt_path or not Path(ckpt_path).is_file():
+                return  # "last"/"best": Lightning restores weights only, no hyperparameters are read
+            model = self.config[subcommand].get("model")
+            model = model.as_dict() if hasattr(model, "as_dict") else dict(model or {})
+            allowed = self.config[subcommand].get("allow_class") or []
+            hyperparameters = checkpoint_hyperparameters(read_checkpoint(ckpt_path), str(ckpt_path), model, allowed)
+            if hyperparameters:  # what Lightning does, with the config's class instead of the file's
+                update = {subcommand: {"model": {"class_path": model["class_path"], "dict_kwargs": hyperparameters}}}
+                self.config = self.parser.parse_object(update, self.config)
 
-                try:
-                    checkpoint = torch.load(ckpt_path, weights_only=True, map_location="cpu")
-                except Exception as error:
-                    raise ValueError(f"ckpt_path: {ckpt_path!r} is not a readable Lightning checkpoint "
-                                     f"({type(error).__name__})") from None
-                if not isinstance(checkpoint, dict):
-                    raise ValueError(f"ckpt_path: {ckpt_path!r} is not a Lightning checkpoint (no dictionary inside)")
-                stored = str((checkpoint.get("hyper_parameters") or {}).get("_class_path", "")).rsplit(".", 1)[-1]
-                wanted = str(self.config[subcommand]["model"].get("class_path", "")).rsplit(".", 1)[-1]
-                if stored and wanted and stored != wanted:
-                    raise ValueError(f"ckpt_path: the checkpoint was written by {stored}, but the config trains {wanted}")
-            return super()._parse_ckpt_path()
+        def after_instantiate_classes(self):
+            from trainers.checkpoint_io import install_atomic_checkpoints
+
+            if getattr(self, "trainer", None) is not None:
+                install_atomic_checkpoints(self.trainer)
 
         def _run_subcommand(self, subcommand):
             # a corrupt or pickled checkpoint behind "last"/"best" is found only when Lightning
@@ -125,6 +156,30 @@ def _cli_class():
             return kwargs
 
     return TorchmfCLI
+
+
+_CLASS_PATH_PROBLEM = re.compile(r"Problem with given class_path '([^']+)':\s*(.+)")
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+
+
+def _import_failure(error: BaseException) -> Optional[str]:
+    """One line for a config ``class_path`` whose module does not import (jsonargparse wraps the
+    ``ImportError`` in several multi-line errors), or None when ``error`` is something else."""
+    chain, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        chain.append(error)
+        error = error.__cause__
+    if not any(isinstance(link, ImportError) for link in chain):
+        return None
+    text = "\n".join(str(link) for link in chain)
+    problem = _CLASS_PATH_PROBLEM.search(text)
+    key = _PARSER_KEY.search(text)
+    where = key.group(1) if key else "class_path"
+    reason = next(f"{type(link).__name__}: {link}" for link in chain if isinstance(link, ImportError))
+    named = f"the class_path {problem.group(1)!r}" if problem else "a class_path"
+    return (f"{where}: {named} does not import ({reason}); install the missing package or put the "
+            "module on PYTHONPATH")
 
 
 def _check_ckpt_path(ckpt_path) -> None:
@@ -156,7 +211,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     LightningCLI = _cli_class()
 
     no_exit = {"exit_on_error": False}
-    parser_kwargs = dict(no_exit, **{name: dict(no_exit) for name in _SUBCOMMANDS})
+    parser_kwargs = dict(no_exit, description=_DESCRIPTION,
+                         **{name: dict(no_exit, description=_DESCRIPTION) for name in _SUBCOMMANDS})
     try:
         LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
                      save_config_kwargs={"overwrite": True}, args=argv, auto_configure_optimizers=False,
@@ -168,6 +224,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     except Exception as error:
         cause = _cause(error)
+        if isinstance(cause, ImportError) or _import_failure(error) is not None:
+            print(f"torchmf-train: error: {_import_failure(error) or _one_line(cause)}", file=sys.stderr)
+            return 2
         # Lightning reports its configuration problems as RuntimeError/MisconfigurationException
         extra = (ArgumentError, MisconfigurationException, RuntimeError, pickle.UnpicklingError)
         message = user_message(cause, extra)

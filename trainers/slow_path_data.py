@@ -36,6 +36,8 @@ def resolve_file(name: str, argument: str) -> Path:
     for candidate in (path, REPOSITORY / path):
         if candidate.is_file():
             return candidate
+    if path.is_dir():  # "does not exist" would mislead: it exists, as a folder
+        raise IsADirectoryError(21, f"{argument}: expected a file, but this is a folder", name)
     raise FileNotFoundError(f"{argument}: file {name!r} does not exist")
 
 

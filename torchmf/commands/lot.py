@@ -87,6 +87,12 @@ def run(args) -> int:
         raise ValueError("system: expected a registered system name or --snapshots FILE, but got neither")
     args.k = 80 if args.k is None else args.k
     args.particles = 2000 if args.particles is None else args.particles
+    for option, value in (("--step", args.step), ("--burn-in", args.burn_in), ("--start-up", args.start_up),
+                          ("--recovery", args.recovery)):
+        # named here as the user typed them (the integrator's own messages say H, burn_in, ...)
+        if not value == value or value < 0 or (option == "--step" and value == 0):
+            raise ValueError(f"{option}: expected a {'positive' if option == '--step' else 'non-negative'} number "
+                             f"of model time units, but got {value}")
     check_output_path("--out", args.out, folder=True)
     params = parse_key_values(args.param, "--param")
     system = systems.get(args.system, **params)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, List, Union
 
 __all__ = ["atomic_path", "write_json", "write_text", "sweep_stale_temporaries", "read_hdf5_array",
-           "check_output_path", "read_plain_arrays"]
+           "check_output_path", "read_plain_arrays", "npz_problem"]
 
 PathLike = Union[str, os.PathLike]
 _ORPHAN_SECONDS = 3600.0
@@ -37,9 +37,16 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     except FileExistsError:
         raise NotADirectoryError(errno.ENOTDIR, "a parent of the output is an existing file, not a folder",
                                  str(path)) from None
+    except OSError as error:  # e.g. under /proc or a read-only folder: name the output the user gave
+        raise type(error)(error.errno or errno.EIO, f"cannot create its folder {str(path.parent)!r} "
+                          f"({error.strerror or error})", str(path)) from None
     sweep_stale_temporaries(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or ".tmp",
-                                         dir=path.parent)
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or ".tmp",
+                                             dir=path.parent)
+    except OSError as error:  # the folder refuses new files: name the user's path, not the temporary's
+        raise type(error)(error.errno or errno.EIO, f"cannot write here ({error.strerror or error})",
+                          str(path)) from None
     os.close(handle)
     temporary = Path(temporary)
     # mkstemp creates 0600 files; give the final file the usual permissions (0666 less the umask)
@@ -73,8 +80,21 @@ def check_output_path(name: str, path: PathLike, folder: bool = False) -> Path:
             if not parent.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, f"{name}: {str(parent)!r} is a file, not a folder",
                                          str(path))
+            _probe_writable(name, parent, path)
             break
     return path
+
+
+def _probe_writable(name, folder, path):
+    """Create and remove a file in ``folder``: permissions alone do not tell (root, read-only mounts, /proc)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".torchmf-probe-"):
+            pass
+    except OSError as error:
+        raise PermissionError(errno.EACCES, f"{name}: cannot write in {str(folder)!r} ({error.strerror})",
+                              str(path)) from None
 
 
 def sweep_stale_temporaries(path: PathLike) -> List[Path]:
@@ -206,7 +226,7 @@ def read_plain_arrays(path: PathLike) -> dict:
             with np.load(path, allow_pickle=False) as data:
                 return {name: data[name] for name in data.files}
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-            raise ValueError(f"path: {str(path)!r} is not a readable npz file ({type(error).__name__}: {error})") from None
+            raise ValueError(f"path: {str(path)!r} is not a readable npz file ({npz_problem(error)})") from None
     if suffix in (".h5", ".hdf5"):
         import h5py
 
@@ -219,3 +239,12 @@ def read_plain_arrays(path: PathLike) -> dict:
         except OSError as error:
             raise ValueError(f"path: {str(path)!r} is not a readable HDF5 file ({error})") from None
     raise ValueError(f"path: expected a .npz, .h5 or .hdf5 file, but got {str(path)!r}")
+
+
+def npz_problem(error: BaseException) -> str:
+    """Why numpy could not read an ``.npz`` (for "not a readable npz file (...)"), without numpy's advice
+    to load a pickle unsafely: pickled data is refused, never loaded."""
+    text = str(error)
+    if "pickled" in text or "allow_pickle" in text:
+        return "it holds pickled (object) data, which is refused: only numeric arrays are read"
+    return f"{type(error).__name__}: {text}"

@@ -41,20 +41,22 @@ def read_series(path: Union[str, os.PathLike], time: str = "time", columns: Opti
     """
     from .files import read_plain_arrays
     from .trajectories import Trajectories
-    from .tracks import read_columns
+    from .tables import numbers, read_table
 
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".tsv", ".txt"):
-        table, _ = read_columns(path)
-        if time not in table:
-            raise ValueError(f"time: column {time!r} not found in {str(path)!r}; columns are {sorted(table)}")
-        columns = [name for name in table if name != time] if columns is None else list(columns)
-        missing = [name for name in columns if name not in table]
+        table = read_table(path, "path")
+        if time not in table.columns:
+            raise ValueError(f"time: column {time!r} not found in {str(path)!r}; columns are {sorted(table.columns)}")
+        columns = [name for name in table.columns if name != time] if columns is None else list(columns)
+        missing = [name for name in columns if name not in table.columns]
         if missing or not columns:
-            raise ValueError(f"columns: {missing or 'no value column'} not found in {str(path)!r} ({sorted(table)})")
-        values = np.stack([np.asarray(table[name], dtype=np.float64) for name in columns], -1)
-        return _checked(path, values, np.asarray(table[time], dtype=np.float64), {})
+            raise ValueError(f"columns: {missing or 'no value column'} not found in {str(path)!r} "
+                             f"({sorted(table.columns)})")
+        # a slow path must be complete: every cell a finite number, the first bad one named by column and row
+        values = np.stack([numbers(table, name, "columns", missing=False) for name in columns], -1)
+        return _checked(path, values, numbers(table, time, "time", missing=False), {})
     if suffix not in (".npz", ".h5", ".hdf5"):
         raise ValueError(f"path: expected a .csv, .tsv, .txt, .npz, .h5 or .hdf5 series, but got {str(path)!r}")
     arrays = read_plain_arrays(path)
@@ -88,5 +90,7 @@ def _checked(path: Path, values: np.ndarray, times: np.ndarray, meta: dict):
     if bad:
         raise ValueError(f"path: {str(path)!r} has {bad} NaN/inf entries; a slow path must be complete")
     if not (np.diff(times) > 0).all():
-        raise ValueError(f"path: {str(path)!r}: times must be strictly increasing")
+        index = int(np.flatnonzero(np.diff(times) <= 0)[0]) + 1
+        raise ValueError(f"path: {str(path)!r}: times must be strictly increasing, but time point {index + 1} "
+                         f"({times[index]:g}) does not come after time point {index} ({times[index - 1]:g})")
     return torch.from_numpy(np.ascontiguousarray(values)), torch.from_numpy(np.ascontiguousarray(times)), dict(meta)

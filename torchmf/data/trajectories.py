@@ -133,6 +133,7 @@ class Trajectories:
         if tensor.ndim not in (3, 4):
             raise ValueError(f"positions: expected shape (M, L, N, d), (L, N, d) or (L, N), but got "
                              f"{tuple(tensor.shape)}")
+        _refuse_infinite(tensor, "positions")
         present = torch.isfinite(tensor).all(-1)
         if mask is not None:
             given = _as_bool_tensor("mask", mask)
@@ -270,11 +271,28 @@ class Trajectories:
         ``(M, L, N, d)``/``(L, N, d)`` (NaN = missing), ``times`` ``(L,)`` and optionally ``mask``
         (no code from the file is executed)."""
         arrays, meta = read_trajectory_file(path)
+        _refuse_infinite(torch.from_numpy(arrays["positions"]), f"path: {str(path)!r}: dataset 'positions'")
         extras = {k[len("extras/"):]: torch.from_numpy(v).to(device) for k, v in arrays.items() if k.startswith("extras/")}
-        if extras:
-            return cls(torch.from_numpy(arrays["positions"]).to(device), torch.from_numpy(arrays["times"]),
-                       meta, extras, None if "mask" not in arrays else torch.from_numpy(arrays["mask"]).to(device))
-        return cls.from_arrays(arrays["positions"], arrays["times"], mask=arrays.get("mask"), meta=meta, device=device)
+        try:
+            if extras:
+                return cls(torch.from_numpy(arrays["positions"]).to(device), torch.from_numpy(arrays["times"]),
+                           meta, extras, None if "mask" not in arrays else torch.from_numpy(arrays["mask"]).to(device))
+            return cls.from_arrays(arrays["positions"], arrays["times"], mask=arrays.get("mask"), meta=meta,
+                                   device=device)
+        except (ValueError, TypeError) as error:  # "times: ..." of the file's own arrays: name the file too
+            raise type(error)(f"path: {str(path)!r}: {error}") from None
+
+
+def _refuse_infinite(positions: torch.Tensor, where: str) -> None:
+    """NaN marks a lost particle; +-inf is no position (an exporter's overflow or a division by zero):
+    refused, not silently counted as lost. ``where`` starts the message (argument or file)."""
+    if not positions.is_floating_point():
+        return
+    infinite = torch.isinf(positions)
+    if bool(infinite.any()):
+        first = [int(index) for index in infinite.nonzero()[0]]
+        raise ValueError(f"{where}: {int(infinite.sum())} coordinates are +-inf (the first at index {first}); NaN "
+                         "marks a lost particle, inf is not a position: replace them with NaN or fix the export")
 
 
 def _as_float_tensor(name: str, value, dtype) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Dict, Mapping, Tuple, Union
 import numpy as np
 import torch
 
-from .files import atomic_path, read_hdf5_array
+from .files import atomic_path, npz_problem, read_hdf5_array
 
 __all__ = ["FORMAT_NAME", "FORMAT_VERSION", "write_trajectory_file", "read_trajectory_file"]
 
@@ -115,6 +115,10 @@ def _read_hdf5(path: Path):
             if "extras" in handle:
                 if not isinstance(handle.get("extras", getlink=True), h5py.HardLink):
                     raise ValueError(f"path: {str(path)!r}: 'extras' is a link to another location; refused")
+                if not isinstance(handle["extras"], h5py.Group):
+                    raise ValueError(f"path: {str(path)!r}: 'extras' is a {type(handle['extras']).__name__}, expected "
+                                     "a group of datasets extras/NAME (M, L, N, k); move the data into such a group "
+                                     "or delete 'extras'")
                 for key in handle["extras"]:
                     arrays[f"extras/{key}"] = read_hdf5_array(handle["extras"], key, path)
     except OSError as error:
@@ -135,7 +139,7 @@ def _read_npz(path: Path):
             header = str(data["header"]) if "header" in data.files else None
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
         # a truncated or foreign file: zip, zlib and numpy each raise their own type
-        raise ValueError(f"path: {str(path)!r} is not a readable npz file ({type(error).__name__}: {error})") from None
+        raise ValueError(f"path: {str(path)!r} is not a readable npz file ({npz_problem(error)})") from None
     for name, array in arrays.items():
         if array.dtype.kind not in "fiub":
             raise ValueError(f"path: {str(path)!r}: {name!r} holds {array.dtype} values, expected numbers")

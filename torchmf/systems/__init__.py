@@ -54,7 +54,22 @@ def get(name: str, **params) -> ParticleSystem:
     _discover()
     if not isinstance(name, str) or name not in _REGISTRY:
         raise ValueError(f"name: expected a system in {sorted(_REGISTRY)}, but got {name!r}")
+    accepted = _parameters(_REGISTRY[name])
+    unknown = sorted(set(params) - accepted) if accepted is not None else []
+    if unknown:
+        raise TypeError(f"params: system {name} has no parameter {', '.join(map(repr, unknown))} (expected some of "
+                        f"{sorted(accepted)}; on the command line --param KEY=VALUE)")
     try:
         return _REGISTRY[name](**params)
     except TypeError as error:
         raise TypeError(f"params: {name}: {error}") from None
+
+
+def _parameters(cls):
+    """The keyword names ``cls(...)`` accepts, or None when it takes any (``**kwargs``)."""
+    import inspect
+
+    signature = inspect.signature(cls.__init__)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return None
+    return {p.name for p in signature.parameters.values() if p.name != "self"}

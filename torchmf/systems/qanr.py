@@ -40,7 +40,11 @@ def qanr_mean_field_force(x: torch.Tensor) -> torch.Tensor:
     ends[..., :-1] = starts[..., 1:]
     last = torch.where(ends, index, torch.full_like(index, n - 1)).flip(-1).cummin(dim=-1).values.flip(-1)
     above = n - 1 - last
-    sorted_force = sorted_values - values.mean(-1, keepdim=True) - (below - above).to(values.dtype) / n
+    # the mean as one sequential float64 sum (cumsum scans in order on every thread count): torch's
+    # parallel sum splits the particles among threads above 32768 of them, and its rounding then
+    # depended on the thread count (1 vs 2 threads differed at N = 5e4, issue 25)
+    mean = (sorted_values.double().cumsum(-1)[..., -1:] / n).to(values.dtype)
+    sorted_force = sorted_values - mean - (below - above).to(values.dtype) / n
     force = torch.empty_like(sorted_force).scatter_(-1, order, sorted_force)
     return force.unsqueeze(-1)
 
