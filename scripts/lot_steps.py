@@ -100,8 +100,8 @@ def mixture_at(t, steps_per_unit=2000):
 def mixture_sample(n, t, generator):
     means, variances = mixture_at(t)
     labels = torch.multinomial(MIX_WEIGHTS, n, replacement=True, generator=generator)
-    return means[labels] + variances[labels].sqrt()[:, None] * torch.randn(n, 2, generator=generator,
-                                                                              dtype=torch.float64)
+    noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    return means[labels] + variances[labels].sqrt()[:, None] * noise
 
 
 def mixture_velocity(x, t):

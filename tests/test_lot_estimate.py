@@ -17,8 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def test_local_linear_keeps_affine_fields(bandwidth):
     generator = torch.Generator().manual_seed(0)
     points = torch.rand(300, 2, generator=generator, dtype=torch.float64)
-    field = points @ torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64) + torch.tensor([0.3, -1.0],
-                                                                                                  dtype=torch.float64)
+    matrix = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=torch.float64)
+    field = points @ matrix + torch.tensor([0.3, -1.0], dtype=torch.float64)
     assert torch.allclose(local_linear(points, field, bandwidth), field, atol=1e-8)
 
 
@@ -55,7 +55,8 @@ def test_box_exact_velocity_solves_the_continuity_equation():
     divergence = torch.gradient(flux, spacing=(x,))[0]
     inner = slice(5, -5)
     assert float((rate + divergence)[inner].abs().max()) < 1e-3 * float(rate.abs().max())
-    assert float(box.exact_velocity(torch.tensor([[0.0, 5.0]], dtype=torch.float64), t)[0, 0]) == pytest.approx(0, abs=1e-12)
+    at_the_wall = box.exact_velocity(torch.tensor([[0.0, 5.0]], dtype=torch.float64), t)
+    assert float(at_the_wall[0, 0]) == pytest.approx(0, abs=1e-12)
 
 
 def _box_window(n, k, h, t0, seed):

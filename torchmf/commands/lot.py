@@ -167,9 +167,9 @@ def _extrapolate_snapshots(args) -> int:
           f"centre: {', '.join(f'{v:g}' for v in info['steps'])}")
     result = Trajectories(forecast, times=torch.tensor([last + h for h in args.horizon], dtype=torch.float64),
                           meta={"source": str(args.snapshots), "method": "lot.extrapolate", "order": args.order,
-                                    "horizons": list(args.horizon), "window_k": info["k"],
-                                    "window_centre_before_last": info["centre_offset"],
-                                    "speed": info["speed"], "standard_error": info["standard_error"]})
+                                "horizons": list(args.horizon), "window_k": info["k"],
+                                "window_centre_before_last": info["centre_offset"],
+                                "speed": info["speed"], "standard_error": info["standard_error"]})
     for index, horizon in enumerate(args.horizon):
         cloud = forecast[index]
         print(f"t = {last + horizon:g}: mean {[round(v, 4) for v in cloud.mean(0).tolist()]}, "

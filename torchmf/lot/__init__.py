@@ -30,9 +30,10 @@ Files: ``velocity.py`` (:func:`lot_method`, the window checks, :func:`lot_veloci
 estimator and :class:`VelocityEstimate`), ``local_linear.py`` (the spatial smoother and its
 bandwidth), ``extrapolation.py`` (:func:`extrapolate`), ``embedding.py``
 (:func:`lot_embedding`, :func:`pca`), ``simulators.py`` (the micro-simulator protocol and the
-hidden-state re-initialization policies), ``window.py`` (one cycle's window, grown while its velocity is too noisy for the step;
-:func:`sampling_floor`), ``one_step.py`` (:func:`one_step_test`: a large step scored from a control
-cloud against the oracle Euler step and standing still), ``integrator.py`` (:class:`AdaptiveStep`,
+hidden-state re-initialization policies), ``window.py`` (one cycle's window, grown while its
+velocity is too noisy for the step; :func:`sampling_floor`), ``one_step.py``
+(:func:`one_step_test`: a large step scored from a control cloud against the oracle Euler step and
+standing still), ``integrator.py`` (:class:`AdaptiveStep`,
 :class:`ProjectiveRun`, :func:`w2_distance`, :class:`ProjectiveIntegrator`).
 
 Shapes: snapshots ``(2k+1, N, d)``; velocities ``(N, d)``; recorded runs ``(L, N, d)``.
@@ -48,6 +49,7 @@ from .one_step import one_step_test
 from .velocity import ESTIMATORS, lot_method, lot_velocity, lot_velocity_estimate, particle_velocity
 
 __all__ = ["lot_velocity", "lot_velocity_estimate", "VelocityEstimate", "estimate_velocity", "ESTIMATORS",
-           "local_linear", "choose_bandwidth", "one_step_test", "sampling_floor", "particle_velocity", "lot_embedding", "pca", "MicroSimulator", "SystemSimulator",
+           "local_linear", "choose_bandwidth", "one_step_test", "sampling_floor", "particle_velocity",
+           "lot_embedding", "pca", "MicroSimulator", "SystemSimulator",
            "check_simulator", "KeepHiddenState", "SystemReinitialization", "AdaptiveStep", "ProjectiveIntegrator",
            "ProjectiveRun", "lot_method", "w2_distance", "extrapolate"]

@@ -36,7 +36,8 @@ class AdaptiveStep:
     change of the LOT speed :math:`\|v\|_{L^2(\mu)}` between consecutive large steps per unit
     time, or before the second step, the RMS of the window's second-derivative estimate. A step that
     applies a velocity is also capped at ``error_fraction * floor / standard_error`` of the
-    integrator (its noise may not carry it past the sampling floor)."""
+    integrator (its noise may not carry it past the sampling floor), and a held step (velocity inside
+    its noise) at ``error_fraction * floor / max(speed, standard_error)``."""
 
     tolerance: float
     min_step: float
@@ -293,11 +294,13 @@ class ProjectiveIntegrator:
             elapsed = centre_clock * dt - last["t0"]
             curvature = abs(speed - last["speed"]) / elapsed
         length = self.adaptive.next_step(previous_steps * dt, curvature) if large_steps else self.step
-        if window.estimate is not None and window.estimate.significant and window.estimate.standard_error > 0 \
-                and window.floor == window.floor:
-            # a velocity that will be applied may not carry its own error further than the floor allows (a held
-            # step is bounded by the curvature rule alone: the law is not seen to move)
-            length = min(length, self.error_fraction * window.floor / window.estimate.standard_error)
+        estimate = window.estimate
+        if estimate is not None and window.floor == window.floor:
+            # an applied velocity may not carry its own error past the floor; a held cloud may not stand still
+            # longer than the (unresolved) speed, at least its standard error, allows
+            risk = estimate.standard_error if estimate.significant else max(estimate.speed, estimate.standard_error)
+            if risk > 0:
+                length = min(length, self.error_fraction * window.floor / risk)
         steps = min(max(int(round(length / dt)), plan["min_step"]), plan["max_step"])
         # never step past the final recovery; stretch the last step rather than leave a sliver
         room = plan["t_end"] - plan["recovery"] - centre_clock - plan["burn_in"]
@@ -359,4 +362,3 @@ class _Recorder:
 
     def times_tensor(self):
         return torch.tensor(self.times, dtype=torch.float64) * self.dt
-

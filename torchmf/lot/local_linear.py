@@ -44,8 +44,8 @@ def local_linear(points: torch.Tensor, values: torch.Tensor, bandwidth: float,
         return torch.cat([torch.ones_like(at[:, :1]), at - points.mean(0)], 1) @ coefficients
     dim = points.shape[1]
     # the ridge acts on the slope block only, at 1e-9 of its natural size (mass x bandwidth^2)
-    ridge = 1e-9 * bandwidth ** 2 * torch.diag(torch.tensor([0.0] + [1.0] * dim, dtype=points.dtype,
-                                                               device=points.device))
+    slopes = torch.tensor([0.0] + [1.0] * dim, dtype=points.dtype, device=points.device)
+    ridge = 1e-9 * bandwidth ** 2 * torch.diag(slopes)
     out = torch.empty(at.shape[0], values.shape[1], dtype=values.dtype, device=values.device)
     for start in range(0, at.shape[0], chunk):
         centres = at[start:start + chunk]
