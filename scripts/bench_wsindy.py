@@ -7,8 +7,8 @@ Examples:
 Targets (issue 6): at most one third of the paper's MATLAB walltimes (Table 5: 9.7 s, 2.6 s, 8.5 s),
 i.e. 3.2 s (local 2-D), 0.9 s (QANR 1-D), 2.8 s (Keller-Segel 2-D) on the 2-core CPU, and peak memory
 under 4 GB. The timed call is ``wsindy.identify`` from particle positions to the model (histogram,
-test functions, G and b, the regression with identify's defaults: constrained MSTLS, trimmed rows, intersection
-grid), with the paper's library and Table 5 test functions; the best of
+test functions, G and b, the regression with identify's defaults: l0 selection on held-out time windows, union
+grid, trimmed rows, and the verdict -- 20 row resamples and the two halves of the particles -- issue 23), with the paper's library and Table 5 test functions; the best of
 ``--repeats`` runs after one warm-up is reported, for 1 and 2 torch threads (the faster counts: on a
 shared machine the second thread's OpenMP spinning can make it slower). Data: 64,000 particles in total per example
 (local 2-D: M = 1, N = 64,000; QANR: M = 1, N = 64,000; Keller-Segel: M = 32, N = 2,000). The

@@ -23,20 +23,25 @@ Example::
 from __future__ import annotations
 
 import time
+import warnings
 from typing import Optional, Union
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import distributed
 from .._validation import check_int, check_positive
 from ..grid import Grid
 from ..data import Trajectories
-from .ensemble import inclusion_probabilities
 from .histogram import (GRID_RULES, add_measurement_noise, as_positions, default_grid, histogram, mass_left_out,
                         masked_positions)
 from .library import PRESETS, Library, load_library
 from .model import WSINDyModel
-from .mstls import THRESHOLDINGS, RankDeficientError, check_columns, mstls, single_thread
+from .mstls import THRESHOLDINGS, RankDeficientError, check_columns, mstls, single_thread  # noqa: F401
+from .regression import FOLDS, SELECTIONS, regress
+from .halves import half_supports
+from .selection import FoldGrams, time_blocks
+from .verdict import MASS_LEFT_OUT, mstls_probabilities, resampled_l0_probabilities, reselect, verdict
 from .scores import TrueModel, relative_errors, tpr
 from .system import build_system
 from .test_functions import AxisTestFunctions, TestFunctions, changepoint_support
@@ -97,9 +102,10 @@ def make_test_functions(density: torch.Tensor, grid: Grid, dt: float, spec=None)
 def identify(trajectories, library: Union[str, dict, Library, None] = "default", *, times=None,
              grid: Optional[Grid] = None, grid_shape=None, test_functions=None, thresholds=None,
              convolution: str = "fft", dtype: torch.dtype = torch.float64, fft_dtype: Optional[torch.dtype] = None,
-             max_condition: float = 1e12, sharded: bool = False, grid_rule: str = "intersection", crop: bool = False,
+             max_condition: float = 1e12, sharded: bool = False, grid_rule: str = "union", crop: bool = False,
              trim: Optional[float] = 0.01, regression: str = "constrained", thresholding: str = "paper",
-             exempt=None, ridge: float = 1e-3, ensemble: int = 0, ensemble_seed: int = 0) -> WSINDyModel:
+             exempt=None, ridge: float = 1e-3, ensemble: int = 20, ensemble_seed: int = 0,
+             selection: str = "l0", max_terms: int = 8, halves: bool = True, progress: bool = False) -> WSINDyModel:
     """Identify :math:`(K, V, \\sigma)` from particle data by WSINDy (Algorithm 4.1).
 
     Arguments:
@@ -122,9 +128,11 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
             histogram are pooled over ranks (one ``(L, *G)`` all-reduce, independent of ``N``) and
             every rank then builds the same system and returns the same model. Ranks must agree on
             ``M``, ``L``, ``d``, the times and ``grid``; a rank rejecting its data makes all raise.
-        grid_rule: rule of the default grid, ``"union"`` (mean +- 3 sd widened to hold every particle)
-            or ``"intersection"`` (cut to the data's range, the authors' rule; crops), see
-            :func:`.histogram.default_grid`.
+        grid_rule: rule of the default grid, ``"union"`` (default: mean +- 3 sd widened to hold every
+            particle, nothing is cropped) or ``"intersection"`` (cut to the data's range, the authors'
+            rule; it crops the tails, which biases K by a few percent on skewed data, issue 23), see
+            :func:`.histogram.default_grid`. A ``UserWarning`` is raised when more than 1% of the
+            mass is left out at some time (:data:`MASS_WARNING`).
         crop: particles outside ``grid`` are left out of the histogram instead of raising; the
             fraction left out is ``info["mass_left_out"]`` (mean and largest over time).
         trim: drop the test functions (rows of G) where :math:`\\langle\\psi_k, U\\rangle` is below
@@ -139,9 +147,21 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
             authors' ``gamma``): with collinear columns the least-squares start has large
             cancelling coefficients that send MSTLS down a wrong path; the model is the plain fit
             on the support found. 0 turns it off.
-        ensemble: number of row-bootstrap resamples for ``info["inclusion_probabilities"]`` (term
-            name -> fraction of resamples selecting it, :mod:`.ensemble`); 0 skips it.
+        ensemble: row-bootstrap resamples of the verdict (default 20): ``info["inclusion_probabilities"]``
+            (term name -> fraction of resamples whose selection keeps it, :mod:`.verdict`); 0 skips
+            them (the verdict then judges without the stability check).
         ensemble_seed: seed of the resampling.
+        selection: how the support is chosen, see :mod:`.regression`: ``"l0"`` (default: best subsets,
+            size by held-out time windows), ``"l0_exact"``, ``"mstls"`` (the paper's MSTLS with
+            ``regression``, ``thresholding``, ``ridge``), ``"stability"``, ``"least_squares"``.
+        max_terms: largest number of selected (non-exempt) terms the ``l0`` selections consider.
+        halves: the verdict also selects on each half of the particles (:mod:`.halves`; two more
+            histograms and weak systems: about 3x the cost of G in 2-D, a few percent in 1-D).
+        progress: a progress bar over the phases (histogram, weak system, selection, verdict).
+
+    Every result carries a verdict in ``info`` (:func:`.verdict.verdict`): ``"reliable"`` (bool),
+    ``"reasons"`` (why not: unstable terms, cropped mass, ill-conditioned selected columns, poor
+    held-out residual), ``"inclusion_probabilities"``, ``"held_out_residual"``.
 
     Returns:
         :class:`WSINDyModel` (coefficients ``(J,)`` float64 on the data's device; every step runs there,
@@ -151,9 +171,10 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
         ``ValueError`` carrying ``condition_number``) when G is rank deficient.
     """
     started = time.perf_counter()
-    if not isinstance(sharded, bool):
-        raise TypeError(f"sharded: expected a bool, but got {type(sharded).__name__}")
-    options = _regression_options(regression, thresholding, trim, ensemble, grid_rule)
+    for flag, value in (("sharded", sharded), ("halves", halves), ("progress", progress)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag}: expected a bool, but got {type(value).__name__}")
+    options = _regression_options(regression, thresholding, trim, ensemble, grid_rule, selection, ridge)
     failure = None
     weights = observed = None
     try:
@@ -197,37 +218,70 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
     density = histogram(positions, grid, check=given, sharded=sharded, weights=weights, crop=crop)
     left_out = mass_left_out(density, grid) if crop else None
     after_histogram = time.perf_counter()
+    bar = tqdm(total=4, disable=not progress, desc="identify: weak system", leave=False)
+    bar.update()
     density = density.to(dtype)
     tests = make_test_functions(density, grid, dt, test_functions)
     matrix, rhs = build_system(density, grid, library, tests, convolution=convolution, fft_dtype=fft_dtype)
+    time_index = tests.time_index()
+    keep = None
     if trim is not None:  # rows whose test function sees almost no mass
         mass = tests.integrate(density, 0, [0] * grid.dim)
         keep = mass >= trim * mass.max()
-        matrix, rhs = matrix[keep], rhs[keep]
+        matrix, rhs, time_index = matrix[keep], rhs[keep], time_index[keep.cpu()]
     after_system = time.perf_counter()
+    bar.set_description(f"identify: {selection} selection")
+    bar.update()
     if not bool(torch.isfinite(matrix).all()) or not bool(torch.isfinite(rhs).all()):
         raise ValueError("library: G or b has NaN/inf entries (a library term overflows on the grid's domain)")
     with single_thread(matrix.device):
         kappa = check_columns(matrix, library.names, max_condition)
         nonnegative = exempt if regression == "constrained" else None
-        result = mstls(matrix, rhs, thresholds, thresholding=thresholding, exempt=exempt, nonnegative=nonnegative,
-                       ridge=ridge)
-        probabilities = None
-        if options["ensemble"]:
-            probabilities = inclusion_probabilities(matrix, rhs, thresholding, exempt, nonnegative, ridge,
-                                                    options["ensemble"], ensemble_seed)
+        # the hats of a nonparametric K are one function: in every support, not sign-constrained
+        exempt = exempt | torch.tensor([n in library.nonparametric_names() for n in library.names])
+        result = regress(matrix, rhs, time_index, selection=selection, exempt=exempt, nonnegative=nonnegative,
+                         thresholds=thresholds, thresholding=thresholding, ridge=ridge, max_terms=max_terms,
+                         seed=ensemble_seed)
+        after_selection = time.perf_counter()
+        bar.set_description(f"identify: verdict ({options['ensemble']} resamples, halves)")
+        bar.update()
+        probabilities = _probabilities(matrix, rhs, result, selection, options["ensemble"], ensemble_seed,
+                                       thresholding=thresholding, exempt=exempt, nonnegative=nonnegative, ridge=ridge)
+        half_selections = None
+        if halves and options["ensemble"] and not sharded:  # the particles' sampling variability (:mod:`.halves`)
+            def select(half_matrix, half_rhs, half_time_index):
+                if "best_supports" in result:  # l0: searched from the full data's best subsets
+                    grams = FoldGrams(half_matrix, half_rhs, time_blocks(half_time_index.to(half_matrix.device), FOLDS),
+                                      FOLDS)
+                    return reselect(grams, exempt.cpu(), result["best_supports"], result["chosen_index"])
+                return regress(half_matrix, half_rhs, half_time_index, selection=selection, exempt=exempt,
+                               nonnegative=nonnegative, thresholds=thresholds, thresholding=thresholding, ridge=ridge,
+                               max_terms=max_terms, seed=ensemble_seed)["support"]
+            half_selections = half_supports(positions, weights, grid, library, tests, keep, crop, dtype,
+                                            convolution, fft_dtype, select)
+        judged = verdict(library.names, result["coefficients"], probabilities, matrix, result["held_out_residual"],
+                         None if left_out is None else float(left_out.max()), result["support"], half_selections)
+    bar.update()
+    bar.close()
     finished = time.perf_counter()
     info = {"condition_number": kappa, "threshold": result["threshold"], "residual": result["residual"],
             "size_G": list(matrix.shape), "test_functions": tests.describe(), "grid": repr(grid),
             "seconds": {"histogram": after_histogram - started, "system": after_system - after_histogram,
-                        "regression": finished - after_system, "total": finished - started},
+                        "regression": finished - after_system, "selection": after_selection - after_system,
+                        "verdict": finished - after_selection, "total": finished - started},
             "least_squares": result["least_squares"].tolist(),
+            "held_out_residual": result["held_out_residual"], "selection": dict(result["details"], method=selection),
             "options": {"grid_rule": grid_rule, "crop": crop, "trim": trim, "regression": regression,
-                        "thresholding": thresholding, "ridge": ridge, "exempt": [n for n, e in zip(library.names, exempt.tolist()) if e]}}
+                        "thresholding": thresholding, "ridge": ridge, "exempt": [n for n, e in zip(library.names, exempt.tolist()) if e]},
+            "nonparametric": bool(library.nonparametric_names())}
     if left_out is not None:
         info["mass_left_out"] = {"mean": float(left_out.mean()), "max": float(left_out.max())}
+        if float(left_out.max()) > MASS_LEFT_OUT:
+            warnings.warn(f"trajectories: {float(left_out.max()):.1%} of the mass lies outside the grid at some time "
+                          f"(more than {MASS_LEFT_OUT:.0%}); the cropped tails bias K -- use grid_rule='union' "
+                          f"(the default) or a wider grid", UserWarning, stacklevel=2)
+    info.update(judged)  # reliable, reasons, inclusion_probabilities, selected_condition, held_out_residual
     if probabilities is not None:
-        info["inclusion_probabilities"] = dict(zip(library.names, probabilities.tolist()))
         info["ensemble"] = {"resamples": options["ensemble"], "seed": ensemble_seed}
     return WSINDyModel(library, result["coefficients"], grid, info)  # on the data's device
 
@@ -235,14 +289,31 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
 REGRESSIONS = ("mstls", "constrained")
 
 
-def _regression_options(regression, thresholding, trim, ensemble, grid_rule) -> dict:
+def _probabilities(matrix, rhs, result: dict, selection: str, resamples: int, seed: int, **mstls_options):
+    """Inclusion probabilities ``(J,)`` of the terms over ``resamples`` row resamples (None when 0)."""
+    if not resamples:
+        return None
+    if selection in ("l0", "l0_exact"):
+        return resampled_l0_probabilities(matrix, rhs, result["fold"], FOLDS, mstls_options["exempt"].cpu(),
+                                          result["best_supports"], result["chosen_index"], resamples, seed)
+    if selection == "least_squares":
+        return torch.ones(matrix.shape[1], dtype=torch.float64)
+    return mstls_probabilities(matrix, rhs, mstls_options["thresholding"], mstls_options["exempt"],
+                               mstls_options["nonnegative"], mstls_options["ridge"], resamples, seed)
+
+
+def _regression_options(regression, thresholding, trim, ensemble, grid_rule, selection="l0", ridge=0.0) -> dict:
     """Validate the discretisation and regression options of :func:`identify`."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection: expected one of {list(SELECTIONS)}, but got {selection!r}")
     if regression not in REGRESSIONS:
         raise ValueError(f"regression: expected one of {list(REGRESSIONS)}, but got {regression!r}")
     if thresholding not in THRESHOLDINGS:
         raise ValueError(f"thresholding: expected one of {list(THRESHOLDINGS)}, but got {thresholding!r}")
     if grid_rule not in GRID_RULES:
         raise ValueError(f"grid_rule: expected one of {list(GRID_RULES)}, but got {grid_rule!r}")
+    if not (isinstance(ridge, (int, float)) and not isinstance(ridge, bool) and ridge >= 0):
+        raise ValueError(f"ridge: expected a number >= 0, but got {ridge!r}")
     if trim is not None and not (isinstance(trim, (int, float)) and not isinstance(trim, bool) and 0 <= trim < 1):
         raise ValueError(f"trim: expected None or a fraction in [0, 1), but got {trim!r}")
     return {"ensemble": check_int("ensemble", ensemble, minimum=0)}

@@ -7,7 +7,9 @@ A :class:`Library` is an ordered list of terms, one column of the weak system ea
   :math:`\langle \nabla\psi, U\,(\nabla K_j * U)\rangle` and the identified interaction
   potential is :math:`K = \sum_j w_j K_j`. Profiles: ``power`` (:math:`|x|^m`) and the cutoff
   potentials of eq. (5.6) ``cutoff_power`` (:math:`[|x|^a]_\delta`), ``cutoff_xlogx``
-  (:math:`[|x|(\log|x| - 1)]_\delta`), ``cutoff_log`` (:math:`[\log|x|]_\delta`).
+  (:math:`[|x|(\log|x| - 1)]_\delta`), ``cutoff_log`` (:math:`[\log|x|]_\delta`); ``exponential``
+  (:math:`e^{-|x|/\ell}`, one Morse exponential), ``gaussian`` (:math:`e^{-|x|^2/(2\ell^2)}` normalised),
+  ``hat`` and ``piecewise_linear`` (hats on equally spaced knots: a nonparametric :math:`K(r)`).
 - :class:`LocalTerm` -- either a potential :math:`V_j` (``axis=None``; column
   :math:`\langle \nabla\psi, U\nabla V_j\rangle`) or the ``axis``-th component of
   :math:`\nabla V` (column :math:`\langle \partial_i\psi, U f_j\rangle`, Table 2's form).
@@ -33,13 +35,14 @@ the paper's models).
 from __future__ import annotations
 
 import itertools
+from builtins import range as builtins_range
 from pathlib import Path
 from typing import Iterable, List, Optional
 
 import torch
 
 from .._validation import check_int, check_positive
-from ..kernels import LogPotential, PowerPotential, RadialKernel
+from ..kernels import GaussianKernel, LogPotential, MorsePotential, PowerPotential, RadialKernel
 from .basis import CosineProduct, Monomial, basis_from_spec, _number
 
 __all__ = ["Monomial", "CosineProduct", "CutoffPotential", "InteractionTerm", "LocalTerm", "DiffusionTerm",
@@ -78,6 +81,24 @@ class CutoffPotential(RadialKernel):
         return self._PROFILES[self.profile_name][1](torch.clamp(r, min=self.cutoff), self.exponent)
 
 
+class HatPotential(RadialKernel):
+    r"""A hat in the radius, :math:`k(r) = \max(0, 1 - |r - c|/h)`: a sum of hats on knots ``c = 0, h, 2h, ...``
+    is any piecewise-linear :math:`K(r)` (the nonparametric interaction; :math:`\nabla K` piecewise constant)."""
+
+    def __init__(self, center: float, width: float):
+        self.center = float(center)
+        if self.center < 0:
+            raise ValueError(f"center: expected a radius >= 0, but got {center!r}")
+        self.width = check_positive("width", width)
+
+    def profile(self, r):
+        return torch.clamp(1 - (r - self.center).abs() / self.width, min=0)
+
+    def profile_derivative(self, r):
+        inside = (r - self.center).abs() < self.width
+        return torch.where(inside, -torch.sign(r - self.center) / self.width, torch.zeros_like(r))
+
+
 # -- terms --------------------------------------------------------------------------------------------
 class InteractionTerm:
     """One interaction potential :math:`K_j` (radial).
@@ -88,13 +109,29 @@ class InteractionTerm:
     """
 
     kind = "interaction"
-    PROFILES = ("power", "cutoff_power", "cutoff_xlogx", "cutoff_log")
+    PROFILES = ("power", "cutoff_power", "cutoff_xlogx", "cutoff_log", "exponential", "gaussian", "hat")
 
-    def __init__(self, profile: str = "power", exponent: Optional[float] = None, cutoff: float = 0.01):
+    def __init__(self, profile: str = "power", exponent: Optional[float] = None, cutoff: float = 0.01,
+                 length: Optional[float] = None, center: Optional[float] = None):
         if profile not in self.PROFILES:
             raise ValueError(f"library: expected an interaction type in {list(self.PROFILES)}, but got {profile!r}")
         self.profile = profile
         self.cutoff = check_positive("cutoff", cutoff)
+        self.length = self.center = None
+        if profile in ("exponential", "gaussian", "hat"):
+            if length is None or (profile == "hat" and center is None):
+                needs = "'length' and 'center'" if profile == "hat" else "a 'length'"
+                raise ValueError(f"library: interaction type {profile!r} needs {needs}")
+            self.length = check_positive("length", length)
+            self.exponent = None
+            if profile == "exponential":  # exp(-|x|/l): one exponential of the Morse family
+                self.potential = MorsePotential(0.0, 1.0, 1.0, self.length)
+            elif profile == "gaussian":  # exp(-|x|^2/(2 l^2)) up to its normalisation
+                self.potential = GaussianKernel(self.length, 1)
+            else:
+                self.center = float(center)
+                self.potential = HatPotential(self.center, self.length)
+            return
         if profile in ("power", "cutoff_power"):
             if exponent is None:
                 raise ValueError(f"library: interaction type {profile!r} needs an 'exponent'")
@@ -113,6 +150,12 @@ class InteractionTerm:
     def name(self) -> str:
         if self.profile == "power":
             return f"K:|x|^{_number(self.exponent)}"
+        if self.profile == "exponential":
+            return f"K:exp(-|x|/{_number(self.length)})"
+        if self.profile == "gaussian":
+            return f"K:gauss(|x|/{_number(self.length)})"
+        if self.profile == "hat":
+            return f"K:hat(|x|-{_number(self.center)};{_number(self.length)})"
         inner = {"cutoff_power": f"|x|^{_number(self.exponent or 0)}", "cutoff_xlogx": "|x|(log|x|-1)",
                  "cutoff_log": "log|x|"}[self.profile]
         return f"K:[{inner}]_{_number(self.cutoff)}"
@@ -128,9 +171,25 @@ class InteractionTerm:
         spec = {"type": self.profile}
         if self.exponent is not None:
             spec["exponent"] = self.exponent
-        if self.profile != "power":
+        if self.length is not None:
+            spec["length"] = self.length
+            if self.center is not None:
+                spec["center"] = self.center
+        elif self.profile != "power":
             spec["cutoff"] = self.cutoff
         return spec
+
+
+def piecewise_linear_terms(knots: int = 12, range: float = None) -> List["InteractionTerm"]:  # noqa: A002
+    """Hats on knots ``r_k = k h``, ``k = 0 .. knots - 2``, ``h = range / (knots - 1)``: together a piecewise-linear
+    :math:`K(r)` on ``[0, range]`` with :math:`K(\text{range}) = 0` (K matters up to a constant only: a hat
+    on the last knot would make the constant a null direction of G). The library's ``nonparametric`` terms."""
+    knots = check_int("knots", knots, minimum=2)
+    if range is None:
+        raise ValueError("library: interaction type 'piecewise_linear' needs a 'range' (the largest distance, "
+                         "e.g. the data's extent)")
+    step = check_positive("range", range) / (knots - 1)
+    return [InteractionTerm("hat", length=step, center=k * step) for k in builtins_range(knots - 1)]
 
 
 def _checked_axis(axis, dim: int) -> Optional[int]:
@@ -255,6 +314,10 @@ class Library:
     def of_kind(self, kind: str) -> List[int]:
         return [i for i, term in enumerate(self.terms) if term.kind == kind]
 
+    def nonparametric_names(self) -> List[str]:
+        """Names of the hat terms (a piecewise-linear K): selected together, never one by one."""
+        return [t.name for t in self.terms if t.kind == "interaction" and t.profile == "hat"]
+
     def constant_diffusion_names(self) -> List[str]:
         """Names of the diffusion terms with a constant basis function (:math:`x^0`, :math:`\\cos(0 x)`)."""
         def constant(basis):
@@ -277,8 +340,16 @@ class Library:
             raise ValueError(f"library: unknown keys {sorted(unknown)}; expected interaction, local, diffusion")
         terms = []
         for entry in spec.get("interaction") or []:
+            if not isinstance(entry, dict):
+                raise TypeError(f"library: expected each interaction term to be a mapping, but got {entry!r}")
             entry = dict(entry)
             kind = entry.pop("type", "power")
+            if kind == "piecewise_linear":  # the nonparametric K: hats on `knots` equal steps of [0, range]
+                terms.extend(piecewise_linear_terms(**entry))
+                continue
+            unknown = sorted(set(entry) - {"exponent", "cutoff", "length", "center"})
+            if unknown:
+                raise ValueError(f"library: unknown keys {unknown} of interaction type {kind!r}")
             terms.append(InteractionTerm(kind, **entry))
         for key, factory in (("local", LocalTerm), ("diffusion", DiffusionTerm)):
             for entry in spec.get(key) or []:

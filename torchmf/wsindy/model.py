@@ -159,10 +159,14 @@ class WSINDyModel:
         grid = None
         if self.grid is not None:
             grid = {"lower": list(self.grid.lower), "upper": list(self.grid.upper), "shape": list(self.grid.shape)}
-        return {"format": "torchmf.wsindy_model", "version": 1, "dim": self.dim, "library_name": self.library.name,
-                "library": self.library.spec(), "terms": self.library.names,
-                "coefficients": self.coefficients.tolist(), "selected": self.selected, "equation": self.equation(),
-                "grid": grid, "info": _jsonable(self.info)}
+        out = {"format": "torchmf.wsindy_model", "version": 1, "dim": self.dim, "library_name": self.library.name,
+               "library": self.library.spec(), "terms": self.library.names,
+               "coefficients": self.coefficients.tolist(), "selected": self.selected, "equation": self.equation(),
+               "grid": grid, "info": _jsonable(self.info)}
+        for key in ("reliable", "reasons", "inclusion_probabilities"):  # the verdict, at the top level
+            if key in self.info:
+                out[key] = _jsonable(self.info[key])
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "WSINDyModel":

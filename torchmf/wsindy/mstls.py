@@ -126,7 +126,8 @@ def mstls(matrix: torch.Tensor, rhs: torch.Tensor, thresholds: Optional[torch.Te
 
     Returns a dict: ``coefficients (J,)``, ``threshold`` (selected lambda), ``losses (len(thresholds),)``,
     ``thresholds``, ``least_squares (J,)`` (:math:`w^0`, constrained), ``residual`` (relative, of the
-    sparse solution), ``solver`` (the :class:`LeastSquares` of the column-scaled system, for re-use).
+    sparse solution), ``solver`` (the :class:`LeastSquares` of the column-scaled system, for re-use),
+    ``supports`` ``(len(thresholds), J)`` bool (the path: the support found at each threshold).
     """
     if thresholds is None:
         thresholds = default_thresholds(device=matrix.device, dtype=matrix.dtype)
@@ -155,7 +156,8 @@ def mstls(matrix: torch.Tensor, rhs: torch.Tensor, thresholds: Optional[torch.Te
     w = solutions[best]
     residual = float((matrix @ w - rhs).norm() / max(float(rhs.norm()), 1e-300))
     return {"coefficients": w, "threshold": float(thresholds[best]), "losses": losses, "thresholds": thresholds,
-            "least_squares": full, "residual": residual, "solver": solver}
+            "least_squares": full, "residual": residual, "solver": solver,
+            "supports": torch.stack([s != 0 for s in solutions])}
 
 
 def sequential_thresholding(solver: "LeastSquares", start: torch.Tensor, threshold: float, thresholding: str,

@@ -154,6 +154,12 @@ class TestFunctions:
             result = torch.movedim(torch.tensordot(result, matrix, dims=([1 + axis], [1])), -1, 1 + axis)
         return result.reshape(-1)
 
+    def time_index(self) -> torch.Tensor:
+        """``(n,)`` index of the time centre of each row of :meth:`integrate` (rows are time-major)."""
+        spatial = math.prod(axis.count for axis in self.spatial)
+        centres = torch.tensor(self.time.centers, dtype=torch.long)
+        return centres.repeat_interleave(spatial)
+
     def describe(self) -> dict:
         return {"m_x": [a.m for a in self.spatial], "p_x": self.spatial[0].p, "s_x": self.spatial[0].stride,
                 "m_t": self.time.m, "p_t": self.time.p, "s_t": self.time.stride, "n": self.count}
