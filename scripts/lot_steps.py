@@ -251,7 +251,8 @@ CASES = {
     "box": dict(h=1 / 16, k=80, step=85.0, centres=(35.0, 155.0)),
     "moving_source": dict(h=0.01, k=20, step=1.0, centres=(1.0, 3.0)),
     "gradient_flow": dict(h=0.005, k=20, step=0.3, centres=(0.2, 0.8)),
-    "double_well": dict(h=0.005, k=20, step=0.5, centres=(0.5, 2.0)),
+    # H = 0.5 was a wrong target: the oracle Euler step (1.15x the floor) did not beat standing still (1.13x)
+    "double_well": dict(h=0.005, k=20, step=0.2, centres=(0.5, 2.0)),
     "chemotaxis": dict(h=1 / 16, k=80, step=95.0, centres=(300.0, 600.0)),
 }
 

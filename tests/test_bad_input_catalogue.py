@@ -272,11 +272,11 @@ CLI_CASES = [
     ("lot particles 1e10", LOT + ["--particles", "10000000000"], "--particles"),
     ("lot k zero", LOT + ["--k", "0"], "k"),
     ("lot k negative", LOT + ["--k", "-1"], "k"),
-    ("lot step zero", LOT + ["--step", "0"], "H:"),  # the large step H of ProjectiveIntegrator
-    ("lot step negative", LOT + ["--step", "-5"], "H:"),
-    ("lot step NaN", LOT + ["--step", "nan"], "H:"),
-    ("lot burn-in negative", LOT + ["--burn-in", "-1"], "burn_in"),
-    ("lot start-up negative", LOT + ["--start-up", "-1"], "start_up"),
+    ("lot step zero", LOT + ["--step", "0"], "--step"),  # named as typed (was "H:", the integrator's name)
+    ("lot step negative", LOT + ["--step", "-5"], "--step"),
+    ("lot step NaN", LOT + ["--step", "nan"], "--step"),
+    ("lot burn-in negative", LOT + ["--burn-in", "-1"], "--burn-in"),
+    ("lot start-up negative", LOT + ["--start-up", "-1"], "--start-up"),
     ("lot n-steps negative", LOT + ["--n-steps", "-1"], "n_steps"),
     ("lot recovery negative", LOT + ["--recovery", "-1"], "recovery"),
     ("lot recovery NaN", LOT + ["--recovery", "nan"], "recovery"),

@@ -93,8 +93,9 @@ def _probe_writable(name, folder, path):
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".torchmf-probe-"):
             pass
     except OSError as error:
-        raise PermissionError(errno.EACCES, f"{name}: cannot write in {str(folder)!r} ({error.strerror})",
-                              str(path)) from None
+        where = f"cannot write in {str(folder)!r}" if folder == path.parent else \
+            f"cannot create its folder {str(path.parent)!r}"
+        raise PermissionError(errno.EACCES, f"{name}: {where} ({error.strerror})", str(path)) from None
 
 
 def sweep_stale_temporaries(path: PathLike) -> List[Path]:
