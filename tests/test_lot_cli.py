@@ -26,6 +26,7 @@ def test_snapshots_forecast_prints_window_and_writes_a_figure(tmp_path, capsys):
     assert main(["lot", "--snapshots", str(source), "--horizon", "0.1", "-o", str(output), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "window: the last 5 frames" in printed and "significant" in printed
+    assert "times in the units of" in printed and "frame spacing 0.05" in printed  # units said, not guessed
     figure = output.with_suffix(".png")
     assert figure.exists() and figure.stat().st_size > 1000 and str(figure) in printed
     import matplotlib.image
@@ -44,3 +45,13 @@ def test_snapshots_refuse_run_only_options_before_work(tmp_path, capsys):
     folder.mkdir()
     assert main(["lot", "--snapshots", str(source), "--horizon", "0.1", "-o", str(folder)]) == 2
     assert "-o/--output" in capsys.readouterr().err
+
+
+def test_system_run_prints_each_step_with_its_error_and_units(tmp_path, capsys):
+    out = tmp_path / "lot"
+    assert main(["lot", "box_diffusion", "--particles", "200", "--k", "8", "--step", "2", "--burn-in", "0.5",
+                 "--start-up", "1", "--n-steps", "2", "--recovery", "0.5", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("large step at t = ") == 2 and "+-" in printed
+    assert "model units" in printed and str(out / "lot_box_diffusion_w2.png") in printed
+    assert (out / "lot_box_diffusion_w2.png").stat().st_size > 1000
