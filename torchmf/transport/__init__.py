@@ -11,9 +11,12 @@ chosen by the single ``method`` argument:
 
 ========================  ====================================================================
 ``"sort"``                exact in 1-D (monotone rearrangement), any N
-``"exact"``               optimal assignment: a sparse candidate graph solved by OR-Tools and
-                          certified optimal on all N^2 pairs (N up to 50,000); POT's network
-                          simplex ``ot.emd`` for weighted or unequal clouds (N up to 10,000)
+``"exact"``               optimal assignment: a sparse candidate graph solved by OR-Tools (the
+                          optional extra ``.[exact]``) and certified optimal on all N^2 pairs (N up
+                          to 50,000); POT's network simplex ``ot.emd`` without OR-Tools and for
+                          weighted or unequal clouds (N up to 10,000); clouds with many repeated
+                          points: the weighted problem between their distinct sites, any N
+                          (``atoms.py``; also under ``"auto"``)
 ``"sinkhorn-geomloss"``   geomloss tensorized Sinkhorn potentials, barycentric projection
 ``"sinkhorn-keops"``      geomloss with the KeOps ``"multiscale"`` (d <= 3) or ``"online"``
                           backend; only when ``pykeops`` can be imported (imported lazily)
@@ -51,15 +54,23 @@ blur bias. (In a difference of two maps from the same source, such as the centre
 :class:`TransportSolver` keeps the dual potentials of its last solve and starts the next one from
 them (warm start): consecutive snapshots of a particle system carry the same particle labels, so the
 potentials of particle ``j`` at one snapshot are a good guess at the next, and the annealing can be
-skipped.
+skipped. A warm start runs until the marginal error of its plan is 0.3 x ``tolerance`` (at the
+cold tolerance its leftover error leaned towards the previous target), and is redone cold when
+that costs more than the last cold solve.
 
 :func:`sinkhorn_potentials` is geomloss' own (unconverged, one update per level) scheme on the
 tiled kernel, equal to geomloss' tensorized potentials; :func:`barycentric_map` turns potentials
 into the map, tile by tile. :mod:`torchmf.transport.cases` holds the validation families.
 
+Every backend translates both clouds by a common centre (the exact ones also scale them) before
+any cost is formed: ``|x|^2 + |y|^2 - 2 x.y`` loses its digits at large coordinates. The default
+blur is 5% of the larger of the two clouds' own spreads (:func:`default_blur`), not the union's.
+
 Files: ``solver.py`` (this public API), ``routing.py`` (which backend), ``sinkhorn.py`` (the one
 loop), ``kernels.py`` (dense tiled and sparse kernels), ``online.py``, ``multiscale.py``,
-``exact.py`` (sort, dispatch, POT), ``sparse_assignment.py`` (certified sparse), ``exact_weighted.py`` (weighted and unequal sizes), ``weights.py``
+``exact.py`` (sort, dispatch, POT), ``sparse_assignment.py`` (certified sparse), ``exact_weighted.py``
+(weighted and unequal sizes), ``atoms.py`` (repeated points as weighted sites; centring and scaling),
+``divergence.py`` (W2 from the debiased Sinkhorn divergence, the default blur), ``weights.py``
 (checking and normalising weights), ``geomloss_backend.py``, ``potentials.py``, ``cases.py``.
 
 Shapes: ``x`` ``(..., N, d)``, ``y`` ``(..., M, d)`` with equal batch dimensions, weights ``(N,)``

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .atoms import normalised, site_transport
 from .weights import barycentric_rows
 
 __all__ = ["weighted_sorted_map", "weighted_plan", "weighted_assignment_map"]
@@ -44,8 +45,9 @@ def weighted_plan(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Te
     before optimality."""
     import ot
 
-    source = x.detach().to("cpu", torch.float64).numpy()
-    target = y.detach().to("cpu", torch.float64).numpy()
+    # translated and scaled first: ot.dist's |x|^2 + |y|^2 - 2 x.y loses its digits at large offsets
+    source, target, _, scale = normalised(x.detach().to("cpu", torch.float64).numpy(),
+                                          y.detach().to("cpu", torch.float64).numpy())
     a64 = a.detach().to("cpu", torch.float64).numpy()
     b64 = b.detach().to("cpu", torch.float64).numpy()
     cost = ot.dist(source, target, metric="sqeuclidean")
@@ -53,11 +55,15 @@ def weighted_plan(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Te
                        numItermax=max(100_000, 50 * x.shape[0] * y.shape[0]), log=True)
     if log.get("warning"):
         raise RuntimeError(f"the network simplex did not reach the optimal plan: {log['warning']}")
-    return plan, cost
+    return plan, cost * scale ** 2
 
 
 def weighted_assignment_map(x: torch.Tensor, y: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    r"""Barycentric map ``(N, d)`` of the exact weighted plan (:func:`weighted_plan`), computed in
-    float64 and returned in ``x``'s dtype and device (``a > 0``)."""
+    r"""Barycentric map ``(N, d)`` of the exact weighted plan, computed in float64 and returned in
+    ``x``'s dtype and device (``a > 0``): between the distinct sites of the two clouds
+    (:func:`~.atoms.site_transport`) where their pairs fit, else :func:`weighted_plan`."""
+    solved = site_transport(x, y, a, b, force=True)
+    if solved is not None:
+        return solved[0]
     plan, _ = weighted_plan(x, y, a, b)
     return barycentric_rows(torch.as_tensor(plan, device=x.device), y.double()).to(x.dtype)

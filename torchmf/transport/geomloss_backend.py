@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from .kernels import DenseKernel, centred, uniform_log
+from .sinkhorn import diameter as bounding_diameter
 
 __all__ = ["geomloss_map"]
 
@@ -16,8 +17,11 @@ def geomloss_map(x, y, blur, scaling, backend, tiling=(None, None), a=None, b=No
 
     if backend == "keops":
         backend = "multiscale" if x.shape[-1] <= 3 else "online"
-    loss = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=scaling, debias=False, potentials=True, backend=backend)
     work_x, work_y, shift = centred(x, y)
+    # geomloss reads the diameter off the clouds: 0 for a point mass to itself (log 0, an error before)
+    diameter = max(bounding_diameter(work_x, work_y), blur)
+    loss = SamplesLoss("sinkhorn", p=2, blur=blur, diameter=diameter, scaling=scaling, debias=False,
+                       potentials=True, backend=backend)
     with torch.no_grad():
         if a is None and b is None:
             _, g = loss(work_x.contiguous(), work_y.contiguous())

@@ -41,6 +41,7 @@ _FROM_COARSE_OMEGA = 1.5    # over-relaxation of the final level when it starts 
 _COARSE_TRUNCATE = 4.0      # cluster pairs with plan ratio >= exp(-4) give all their particle pairs to the
 #                              fine kernel (mixture to ring, N = 1e4: the check then added 0.02% of the pairs)
 # where the clusters sit above the final eps they only place the fine start within a cell: a loose solve
+_SHRINK = 0.9               # the coarse problem recurses only when clustering left fewer than this share of points
 _COARSE = SinkhornSettings(tolerance=1e-1, max_iterations=20, level_tolerance=1e-1, level_iterations=5)
 
 
@@ -166,14 +167,20 @@ def coarse_start(x, y, eps, scaling, a_log, b_log, settings, with_support=True):
     (particle ``(rows, cols)``, or ``DENSE``); otherwise it is ``None``."""
     # the finer of the two clouds' scales: one joint scale put a tight source (sd 0.05 against a
     # target of radius 2) into a handful of cells, and the map came out 2.8x the dense kernel's error
-    cell = max(min(_occupied_cells_scale(x, x.shape[0] / _CLUSTER_SIZE),
-                   _occupied_cells_scale(y, y.shape[0] / _CLUSTER_SIZE)), math.sqrt(eps))
+    # (a point mass, or a cloud on a lower-dimensional lattice, has no scale of its own: the other's)
+    scales = [scale for scale in (_occupied_cells_scale(x, x.shape[0] / _CLUSTER_SIZE),
+                                  _occupied_cells_scale(y, y.shape[0] / _CLUSTER_SIZE)) if scale > 0]
+    cell = max(min(scales, default=0.0), math.sqrt(eps))
     label_x, centre_x, count_x = _grid_clusters(x, cell, a_log.exp())
     label_y, centre_y, count_y = _grid_clusters(y, cell, b_log.exp())
     eps_coarse = max(eps, cell ** 2)
     coarse_settings = settings if eps_coarse <= eps else _COARSE
-    coarse, f_c, g_c, report = multiscale_solve(centre_x, centre_y, eps_coarse, scaling, coarse_settings, None,
-                                                count_x.log(), count_y.log(), check_support=False)
+    if centre_x.shape[0] + centre_y.shape[0] < _SHRINK * (x.shape[0] + y.shape[0]):
+        coarse, f_c, g_c, report = multiscale_solve(centre_x, centre_y, eps_coarse, scaling, coarse_settings, None,
+                                                    count_x.log(), count_y.log(), check_support=False)
+    else:  # clustering did not shrink the problem: recursing would never end (was a RecursionError)
+        coarse, f_c, g_c, report = _dense_solve(centre_x, centre_y, eps_coarse, scaling, coarse_settings,
+                                                count_x.log(), count_y.log())
     f, predicted = _extrapolate(coarse, label_x, x, centre_y, count_y.log() + g_c / eps_coarse, eps_coarse)
     g = _extrapolate(coarse.transpose(), label_y, y, centre_x, count_x.log() + f_c / eps_coarse, eps_coarse,
                      targets=False)
@@ -293,10 +300,14 @@ def _nearest(queries, points, count, chunk=2048):
 
 
 def _occupied_cells_scale(points, count):
-    """Side of the grid cells that leaves about ``count`` occupied cells (two refinements)."""
-    extent = (points.max(0).values - points.min(0).values).clamp_min(1e-12)
-    dim = points.shape[1]
-    cell = float(extent.prod()) ** (1 / dim) / count ** (1 / dim)
+    """Side of the grid cells that leaves about ``count`` occupied cells (two refinements), over the
+    axes along which the cloud has an extent; 0 for a point mass."""
+    extent = points.max(0).values - points.min(0).values
+    spread = extent > 1e-9 * float(extent.max())
+    dim = int(spread.sum())
+    if float(extent.max()) <= 0 or dim == 0:
+        return 0.0
+    cell = float(extent[spread].prod()) ** (1 / dim) / count ** (1 / dim)
     for _ in range(2):
         occupied = _grid_clusters(points, cell)[2].numel()
         cell *= (occupied / count) ** (1 / dim)
