@@ -244,9 +244,15 @@ def test_online_budget_too_small_is_a_clear_error():
 def test_sinkhorn_routing_never_picks_keops_or_the_unconverged_geomloss_loop():
     # "auto": sort in 1-D, the exact assignment up to N = 30,000 (sparse, certified; 3,000 for weighted
     # or unequal clouds, POT's network simplex), then the converged torch solvers
+    from torchmf.transport.routing import exact_limits
+    from torchmf.transport.sparse_assignment import ortools_available
+
     assert resolve_method("auto", 50_000, 1, "cpu") == "sort"
-    assert resolve_method("auto", 30_000, 2, "cpu") == "exact"
-    assert resolve_method("auto", 30_001, 2, "cpu") == "sinkhorn-multiscale"
+    # 30,000 with OR-Tools (the optional extra "exact", in "dev"); POT's network simplex limit without it
+    limit, _ = exact_limits()
+    assert limit == (30_000 if ortools_available() else 3_000)
+    assert resolve_method("auto", limit, 2, "cpu") == "exact"
+    assert resolve_method("auto", limit + 1, 2, "cpu") in ("sinkhorn-multiscale", "sinkhorn-online")
     assert resolve_method("auto", 3000, 2, "cpu", weighted=True) == "exact"
     assert resolve_method("auto", 4001, 2, "cpu", weighted=True) == "sinkhorn-multiscale"
     # CPU "sinkhorn": dense tiles up to N = 4,000, the sparse kernel beyond (d <= 3)
