@@ -145,3 +145,25 @@ def test_extrapolate_forecasts_from_the_last_frames():
     # the whole series as the window (the old default) steps 1.2 time units from its centre: much worse
     whole = extrapolate(frames, dt=dt, horizon=0.2, k=20)
     assert float((whole - truth).norm()) > 5 * float((forecast - truth).norm())
+
+
+def test_new_lot_helpers_name_their_bad_arguments():
+    points = torch.rand(20, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="bandwidth"):
+        local_linear(points, points, 0.0)
+    with pytest.raises(ValueError, match="values"):
+        local_linear(points, points[:5], 0.5)
+    with pytest.raises(ValueError, match="noise_copy"):
+        choose_bandwidth(points, points, points[:, :1])
+    with pytest.raises(ValueError, match="cloud"):
+        sampling_floor(points[:3])
+    with pytest.raises(TypeError, match="integrator"):
+        one_step_test("not an integrator", None, 0.0, lambda t: (points, points))
+    box = systems.get("box_diffusion")
+    simulator = SystemSimulator(box, 10, seed=0)
+    with pytest.raises(TypeError, match="truth"):
+        one_step_test(ProjectiveIntegrator(k=2, step=1.0, progress=False), simulator, 0.0, None)
+    with pytest.raises(ValueError, match="estimator"):
+        lot_velocity(torch.rand(5, 10, 2), 0.1, estimator="median")
+    with pytest.raises(ValueError, match="insignificant"):
+        ProjectiveIntegrator(insignificant="wait")

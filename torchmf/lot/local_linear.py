@@ -26,6 +26,8 @@ from typing import Optional, Sequence
 
 import torch
 
+from .._validation import check_points
+
 __all__ = ["local_linear", "choose_bandwidth", "BANDWIDTH_FRACTIONS"]
 
 #: candidate bandwidths as fractions of the cloud's spread (RMS distance to its mean, per coordinate);
@@ -37,7 +39,9 @@ def local_linear(points: torch.Tensor, values: torch.Tensor, bandwidth: float,
                  at: Optional[torch.Tensor] = None, chunk: int = 512) -> torch.Tensor:
     """Local-linear fit of ``values (N, m)`` sampled at ``points (N, d)``, evaluated at ``at (P, d)``
     (default: the points themselves), ``-> (P, m)``. ``bandwidth = inf`` is the global affine fit."""
-    at = points if at is None else at
+    points, values, at = _check_field(points, values, at)
+    if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float)) or not bandwidth > 0:
+        raise ValueError(f"bandwidth: expected a positive number (inf: the global affine fit), but got {bandwidth!r}")
     if bandwidth == float("inf"):
         design = torch.cat([torch.ones_like(points[:, :1]), points - points.mean(0)], 1)
         coefficients = torch.linalg.lstsq(design, values).solution
@@ -69,6 +73,10 @@ def choose_bandwidth(points: torch.Tensor, values: torch.Tensor, noise_copy: tor
     large clouds cheap, the smoother still uses every particle).
 
     Returns ``(bandwidth, mean squared error estimate per particle, {fraction: estimate})``."""
+    points, values, _ = _check_field(points, values, None)
+    if not isinstance(noise_copy, torch.Tensor) or tuple(noise_copy.shape) != tuple(values.shape):
+        shape = tuple(noise_copy.shape) if isinstance(noise_copy, torch.Tensor) else type(noise_copy).__name__
+        raise ValueError(f"noise_copy: expected the shape of values {tuple(values.shape)}, but got {shape}")
     spread = float((points - points.mean(0)).pow(2).mean().sqrt())
     index = slice(None) if evaluation is None else evaluation
     at = points[index]
@@ -84,3 +92,15 @@ def choose_bandwidth(points: torch.Tensor, values: torch.Tensor, noise_copy: tor
         scores[fraction] = residual - copy_energy + 2 * trace
     best = min(scores, key=scores.get)
     return best * spread, scores[best], scores
+
+
+def _check_field(points, values, at):
+    """``points (N, d)``, ``values (N, m)`` on the same rows, ``at (P, d)`` (default ``points``)."""
+    points = check_points("points", points)
+    if points.ndim != 2:
+        raise ValueError(f"points: expected shape (N, d), but got {tuple(points.shape)}")
+    if not isinstance(values, torch.Tensor) or values.ndim != 2 or values.shape[0] != points.shape[0]:
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"values: expected a tensor of shape ({points.shape[0]}, m) like points' rows, but got {shape}")
+    at = points if at is None else check_points("at", at, points.shape[1])
+    return points, values, at

@@ -59,6 +59,17 @@ def one_step_test(integrator, simulator, start_time: float, truth: Callable[[flo
     centre ``t_centre_paper``), and the estimate's ``speed``, ``standard_error`` and
     ``velocity_error`` (RMS, against the oracle velocity when given).
     """
+    from .integrator import ProjectiveIntegrator
+    from .simulators import check_simulator
+
+    if not isinstance(integrator, ProjectiveIntegrator):
+        raise TypeError(f"integrator: expected a ProjectiveIntegrator, but got {type(integrator).__name__}")
+    check_simulator(simulator)
+    for name, function in (("truth", truth), ("oracle_velocity", oracle_velocity)):
+        if function is not None and not callable(function):
+            raise TypeError(f"{name}: expected a callable, but got {type(function).__name__}")
+    if truth is None:
+        raise TypeError("truth: expected a callable t -> (cloud, cloud'), but got None")
     dt = float(simulator.dt)
     step = integrator.plan(dt)["step"]
     length = step * dt

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 
+from .._validation import check_points
 from ..metrics import w2
 from .estimate import VelocityEstimate
 from .velocity import lot_velocity, lot_velocity_estimate, particle_velocity
@@ -30,11 +31,13 @@ __all__ = ["sampling_floor", "sample_window", "Window"]
 def sampling_floor(cloud: torch.Tensor, seed: int = 0) -> float:
     """W2 between two independent samples of ``cloud``'s law of ``N`` points each, estimated from
     two random halves of ``cloud (N, d)`` (module docstring); deterministic for a given ``seed``."""
+    cloud = check_points("cloud", cloud)
+    if cloud.ndim != 2 or cloud.shape[0] < 4:
+        raise ValueError(f"cloud: expected shape (N, d) with N >= 4 (two halves of two points), "
+                         f"but got {tuple(cloud.shape)}")
     generator = torch.Generator().manual_seed(seed)
     order = torch.randperm(cloud.shape[0], generator=generator).to(cloud.device)
     half = cloud.shape[0] // 2
-    if half < 2:
-        return float("nan")
     return float(w2(cloud[order[:half]], cloud[order[half:2 * half]])) / math.sqrt(2.0)
 
 
@@ -66,7 +69,7 @@ def sample_window(integrator, simulator, recorder, clock: int, dt: float, step_l
         floor = float("nan")
         if estimate is None:
             break
-        floor = sampling_floor(window[half])
+        floor = sampling_floor(window[half]) if window.shape[1] >= 4 else float("nan")
         longer = 2 * half <= integrator.max_k and (room is None or 4 * half <= room) \
             and 2 * half * dt < step_length
         if not longer or step_length * estimate.standard_error <= integrator.error_fraction * floor:
