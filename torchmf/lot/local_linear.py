@@ -101,6 +101,7 @@ def _check_field(points, values, at):
         raise ValueError(f"points: expected shape (N, d), but got {tuple(points.shape)}")
     if not isinstance(values, torch.Tensor) or values.ndim != 2 or values.shape[0] != points.shape[0]:
         shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
-        raise ValueError(f"values: expected a tensor of shape ({points.shape[0]}, m) like points' rows, but got {shape}")
+        raise ValueError(f"values: expected a tensor of shape ({points.shape[0]}, m) like points' rows, "
+                         f"but got {shape}")
     at = points if at is None else check_points("at", at, points.shape[1])
     return points, values, at
