@@ -26,6 +26,15 @@ equally, section 5.2) is dominated by its shortest, noisiest lags. Here:
 4. **Error bar.** ``standard_error`` is the RMS over the particles of the smoothed noise copy, the
    :math:`L^2(\mu)` size of the estimate's noise; the velocity is ``significant`` when its speed
    exceeds twice that.
+5. **A check of the error bar** (``error="split-half"`` or ``"max"``). The noise copy holds the
+   noise's size but not always its spatial correlation: when particles move persistently (runs of
+   swimming cells, inertia) past and future increments are correlated, and smoothing shrinks the
+   copy more than the noise (measured on chemotaxis, N = 1,000, 16 seeds: raw slope's spread across
+   seeds 1.09x its copy, smoothed 2.47x). The split-half error estimates the same slope and smoothing
+   (same bandwidth) on two random halves of the particles (the same particles at every lag), evaluates
+   both at the central cloud, and takes :math:`\mathrm{RMS}(\hat v_A - \hat v_B)/2` (each half
+   has twice the variance of the whole): no assumption on the noise's structure, about 1.5x the
+   transport cost in 2-D. ``"max"`` reports the larger of the two.
 
 Shapes: snapshots ``(2k+1, N, d)``; velocities ``(N, d)``.
 """
@@ -40,7 +49,10 @@ from .._validation import check_int, check_positive
 from ..transport import TransportSolver
 from .local_linear import choose_bandwidth, local_linear
 
-__all__ = ["VelocityEstimate", "estimate_velocity", "regression_lags", "SMOOTHING_SUBSET"]
+__all__ = ["VelocityEstimate", "estimate_velocity", "regression_lags", "SMOOTHING_SUBSET", "ERROR_ESTIMATES"]
+
+#: how ``standard_error`` is estimated (module docstring, items 4-5)
+ERROR_ESTIMATES = ("noise-copy", "split-half", "max")
 
 #: the bandwidth is scored at this many particles at most (the smoother still uses every particle)
 SMOOTHING_SUBSET = 2000
@@ -53,7 +65,9 @@ class VelocityEstimate:
     ``velocity (N, d)`` and ``second_derivative (N, d)`` at the central cloud's particles;
     ``standard_error``: RMS over the particles of the velocity's noise (same units as the velocity);
     ``speed``: RMS of the velocity; ``bandwidth``: of the smoothing (``inf``: global affine fit,
-    ``0``: none); ``lags``: the lags used (in snapshots); ``dt``: the snapshot spacing."""
+    ``0``: none); ``lags``: the lags used (in snapshots); ``dt``: the snapshot spacing;
+    ``noise_copy_error`` / ``split_half_error``: the two error estimates (NaN when not computed),
+    ``error``: which one ``standard_error`` is."""
 
     velocity: torch.Tensor
     second_derivative: torch.Tensor
@@ -63,6 +77,9 @@ class VelocityEstimate:
     lags: List[int]
     dt: float
     scores: dict = field(default_factory=dict)
+    noise_copy_error: float = float("nan")
+    split_half_error: float = float("nan")
+    error: str = "noise-copy"
 
     @property
     def relative_error(self) -> float:
@@ -78,7 +95,8 @@ class VelocityEstimate:
         """Plain numbers for a run record or JSON."""
         return {"speed": self.speed, "standard_error": self.standard_error, "relative_error": self.relative_error,
                 "significant": self.significant, "bandwidth": self.bandwidth, "lags": len(self.lags),
-                "window_half_width": max(self.lags) if self.lags else 0}
+                "window_half_width": max(self.lags) if self.lags else 0, "error": self.error,
+                "noise_copy_error": self.noise_copy_error, "split_half_error": self.split_half_error}
 
 
 def regression_lags(k: int, lags: int) -> List[int]:
@@ -90,7 +108,7 @@ def regression_lags(k: int, lags: int) -> List[int]:
 
 def estimate_velocity(clouds, dt: float, k: int, lags: int = 10, smoothing="auto", method: str = "exact",
                       blur: Optional[float] = None, solver: Optional[TransportSolver] = None,
-                      warm_start: bool = True) -> VelocityEstimate:
+                      warm_start: bool = True, error: str = "noise-copy") -> VelocityEstimate:
     """The regression LOT velocity of the module docstring at ``clouds[k]``.
 
     Arguments:
@@ -101,31 +119,73 @@ def estimate_velocity(clouds, dt: float, k: int, lags: int = 10, smoothing="auto
         smoothing: ``"auto"`` (bandwidth from the data), ``None`` (the raw slope), or a bandwidth in
             length units (``inf``: the global affine fit).
         method, blur, solver, warm_start: the transport solves (see :func:`torchmf.lot.lot_velocity`).
+        error: ``"noise-copy"``, ``"split-half"`` or ``"max"`` (module docstring, items 4-5).
     """
     dt = check_positive("dt", dt)
     lags = check_int("lags", lags, minimum=1)
+    if error not in ERROR_ESTIMATES:
+        raise ValueError(f"error: expected one of {list(ERROR_ESTIMATES)}, but got {error!r}")
     centre = clouds[k]
     if solver is None:
         solver = TransportSolver(method, blur=blur, debias=False)
-    solver.reset()
     chosen = regression_lags(k, lags)
-    order = [-j for j in reversed(chosen)] + chosen  # consecutive targets: warm starts help
-    maps = {j: solver(centre, clouds[k + j], warm_start=warm_start) for j in order}
-    lag_times = torch.tensor([j * dt for j in chosen], dtype=centre.dtype, device=centre.device)
-    odd = torch.stack([0.5 * (maps[j] - maps[-j]) for j in chosen])              # (m, N, d)
-    even = torch.stack([0.5 * (maps[j] + maps[-j]) - centre for j in chosen])   # (m, N, d)
-    weights = (lag_times / lag_times.pow(2).sum())[:, None, None]
-    raw, noise = (weights * odd).sum(0), (weights * even).sum(0)
-    quartic = (lag_times.pow(2) / 2).pow(2).sum()
-    raw_second = ((lag_times.pow(2) / 2)[:, None, None] * even).sum(0) / quartic
+    raw, noise, raw_second = _slopes(clouds, k, chosen, dt, solver, warm_start)
     bandwidth, scores = _bandwidth(centre, raw, noise, smoothing)
     if bandwidth == 0.0:
         velocity, smoothed_noise, second = raw, noise, raw_second
     else:
         smoothed = local_linear(centre, torch.cat([raw, noise, raw_second], 1), bandwidth)
         velocity, smoothed_noise, second = smoothed.split(centre.shape[1], dim=1)
-    return VelocityEstimate(velocity, second, float(smoothed_noise.pow(2).sum(-1).mean().sqrt()),
-                            float(velocity.pow(2).sum(-1).mean().sqrt()), bandwidth, chosen, dt, scores)
+    noise_copy = float(smoothed_noise.pow(2).sum(-1).mean().sqrt())
+    split = float("nan")
+    if error != "noise-copy":
+        split = _split_half_error(clouds, k, chosen, dt, solver, warm_start, bandwidth)
+    standard_error = {"noise-copy": noise_copy, "split-half": split,
+                      "max": max(noise_copy, split) if split == split else noise_copy}[error]
+    return VelocityEstimate(velocity, second, standard_error, float(velocity.pow(2).sum(-1).mean().sqrt()),
+                            bandwidth, chosen, dt, scores, noise_copy, split, error)
+
+
+def _slopes(clouds, k, chosen, dt, solver, warm_start):
+    """The raw slope (odd part), its noise copy (even part) and the raw second derivative, each ``(N, d)``."""
+    centre = clouds[k]
+    solver.reset()
+    order = [-j for j in reversed(chosen)] + chosen  # consecutive targets: warm starts help
+    maps = {j: solver(centre, clouds[k + j], warm_start=warm_start) for j in order}
+    lag_times = torch.tensor([j * dt for j in chosen], dtype=centre.dtype, device=centre.device)
+    odd = torch.stack([0.5 * (maps[j] - maps[-j]) for j in chosen])              # (m, N, d)
+    even = torch.stack([0.5 * (maps[j] + maps[-j]) - centre for j in chosen])   # (m, N, d)
+    weights = (lag_times / lag_times.pow(2).sum())[:, None, None]
+    quartic = (lag_times.pow(2) / 2).pow(2).sum()
+    raw_second = ((lag_times.pow(2) / 2)[:, None, None] * even).sum(0) / quartic
+    return (weights * odd).sum(0), (weights * even).sum(0), raw_second
+
+
+def _split_half_error(clouds, k, chosen, dt, solver, warm_start, bandwidth):
+    """RMS over the central cloud of the difference of the two halves' smoothed slopes, over 2.
+
+    A labelled window (one tensor) is split by particle index, so each half is a smaller ensemble
+    of the same particles at every lag; clouds of different sizes are split each on its own. NaN
+    without smoothing (a raw per-particle slope has no value at the other half's particles) or with
+    fewer than 8 particles in a cloud."""
+    sizes = [cloud.shape[0] for cloud in clouds]
+    if bandwidth == 0.0 or min(sizes) < 8:
+        return float("nan")
+    centre = clouds[k]
+    generator = torch.Generator().manual_seed(0)  # the same window always gets the same error bar
+    labelled = isinstance(clouds, torch.Tensor)
+    orders = [torch.randperm(size, generator=generator).to(centre.device)
+              for size in ([sizes[0]] if labelled else sizes)]
+    halves = []
+    for part in (0, 1):
+        picked = [order[part * (len(order) // 2):(part + 1) * (len(order) // 2)] for order in orders]
+        if labelled:
+            half = clouds[:, picked[0]]
+        else:
+            half = [cloud[index] for cloud, index in zip(clouds, picked)]
+        raw, _, _ = _slopes(half, k, chosen, dt, solver, warm_start and labelled)
+        halves.append(local_linear(half[k], raw, bandwidth, at=centre))
+    return float((halves[0] - halves[1]).pow(2).sum(-1).mean().sqrt()) / 2
 
 
 def _bandwidth(centre, raw, noise, smoothing):

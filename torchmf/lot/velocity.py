@@ -130,7 +130,9 @@ def lot_velocity(snapshots: torch.Tensor, dt: float, k: Optional[int] = None, me
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator: expected one of {list(ESTIMATORS)}, but got {estimator!r}")
     if estimator == "regression":
-        estimate = lot_velocity_estimate(snapshots, dt, k, method, blur, solver, mask, lags, smoothing)
+        # the velocity alone: the error bar's split-half check would only cost transport solves
+        estimate = lot_velocity_estimate(snapshots, dt, k, method, blur, solver, mask, lags, smoothing,
+                                         error="noise-copy")
         return (estimate.velocity, estimate.second_derivative) if return_second_derivative else estimate.velocity
     snapshots, k, warm = _window(snapshots, k, mask)
     dt = check_positive("dt", dt)
@@ -153,14 +155,17 @@ def lot_velocity(snapshots: torch.Tensor, dt: float, k: Optional[int] = None, me
 def lot_velocity_estimate(snapshots, dt: float, k: Optional[int] = None, method: str = "auto",
                           blur: Optional[float] = None, solver: Optional[TransportSolver] = None,
                           mask: Optional[torch.Tensor] = None, lags: int = 10,
-                          smoothing="auto") -> VelocityEstimate:
+                          smoothing="auto", error: str = "max") -> VelocityEstimate:
     """The regression LOT velocity with its error bar: a
     :class:`~torchmf.lot.estimate.VelocityEstimate` (``velocity``, ``standard_error``, ``speed``,
-    ``significant``, ``bandwidth``, ...). Arguments as :func:`lot_velocity`."""
+    ``significant``, ``bandwidth``, ...). Arguments as :func:`lot_velocity`; ``error``: how the
+    error bar is estimated (:mod:`torchmf.lot.estimate`, items 4-5): ``"max"`` (default) of the
+    noise copy and the split-half estimate, which also holds when particles move persistently."""
     snapshots, k, warm = _window(snapshots, k, mask)
     dt = check_positive("dt", dt)
     solver = _solver(snapshots, method, blur) if solver is None else solver
-    return estimate_velocity(snapshots, dt, k, lags=lags, smoothing=smoothing, solver=solver, warm_start=warm)
+    return estimate_velocity(snapshots, dt, k, lags=lags, smoothing=smoothing, solver=solver, warm_start=warm,
+                             error=error)
 
 
 def _window(snapshots, k, mask):

@@ -107,7 +107,7 @@ def _velocity(integrator, window, dt, half):
                                         return_second_derivative=True, estimator="centred-average")
         return velocity, float(second.pow(2).sum(-1).mean().sqrt()), None
     estimate = lot_velocity_estimate(window, dt, half, method=integrator.method, blur=integrator.blur,
-                                     lags=integrator.lags, smoothing=integrator.smoothing)
+                                     lags=integrator.lags, smoothing=integrator.smoothing, error=integrator.error)
     curvature = float(estimate.second_derivative.pow(2).sum(-1).mean().sqrt())
     return estimate.velocity, curvature, estimate
 
