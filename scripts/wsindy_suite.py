@@ -19,7 +19,8 @@ identified with the default library by
 Scores per run: exact support (the selected names equal the true ones), TPR, relative l2 errors of
 grad K on 4,000 particle offsets of the data, of grad V and sigma on 4,000 particle positions,
 the verdict (``reliable``, reasons, inclusion probabilities, held-out residual, condition of the
-selected columns) and seconds. The summary counts, per system, size and method, exact supports,
+selected columns, the largest missing-term gain, the nonparametric-kernel gain and the affine residual;
+``scripts/wsindy_suite_verdict.py`` summarises them) and seconds. The summary counts, per system, size and method, exact supports,
 median grad K errors, and the verdict's flags on wrong and on right supports.
 """
 from __future__ import annotations
@@ -99,6 +100,13 @@ def scores(model, system, offsets, points) -> dict:
     for key in ("reliable", "reasons", "held_out_residual", "selected_condition", "halves", "selection"):
         if key in info:
             out[key] = info[key]
+    gains = info.get("missing_term_gains") or {}
+    if gains:  # the verdict's missing-term test: the left-out term with the largest held-out gain
+        name = max(gains, key=gains.get)
+        out["missing_term"] = [name, round(gains[name], 4)]
+    for key in ("nonparametric_kernel_gain", "affine_residual"):
+        if key in info:
+            out[key] = round(info[key], 4)
     if "inclusion_probabilities" in info:
         out["probabilities"] = {k: round(v, 3) for k, v in info["inclusion_probabilities"].items() if v > 0}
     if "mass_left_out" in info:

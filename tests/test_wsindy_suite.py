@@ -75,11 +75,35 @@ def test_exponential_gaussian_and_hat_terms_have_autograd_gradients_and_round_tr
         wsindy.load_library({"interaction": [{"type": "exponential"}]}, 1)
 
 
+def test_gradient_hats_have_hat_shaped_derivatives_autograd_gradients_and_round_trip():
+    library = wsindy.load_library({"interaction": [{"type": "piecewise_linear_gradient", "knots": 5, "range": 2.0}]}, 2)
+    assert library.nonparametric_names() == [f"K:hat'(|x|-{c};0.5)" for c in ("0", "0.5", "1", "1.5")]
+    x = torch.tensor([[0.3, -0.2], [1.1, 0.4], [-0.7, 0.9], [0.05, 0.02]], dtype=torch.float64, requires_grad=True)
+    for term in library.terms:
+        (gradient,) = torch.autograd.grad(term.value(x).sum(), x)
+        assert torch.allclose(term.gradient(x.detach()), gradient, atol=1e-12), term.name
+    r = torch.linspace(0, 2.5, 11, dtype=torch.float64)
+    # K'(r) = hat at 0.5, half-width 0.5; K(r) = -int_r^inf K': -0.5 (its area) up to 0, 0 from 1 on
+    middle = library.terms[1].potential
+    assert torch.allclose(middle.profile_derivative(r), torch.clamp(1 - (r - 0.5).abs() / 0.5, min=0))
+    assert float(middle.profile(torch.tensor([0.0], dtype=torch.float64))) == pytest.approx(-0.5)
+    assert float(middle.profile(torch.tensor([0.5], dtype=torch.float64))) == pytest.approx(-0.25)
+    assert float(middle.profile(torch.tensor([1.2], dtype=torch.float64))) == 0.0
+    first = library.terms[0].potential  # at the origin only the falling half: K'(0+) = 1, area 0.25
+    assert float(first.profile_derivative(torch.tensor([0.0], dtype=torch.float64))) == 1.0
+    assert float(first.profile(torch.tensor([0.0], dtype=torch.float64))) == pytest.approx(-0.25)
+    assert wsindy.Library.from_spec(library.spec(), 2).names == library.names
+    with pytest.raises(ValueError, match="'piecewise_linear_gradient' needs a 'range'"):
+        wsindy.load_library({"interaction": [{"type": "piecewise_linear_gradient", "knots": 4}]}, 1)
+    with pytest.raises(ValueError, match="unknown keys \\['width'\\]"):
+        wsindy.load_library({"interaction": [{"type": "piecewise_linear", "range": 1.0, "width": 2}]}, 1)
+
+
 def test_the_library_yaml_of_the_docs_loads(tmp_path):
     text = (Path(__file__).resolve().parents[1] / "docs" / "wsindy.md").read_text()
     block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
     (tmp_path / "library.yaml").write_text(block)
     library = wsindy.load_library(str(tmp_path / "library.yaml"), 1)
-    assert len(library.nonparametric_names()) == 11
+    assert len(library.nonparametric_names()) == 22  # 11 hats in K and 11 in K'
     for name in ("K:|x|^1", "K:exp(-|x|/0.5)", "K:gauss(|x|/0.4)", "dV/dx1:x^3", "D:x^0", "D:x^2"):
         assert name in library.names

@@ -95,6 +95,37 @@ def test_held_out_windows_match_direct_fits_and_the_size_rule_finds_the_truth():
         assert torch.equal(chosen["support"], support) and chosen["size"] == 2
 
 
+def test_missing_term_gains_match_direct_fits_on_time_windows():
+    from torchmf.wsindy.verdict import MISSING_TERM_FACTOR, missing_terms, verdict
+
+    matrix, rhs, time_index, truth = _collinear_system(0, noise=1e-2)
+    support = torch.tensor([True] + [False] * 6)  # the truth is x and x^3: x^3 left out
+    exempt = torch.zeros(7, dtype=torch.bool)
+    gains = missing_terms(matrix, rhs, time_index, support, exempt, windows=10)
+    a, b = matrix.numpy(), rhs.numpy()
+    window = time_index.numpy()  # 10 time indices: one window each
+
+    def held_out(columns):  # (10,) relative residuals, each window predicted from the other nine
+        out = []
+        for f in range(10):
+            train, test = window != f, window == f
+            w = np.linalg.lstsq(a[train][:, columns], b[train], rcond=None)[0]
+            out.append(np.sum((a[test][:, columns] @ w - b[test]) ** 2) / np.sum(b[test] ** 2))
+        return np.array(out)
+
+    base = held_out([0])
+    for j in range(1, 7):
+        direct = math.exp(np.mean(np.log(base) - np.log(held_out([0, j]))))
+        assert float(gains[j]) == pytest.approx(direct, rel=1e-6)
+    assert float(gains[0]) == 1.0  # selected terms have no gain
+    assert float(gains[2]) > MISSING_TERM_FACTOR  # x^3, the true term left out (and its collinear neighbours)
+    judged = verdict([f"x^{p}" for p in range(1, 8)], torch.tensor([1.0] + [0.0] * 6, dtype=torch.float64), None,
+                     matrix, 0.1, None, support, None, gains)
+    assert judged["reliable"] is False and any(r.startswith("missing terms") and "x^3" in r for r in judged["reasons"])
+    full = torch.from_numpy(truth != 0)  # the true support: no term left out helps by the factor
+    assert float(missing_terms(matrix, rhs, time_index, full, exempt).max()) < MISSING_TERM_FACTOR
+
+
 def test_size_rule_is_the_smallest_within_the_factor_of_the_lowest():
     errors = torch.tensor([[0.9] * 5, [0.02] * 5, [0.0019] * 5, [0.0011] * 5, [0.001] * 5], dtype=torch.float64)
     assert choose_size(errors)["index"] == 2  # 0.0019 <= 2 x 0.001
@@ -122,7 +153,8 @@ def test_every_result_carries_the_verdict_and_json_writes_it(qanr_data, tmp_path
     for name in ("K:|x|^1", "K:|x|^2", "D:x^0"):
         assert info["inclusion_probabilities"][name] >= 0.9
     assert set(model.selected) == {"K:|x|^1", "K:|x|^2", "D:x^0"}
-    assert [set(half) for half in info["halves"]] == [set(model.selected)] * 2  # both halves agree here
+    # the first half finds the support: the second is not examined (the flag needs both to miss it)
+    assert [set(half) for half in info["halves"]] == [set(model.selected)]
     assert "halves" not in wsindy.identify(qanr_data, "default", halves=False).info
     saved = json.loads(model.save(tmp_path / "model.json").read_text())
     assert saved["reliable"] is True and saved["reasons"] == [] and "inclusion_probabilities" in saved
@@ -163,3 +195,131 @@ def test_the_halves_split_the_particles_and_average_to_the_full_histogram(qanr_d
     assert torch.equal(parts[0][0], qanr_data.positions) and torch.equal(parts[1][0], qanr_data.positions + 0.1)
     single = split_halves(qanr_data.positions, weights[:1])  # weights renormalised per frame
     assert torch.allclose(single[0][1].sum(-1), torch.ones(1, 101, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("experiments, particles", [(1, 601), (3, 200)])
+def test_the_second_half_system_from_the_full_one_equals_its_direct_assembly(qanr_data, experiments, particles):
+    """Odd counts (601 particles; 3 experiments) make the halves unequal: U = (n_A U_A + n_B U_B) / n."""
+    from torchmf.wsindy.halves import half_systems, split_halves
+    from torchmf.wsindy.system import build_system
+
+    positions = qanr_data.positions[:, ::4, :experiments * particles].reshape(experiments, -1, particles, 1)
+    library = wsindy.load_library("default", 1)  # interaction, drift and diffusion columns
+    grid = default_grid(positions)
+    density = wsindy.histogram(positions, grid)
+    tests = wsindy.make_test_functions(density, grid, 0.04, {"m_x": 12, "m_t": 3})
+    full = build_system(density, grid, library, tests)
+    derived = half_systems(positions, None, grid, library, tests, False, torch.float64, "fft", None, full=full)
+    for (part, _), (matrix, rhs) in zip(split_halves(positions, None), derived):
+        direct_matrix, direct_rhs = build_system(wsindy.histogram(part, grid), grid, library, tests)
+        scale = direct_matrix.abs().amax(0)
+        assert torch.allclose(matrix / scale, direct_matrix / scale, rtol=0, atol=1e-12)
+        assert torch.allclose(rhs, direct_rhs, rtol=0, atol=1e-12 * float(direct_rhs.abs().max()))
+
+
+def test_added_term_residuals_equal_the_batched_held_out_fits():
+    matrix, rhs, time_index, truth = _collinear_system(1, noise=1e-2)
+    grams = FoldGrams(matrix, rhs, time_blocks(time_index, 10), 10)
+    for support in (torch.tensor([True] + [False] * 6), torch.from_numpy(truth != 0), torch.zeros(7, dtype=torch.bool)):
+        candidates = support.unsqueeze(0) | torch.eye(7, dtype=torch.bool)  # row j: support + term j
+        direct = grams.cross_validation(candidates)
+        direct[support] = grams.cross_validation(support.unsqueeze(0))  # terms already in: the support's own
+        assert torch.allclose(grams.added_term_residuals(support), direct, rtol=1e-7, atol=1e-12)
+
+
+def test_the_second_half_is_examined_only_when_the_first_misses_the_support(qanr_data):
+    from torchmf.wsindy.halves import half_supports
+
+    positions = qanr_data.positions[:, ::4]
+    library = wsindy.load_library("default", 1)
+    grid = default_grid(positions)
+    tests = wsindy.make_test_functions(wsindy.histogram(positions, grid), grid, 0.04, {"m_x": 12, "m_t": 3})
+    reference = torch.zeros(len(library), dtype=torch.bool)
+    reference[0] = True
+    calls = []
+
+    def select(matrix, rhs, time_index):
+        calls.append(matrix.shape)
+        return reference.clone() if found else ~reference
+
+    for found, examined in ((True, 1), (False, 2)):
+        calls.clear()
+        supports = half_supports(positions, None, grid, library, tests, None, False, torch.float64, "fft", None, select,
+                                 reference=reference)
+        assert len(supports) == len(calls) == examined
+
+
+def test_added_term_residuals_on_a_singular_support_predict_nothing():
+    matrix, rhs, time_index, _ = _collinear_system(2)
+    window = time_blocks(time_index, 10)
+    only_first = torch.where(window == 0, matrix[:, 0], torch.zeros_like(matrix[:, 0]))  # zero outside window 0
+    matrix = torch.cat((matrix, only_first[:, None]), 1)
+    grams = FoldGrams(matrix, rhs, window, 10)
+    support = torch.zeros(8, dtype=torch.bool)
+    support[[0, 7]] = True  # singular when fitted without window 0
+    added = grams.added_term_residuals(support)
+    assert torch.equal(added[:, 0], torch.ones(8, dtype=torch.float64))
+    assert float(grams.cross_validation(support[None])[0, 0]) == 1.0
+    assert torch.allclose(added[0], grams.cross_validation(support[None])[0]) and bool(torch.isfinite(added).all())
+
+
+def test_pair_distance_quantile_matches_the_closed_form_of_uniform_points():
+    from torchmf.wsindy.kernel_check import pair_distance_quantile
+
+    # |U - U'| of two uniform points on [0, 1] has P(|U - U'| <= r) = 1 - (1 - r)^2: the 99% quantile is 0.9
+    positions = torch.rand(2, 3, 5000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert pair_distance_quantile(positions, seed=0) == pytest.approx(0.9, abs=0.005)
+    assert pair_distance_quantile(positions, seed=0, quantile=0.5) == pytest.approx(1 - math.sqrt(0.5), abs=0.01)
+    assert pair_distance_quantile(positions, seed=1) == pair_distance_quantile(positions, seed=1)  # seeded
+
+
+def test_a_kernel_outside_the_library_is_flagged_and_one_inside_is_not(qanr_data):
+    from torchmf.wsindy.kernel_check import FACTOR
+
+    inside = wsindy.identify(qanr_data, "default")  # K = -|x| + |x|^2/2 lies in the library
+    assert inside.info["nonparametric_kernel_gain"] < FACTOR and inside.info["reliable"] is True
+    spec = wsindy.load_library("default", 1).spec()
+    spec["interaction"] = [{"type": "power", "exponent": 3}, {"type": "power", "exponent": 5}]  # neither |x| nor |x|^2
+    outside = wsindy.identify(qanr_data, spec)  # measured gain 1.65
+    assert outside.info["nonparametric_kernel_gain"] > FACTOR
+    assert any(r.startswith("interaction outside the library") for r in outside.info["reasons"])
+    hats = dict(spec, interaction=[{"type": "piecewise_linear", "knots": 8, "range": 3.0}])
+    assert "nonparametric_kernel_gain" not in wsindy.identify(qanr_data, hats, ensemble=0).info  # already nonparametric
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_affine_residual_matches_the_interaction_column_of_the_weak_system(dim):
+    """Against G's own |x|^2 column (FFT convolution) projected on the linear-force columns; 0 at a mean fixed at 0."""
+    from torchmf.grid import Grid
+    from torchmf.wsindy.kernel_check import affine_residual
+    from torchmf.wsindy.system import build_system
+
+    grid = Grid([-3.0] * dim, [3.0] * dim, [64] * dim, periodic=False)
+    nodes = grid.nodes(dtype=torch.float64)  # (*G, d)
+    times = torch.linspace(0, 1, 21, dtype=torch.float64)
+    for drift, expected_zero in ((0.0, True), (1.0, False)):
+        centre = drift * times.reshape(-1, *[1] * dim, 1) * torch.linspace(1, 0.5, dim, dtype=torch.float64)
+        density = torch.exp(-((nodes - centre) ** 2).sum(-1) / 0.5) + 0.5 * torch.exp(-((nodes + 1 - centre) ** 2).sum(-1) / 0.2)
+        density = density / (density.sum(tuple(range(1, dim + 1)), keepdim=True) * grid.cell_volume)
+        if not drift:  # symmetric about the origin: the mean is 0 at every time
+            density = 0.5 * (density + density.flip(tuple(range(1, dim + 1))))
+        tests = wsindy.make_test_functions(density, grid, 0.05, {"m_x": 10, "m_t": 3})
+        linear = [[1]] if dim == 1 else [[1, 0], [0, 1]]  # the force x_a along axis a
+        spec = {"interaction": [{"type": "power", "exponent": 2}],
+                "local": [{"type": "monomial", "powers": linear[a], "axis": a} for a in range(dim)]}
+        matrix, _ = build_system(density, grid, wsindy.load_library(spec, dim), tests)
+        column, basis = matrix[:, 0].numpy(), matrix[:, 1:].numpy()
+        direct = np.linalg.norm(column - basis @ np.linalg.lstsq(basis, column, rcond=None)[0]) / np.linalg.norm(column)
+        measured = affine_residual(density, grid, tests, None)
+        assert measured == pytest.approx(direct, rel=1e-6, abs=1e-9)
+        assert (measured < 1e-9) if expected_zero else (measured > 0.05)
+
+
+def test_resampled_grams_equal_the_direct_construction_bit_for_bit():
+    matrix, rhs, time_index, _ = _collinear_system(4)
+    fold = time_blocks(time_index, 5)
+    counts = torch.bincount(torch.randint(300, (300,), generator=torch.Generator().manual_seed(3)), minlength=300)
+    direct = FoldGrams(matrix, rhs, fold, 5, weights=counts)
+    reused = FoldGrams(matrix, rhs, fold, 5).resampled(counts)
+    for name in ("tests", "total", "trains", "column_norms", "rhs_norm"):
+        assert torch.equal(getattr(direct, name), getattr(reused, name)), name

@@ -40,8 +40,10 @@ from .model import WSINDyModel
 from .mstls import THRESHOLDINGS, RankDeficientError, check_columns, mstls, single_thread  # noqa: F401
 from .regression import FOLDS, SELECTIONS, regress
 from .halves import half_supports
+from .kernel_check import affine_residual, nonparametric_gain, pair_distance_quantile
 from .selection import FoldGrams, time_blocks
-from .verdict import MASS_LEFT_OUT, mstls_probabilities, resampled_l0_probabilities, reselect, verdict
+from .verdict import (MASS_LEFT_OUT, missing_terms, mstls_probabilities, resampled_l0_probabilities, reselect,
+                      verdict)
 from .scores import TrueModel, relative_errors, tpr
 from .system import build_system
 from .test_functions import AxisTestFunctions, TestFunctions, changepoint_support
@@ -155,13 +157,15 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
             size by held-out time windows), ``"l0_exact"``, ``"mstls"`` (the paper's MSTLS with
             ``regression``, ``thresholding``, ``ridge``), ``"stability"``, ``"least_squares"``.
         max_terms: largest number of selected (non-exempt) terms the ``l0`` selections consider.
-        halves: the verdict also selects on each half of the particles (:mod:`.halves`; two more
-            histograms and weak systems: about 3x the cost of G in 2-D, a few percent in 1-D).
+        halves: the verdict also selects on each half of the particles (:mod:`.halves`; the second
+            half only when the first misses the support: on a resolved support one more histogram and
+            weak system, about the cost of G in 2-D, a few percent in 1-D).
         progress: a progress bar over the phases (histogram, weak system, selection, verdict).
 
     Every result carries a verdict in ``info`` (:func:`.verdict.verdict`): ``"reliable"`` (bool),
-    ``"reasons"`` (why not: unstable terms, cropped mass, ill-conditioned selected columns, poor
-    held-out residual), ``"inclusion_probabilities"``, ``"held_out_residual"``.
+    ``"reasons"`` (why not: unstable terms, halves that disagree, missing terms, cropped mass,
+    ill-conditioned selected columns, poor held-out residual), ``"missing_term_gains"``,
+    ``"inclusion_probabilities"``, ``"held_out_residual"``.
 
     Returns:
         :class:`WSINDyModel` (coefficients ``(J,)`` float64 on the data's device; every step runs there,
@@ -223,6 +227,7 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
     density = density.to(dtype)
     tests = make_test_functions(density, grid, dt, test_functions)
     matrix, rhs = build_system(density, grid, library, tests, convolution=convolution, fft_dtype=fft_dtype)
+    untrimmed = (matrix, rhs)  # the halves' check derives the second half's linear entries from it (:mod:`.halves`)
     time_index = tests.time_index()
     keep = None
     if trim is not None:  # rows whose test function sees almost no mass
@@ -258,9 +263,25 @@ def identify(trajectories, library: Union[str, dict, Library, None] = "default",
                                nonnegative=nonnegative, thresholds=thresholds, thresholding=thresholding, ridge=ridge,
                                max_terms=max_terms, seed=ensemble_seed)["support"]
             half_selections = half_supports(positions, weights, grid, library, tests, keep, crop, dtype,
-                                            convolution, fft_dtype, select)
+                                            convolution, fft_dtype, select, full=untrimmed,
+                                            reference=result["support"])
+        # a term left out that predicts held-out time windows better (:func:`.verdict.missing_terms`)
+        gains = missing_terms(matrix, rhs, time_index, result["support"], exempt)
+        kernel_gain = None
+        if grid.dim == 1 and not sharded and library.of_kind("interaction") and not library.nonparametric_names():
+            # an interaction outside the library: a nonparametric K predicts held-out times better (:mod:`.kernel_check`)
+            kernel_gain = nonparametric_gain(matrix, rhs, time_index, result["support"], density, grid, tests, keep,
+                                             pair_distance_quantile(positions, ensemble_seed))
+        affine = None
+        if library.of_kind("interaction"):  # is c|x|^2 in K exchangeable with a linear force in V? (:mod:`.kernel_check`)
+            selected = result["support"].cpu().tolist()
+            quadratic = [library.names[i] for i in library.of_kind("interaction") if selected[i]
+                         and (library.terms[i].profile in ("hat", "hat_gradient")
+                              or (library.terms[i].profile == "power" and library.terms[i].exponent == 2))]
+            affine = (affine_residual(density, grid, tests, keep), quadratic)
         judged = verdict(library.names, result["coefficients"], probabilities, matrix, result["held_out_residual"],
-                         None if left_out is None else float(left_out.max()), result["support"], half_selections)
+                         None if left_out is None else float(left_out.max()), result["support"], half_selections, gains,
+                         kernel_gain, affine)
     bar.update()
     bar.close()
     finished = time.perf_counter()

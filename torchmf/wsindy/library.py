@@ -9,7 +9,8 @@ A :class:`Library` is an ordered list of terms, one column of the weak system ea
   potentials of eq. (5.6) ``cutoff_power`` (:math:`[|x|^a]_\delta`), ``cutoff_xlogx``
   (:math:`[|x|(\log|x| - 1)]_\delta`), ``cutoff_log`` (:math:`[\log|x|]_\delta`); ``exponential``
   (:math:`e^{-|x|/\ell}`, one Morse exponential), ``gaussian`` (:math:`e^{-|x|^2/(2\ell^2)}` normalised),
-  ``hat`` and ``piecewise_linear`` (hats on equally spaced knots: a nonparametric :math:`K(r)`).
+  ``hat`` and ``piecewise_linear`` (hats on equally spaced knots: a nonparametric :math:`K(r)`),
+  ``hat_gradient`` and ``piecewise_linear_gradient`` (hats in :math:`K'(r)`: a smoother nonparametric K).
 - :class:`LocalTerm` -- either a potential :math:`V_j` (``axis=None``; column
   :math:`\langle \nabla\psi, U\nabla V_j\rangle`) or the ``axis``-th component of
   :math:`\nabla V` (column :math:`\langle \partial_i\psi, U f_j\rangle`, Table 2's form).
@@ -44,6 +45,7 @@ import torch
 from .._validation import check_int, check_positive
 from ..kernels import GaussianKernel, LogPotential, MorsePotential, PowerPotential, RadialKernel
 from .basis import CosineProduct, Monomial, basis_from_spec, _number
+from .hats import GradientHatPotential, HatPotential
 
 __all__ = ["Monomial", "CosineProduct", "CutoffPotential", "InteractionTerm", "LocalTerm", "DiffusionTerm",
            "Library", "PRESETS", "load_library", "basis_from_spec"]
@@ -81,24 +83,6 @@ class CutoffPotential(RadialKernel):
         return self._PROFILES[self.profile_name][1](torch.clamp(r, min=self.cutoff), self.exponent)
 
 
-class HatPotential(RadialKernel):
-    r"""A hat in the radius, :math:`k(r) = \max(0, 1 - |r - c|/h)`: a sum of hats on knots ``c = 0, h, 2h, ...``
-    is any piecewise-linear :math:`K(r)` (the nonparametric interaction; :math:`\nabla K` piecewise constant)."""
-
-    def __init__(self, center: float, width: float):
-        self.center = float(center)
-        if self.center < 0:
-            raise ValueError(f"center: expected a radius >= 0, but got {center!r}")
-        self.width = check_positive("width", width)
-
-    def profile(self, r):
-        return torch.clamp(1 - (r - self.center).abs() / self.width, min=0)
-
-    def profile_derivative(self, r):
-        inside = (r - self.center).abs() < self.width
-        return torch.where(inside, -torch.sign(r - self.center) / self.width, torch.zeros_like(r))
-
-
 # -- terms --------------------------------------------------------------------------------------------
 class InteractionTerm:
     """One interaction potential :math:`K_j` (radial).
@@ -109,7 +93,7 @@ class InteractionTerm:
     """
 
     kind = "interaction"
-    PROFILES = ("power", "cutoff_power", "cutoff_xlogx", "cutoff_log", "exponential", "gaussian", "hat")
+    PROFILES = ("power", "cutoff_power", "cutoff_xlogx", "cutoff_log", "exponential", "gaussian", "hat", "hat_gradient")
 
     def __init__(self, profile: str = "power", exponent: Optional[float] = None, cutoff: float = 0.01,
                  length: Optional[float] = None, center: Optional[float] = None):
@@ -118,9 +102,9 @@ class InteractionTerm:
         self.profile = profile
         self.cutoff = check_positive("cutoff", cutoff)
         self.length = self.center = None
-        if profile in ("exponential", "gaussian", "hat"):
-            if length is None or (profile == "hat" and center is None):
-                needs = "'length' and 'center'" if profile == "hat" else "a 'length'"
+        if profile in ("exponential", "gaussian", "hat", "hat_gradient"):
+            if length is None or (profile in ("hat", "hat_gradient") and center is None):
+                needs = "'length' and 'center'" if profile in ("hat", "hat_gradient") else "a 'length'"
                 raise ValueError(f"library: interaction type {profile!r} needs {needs}")
             self.length = check_positive("length", length)
             self.exponent = None
@@ -130,7 +114,8 @@ class InteractionTerm:
                 self.potential = GaussianKernel(self.length, 1)
             else:
                 self.center = float(center)
-                self.potential = HatPotential(self.center, self.length)
+                kernel = HatPotential if profile == "hat" else GradientHatPotential
+                self.potential = kernel(self.center, self.length)
             return
         if profile in ("power", "cutoff_power"):
             if exponent is None:
@@ -154,8 +139,9 @@ class InteractionTerm:
             return f"K:exp(-|x|/{_number(self.length)})"
         if self.profile == "gaussian":
             return f"K:gauss(|x|/{_number(self.length)})"
-        if self.profile == "hat":
-            return f"K:hat(|x|-{_number(self.center)};{_number(self.length)})"
+        if self.profile in ("hat", "hat_gradient"):
+            kind = "hat" if self.profile == "hat" else "hat'"
+            return f"K:{kind}(|x|-{_number(self.center)};{_number(self.length)})"
         inner = {"cutoff_power": f"|x|^{_number(self.exponent or 0)}", "cutoff_xlogx": "|x|(log|x|-1)",
                  "cutoff_log": "log|x|"}[self.profile]
         return f"K:[{inner}]_{_number(self.cutoff)}"
@@ -190,6 +176,18 @@ def piecewise_linear_terms(knots: int = 12, range: float = None) -> List["Intera
                          "e.g. the data's extent)")
     step = check_positive("range", range) / (knots - 1)
     return [InteractionTerm("hat", length=step, center=k * step) for k in builtins_range(knots - 1)]
+
+
+def piecewise_linear_gradient_terms(knots: int = 12, range: float = None) -> List["InteractionTerm"]:  # noqa: A002
+    """Hats in :math:`K'(r)` on knots ``r_k = k h``, ``k = 0 .. knots - 2``, ``h = range / (knots - 1)``: a
+    :math:`K` with a piecewise-linear :math:`K'` on ``[0, range]``, :math:`K' = K = 0` beyond. The smoother
+    nonparametric K (``piecewise_linear_gradient``; measured in ``scripts/wsindy_suite_nonparametric.py``)."""
+    knots = check_int("knots", knots, minimum=2)
+    if range is None:
+        raise ValueError("library: interaction type 'piecewise_linear_gradient' needs a 'range' (the largest "
+                         "distance, e.g. the 99% quantile of the pair distances)")
+    step = check_positive("range", range) / (knots - 1)
+    return [InteractionTerm("hat_gradient", length=step, center=k * step) for k in builtins_range(knots - 1)]
 
 
 def _checked_axis(axis, dim: int) -> Optional[int]:
@@ -315,8 +313,8 @@ class Library:
         return [i for i, term in enumerate(self.terms) if term.kind == kind]
 
     def nonparametric_names(self) -> List[str]:
-        """Names of the hat terms (a piecewise-linear K): selected together, never one by one."""
-        return [t.name for t in self.terms if t.kind == "interaction" and t.profile == "hat"]
+        """Names of the hat terms (a piecewise-linear K or K'): selected together, never one by one."""
+        return [t.name for t in self.terms if t.kind == "interaction" and t.profile in ("hat", "hat_gradient")]
 
     def constant_diffusion_names(self) -> List[str]:
         """Names of the diffusion terms with a constant basis function (:math:`x^0`, :math:`\\cos(0 x)`)."""
@@ -344,8 +342,12 @@ class Library:
                 raise TypeError(f"library: expected each interaction term to be a mapping, but got {entry!r}")
             entry = dict(entry)
             kind = entry.pop("type", "power")
-            if kind == "piecewise_linear":  # the nonparametric K: hats on `knots` equal steps of [0, range]
-                terms.extend(piecewise_linear_terms(**entry))
+            if kind in ("piecewise_linear", "piecewise_linear_gradient"):  # nonparametric K: hats in K or K'
+                builder = piecewise_linear_terms if kind == "piecewise_linear" else piecewise_linear_gradient_terms
+                unknown = sorted(set(entry) - {"knots", "range"})
+                if unknown:
+                    raise ValueError(f"library: unknown keys {unknown} of interaction type {kind!r}")
+                terms.extend(builder(**entry))
                 continue
             unknown = sorted(set(entry) - {"exponent", "cutoff", "length", "center"})
             if unknown:

@@ -67,10 +67,26 @@ class FoldGrams:
         augmented = torch.cat((matrix / self.column_norms, (rhs / self.rhs_norm).unsqueeze(1)), 1)
         weighted = augmented if weights is None else augmented * weights.double().cpu().unsqueeze(1)
         fold = fold.cpu()
-        self.tests = torch.stack([augmented[fold == f].T @ weighted[fold == f] for f in range(folds)])
+        self._masks = [fold == f for f in range(folds)]
+        self._blocks = [augmented[mask] for mask in self._masks]  # each fold's rows, reused by resampled()
+        self._set_tests(torch.stack([block.T @ weighted[mask] for block, mask in zip(self._blocks, self._masks)]))
+        self.count = matrix.shape[1]
+
+    def _set_tests(self, tests: torch.Tensor) -> None:
+        self.tests = tests
         self.total = self.tests.sum(0)
         self.trains = self.total.unsqueeze(0) - self.tests
-        self.count = matrix.shape[1]
+
+    def resampled(self, weights: torch.Tensor) -> "FoldGrams":
+        """The Grams of the same rows with multiplicities ``weights (n,)`` (a bootstrap resample): equal, bit for
+        bit, to ``FoldGrams(matrix, rhs, fold, folds, weights)`` without renormalising or re-splitting the rows."""
+        weights = weights.double().cpu()
+        copy = object.__new__(FoldGrams)
+        copy.column_norms, copy.rhs_norm, copy.count = self.column_norms, self.rhs_norm, self.count
+        copy._masks, copy._blocks = self._masks, self._blocks
+        copy._set_tests(torch.stack([block.T @ (block * weights[mask].unsqueeze(1))
+                                     for block, mask in zip(self._blocks, self._masks)]))
+        return copy
 
     def fit_residual(self, supports: torch.Tensor) -> torch.Tensor:
         """Residual ``(S,)`` of the least-squares fit on all rows, for supports ``(S, J)`` bool."""
@@ -89,6 +105,47 @@ class FoldGrams:
         total = tests[..., -1, -1]  # (F, 1)
         value = quadratic - 2 * (w * tests[..., :-1, -1]).sum(-1) + total
         value = torch.where((failed > 0) | torch.isnan(value), total.expand_as(value), value.clamp_min(0))
+        return (value / total.clamp_min(1e-300)).T
+
+
+    def added_term_residuals(self, support: torch.Tensor) -> torch.Tensor:
+        """Held-out residuals ``(J, folds)`` of ``support (J,) bool`` with each term ``j`` added (row ``j``).
+
+        Each fold's fit of ``support + j`` is the fit of ``support`` updated by the Schur complement of
+        column ``j`` (one factorisation per fold for all ``J`` candidates, not ``J`` solves); a term already
+        in the support, or one collinear with it (Schur complement below 1e-12 of its norm), gets the
+        support's own residual; a fold where the support itself is singular gets 1 (predicting nothing).
+        Relative to each fold's :math:`\\|b\\|^2`, as :meth:`cross_validation`."""
+        index = torch.nonzero(support.cpu())[:, 0]
+        count = self.count
+        trains, tests = self.trains, self.tests  # (F, J+1, J+1)
+        folds = trains.shape[0]
+        cross = trains[:, index, :count]  # (F, k, J)
+        failed = torch.zeros(folds, dtype=torch.bool)
+        if index.numel():
+            inner = trains[:, index.unsqueeze(-1), index.unsqueeze(-2)]
+            factor, info = torch.linalg.cholesky_ex(inner)
+            failed = info > 0
+            if bool(failed.any()):  # singular support on a fold: as cross_validation, it predicts nothing there
+                identity = torch.eye(len(index), dtype=inner.dtype).expand_as(inner)
+                factor = torch.where(failed[:, None, None], identity, factor)  # the identity is its own factor
+            solved = torch.cholesky_solve(torch.cat((cross, trains[:, index, count:]), -1), factor)
+        else:
+            solved = torch.zeros(folds, 0, count + 1, dtype=trains.dtype)
+        directions, base = solved[..., :count], solved[..., count]  # A^-1 T[s, :J] (F, k, J); w_S (F, k)
+        diagonal = torch.diagonal(trains, dim1=-2, dim2=-1)[:, :count]
+        schur = diagonal - (cross * directions).sum(-2)  # (F, J)
+        numerator = trains[:, :count, count] - (cross * base.unsqueeze(-1)).sum(-2)
+        usable = schur > 1e-12 * diagonal
+        usable[:, index] = False
+        alpha = torch.where(usable, numerator / torch.where(usable, schur, torch.ones_like(schur)), 0.0)
+        weights = torch.zeros(folds, count, count, dtype=trains.dtype)  # row j: coefficients of support + j
+        weights[:, :, index] = (base.unsqueeze(1) - alpha.unsqueeze(-1) * directions.transpose(1, 2))
+        weights = weights + torch.diag_embed(alpha)
+        quadratic = ((weights @ tests[:, :count, :count]) * weights).sum(-1)
+        total = tests[:, count, count].unsqueeze(-1)  # (F, 1)
+        value = quadratic - 2 * (weights * tests[:, None, :count, count]).sum(-1) + total
+        value = torch.where(failed.unsqueeze(-1) | torch.isnan(value), total.expand_as(value), value.clamp_min(0))
         return (value / total.clamp_min(1e-300)).T
 
 
