@@ -13,7 +13,7 @@ chosen by the single ``method`` argument:
 ``"sort"``                exact in 1-D (monotone rearrangement), any N
 ``"exact"``               optimal assignment: a sparse candidate graph solved by OR-Tools (the
                           optional extra ``.[exact]``) and certified optimal on all N^2 pairs (N up
-                          to 50,000); POT's network simplex ``ot.emd`` without OR-Tools and for
+                          to 100,000); POT's network simplex ``ot.emd`` without OR-Tools and for
                           weighted or unequal clouds (N up to 10,000); clouds with many repeated
                           points: the weighted problem between their distinct sites, any N
                           (``atoms.py``; also under ``"auto"``)
@@ -68,7 +68,8 @@ blur is 5% of the larger of the two clouds' own spreads (:func:`default_blur`), 
 
 Files: ``solver.py`` (this public API), ``routing.py`` (which backend), ``sinkhorn.py`` (the one
 loop), ``kernels.py`` (dense tiled and sparse kernels), ``online.py``, ``multiscale.py``,
-``exact.py`` (sort, dispatch, POT), ``sparse_assignment.py`` (certified sparse), ``exact_weighted.py``
+``exact.py`` (sort, dispatch, POT), ``sparse_assignment.py`` (certified sparse),
+``reduced_search.py`` (smallest reduced costs by block bounds, no N x M matrix), ``exact_weighted.py``
 (weighted and unequal sizes), ``atoms.py`` (repeated points as weighted sites; centring and scaling),
 ``divergence.py`` (W2 from the debiased Sinkhorn divergence, the default blur), ``weights.py``
 (checking and normalising weights), ``geomloss_backend.py``, ``potentials.py``, ``cases.py``.

@@ -19,7 +19,8 @@ EXACT_MAX = 10_000           # POT's network simplex: two N x N float64 arrays (
 SPARSE_EXACT_LIMIT = 30_000  # "auto" uses the certified sparse assignment (OR-Tools) up to this size:
 #                              N = 1e4: 7-9 s against 5-17 s for a converged Sinkhorn map; N = 3e4: 53 s
 #                              against 165 s (support checked) or about 90 s (not checked)
-SPARSE_EXACT_MAX = 50_000    # sparse assignment: O(N k) memory, but every pricing round visits all N^2 pairs
+SPARSE_EXACT_MAX = 100_000   # sparse assignment: O(N k) memory, pairs pruned by block bounds; N = 1e5 certified
+#                              in 188 s wall, 132 s CPU, 1.2 GB peak (one thread, loaded 2-core machine)
 DENSE_SINKHORN_LIMIT = 4000  # CPU "sinkhorn" uses the dense online tiles up to this size, the sparse kernel beyond
 _MEMORY_FRACTION = 0.25     # the online backend's tiles use at most this share of the free memory
 _TILE_COPIES = 2            # live tile-sized buffers per row tile (scores, and a temporary of the matmul)
