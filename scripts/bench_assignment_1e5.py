@@ -98,7 +98,9 @@ def solve_at_scale(report: Report, n: int, family: str, seed: int, full_check: b
                     "permutation": bool(np.array_equal(np.sort(partner), np.arange(n)))})
     if not full_check:
         report.check(f"certified exact assignment, N = {n}, one thread: seconds", wall, "<= 600",
-                     lambda v: v <= 600, skipped="--no-full-check: no all-pairs pass measured for the baseline")
+                     lambda v: v <= 600, baseline=("solver of before at N = 1e5 (recorded 2026-12-06): killed by "
+                                                   "the OOM killer at 24.4 GB after about 540 s", None, False),
+                     skipped="--no-full-check: the certificate was not checked over all pairs")
         return
     check_seconds = time.perf_counter()
     violation = all_pairs_violation(source, target, f, g)

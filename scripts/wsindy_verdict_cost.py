@@ -1,8 +1,8 @@
 """The cost of identify's verdict, before and after issue 23's second session, in one process (JSON out).
 
 Examples:
-    python scripts/bench_wsindy_verdict.py --out runs/bench_wsindy_verdict            # bench_wsindy --quick data
-    python scripts/bench_wsindy_verdict.py --particles 64000 --repeats 5 --out runs/bench_wsindy_verdict
+    python scripts/wsindy_verdict_cost.py --out runs/bench_wsindy_verdict            # bench_wsindy --quick data
+    python scripts/wsindy_verdict_cost.py --particles 64000 --repeats 5 --out runs/bench_wsindy_verdict
 
 On the data of ``scripts/bench_wsindy.py`` (same simulations, same call: the paper's library and Table 5
 test functions), the best of ``--repeats`` timings (after one warm-up; the variants alternate) of
