@@ -32,17 +32,11 @@ class HatPotential(RadialKernel):
         return torch.where(inside, -torch.sign(r - self.center) / self.width, torch.zeros_like(r))
 
 
-class GradientHatPotential(RadialKernel):
+class GradientHatPotential(HatPotential):
     r"""A hat in the radial derivative, :math:`k'(r) = \max(0, 1 - |r - c|/h)`, :math:`k(r) = -\int_r^\infty k'`:
     a sum of them on knots ``c = 0, h, 2h, ...`` is a :math:`K` with a piecewise-linear :math:`K'(r)` (the
     smoother nonparametric interaction: the hats' :math:`\nabla K` is piecewise constant, this one's is
     continuous between knots; at ``c = 0`` only the falling half, so :math:`K'(0^+)` is free, as for Morse)."""
-
-    def __init__(self, center: float, width: float):
-        self.center = float(center)
-        if self.center < 0:
-            raise ValueError(f"center: expected a radius >= 0, but got {center!r}")
-        self.width = check_positive("width", width)
 
     def profile_derivative(self, r):
         return torch.clamp(1 - (r - self.center).abs() / self.width, min=0)

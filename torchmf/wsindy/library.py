@@ -170,24 +170,25 @@ def piecewise_linear_terms(knots: int = 12, range: float = None) -> List["Intera
     """Hats on knots ``r_k = k h``, ``k = 0 .. knots - 2``, ``h = range / (knots - 1)``: together a piecewise-linear
     :math:`K(r)` on ``[0, range]`` with :math:`K(\text{range}) = 0` (K matters up to a constant only: a hat
     on the last knot would make the constant a null direction of G). The library's ``nonparametric`` terms."""
-    knots = check_int("knots", knots, minimum=2)
-    if range is None:
-        raise ValueError("library: interaction type 'piecewise_linear' needs a 'range' (the largest distance, "
-                         "e.g. the data's extent)")
-    step = check_positive("range", range) / (knots - 1)
-    return [InteractionTerm("hat", length=step, center=k * step) for k in builtins_range(knots - 1)]
+    return _knot_terms("hat", "piecewise_linear", "the data's extent", knots, range)
 
 
 def piecewise_linear_gradient_terms(knots: int = 12, range: float = None) -> List["InteractionTerm"]:  # noqa: A002
     """Hats in :math:`K'(r)` on knots ``r_k = k h``, ``k = 0 .. knots - 2``, ``h = range / (knots - 1)``: a
     :math:`K` with a piecewise-linear :math:`K'` on ``[0, range]``, :math:`K' = K = 0` beyond. The smoother
     nonparametric K (``piecewise_linear_gradient``; measured in ``scripts/wsindy_suite_nonparametric.py``)."""
+    return _knot_terms("hat_gradient", "piecewise_linear_gradient", "the 99% quantile of the pair distances",
+                       knots, range)
+
+
+def _knot_terms(kind, library_type, example, knots, range):  # noqa: A002
+    """``knots - 1`` terms of ``kind`` on the knots ``0, h, 2h, ...``, ``h = range / (knots - 1)``."""
     knots = check_int("knots", knots, minimum=2)
     if range is None:
-        raise ValueError("library: interaction type 'piecewise_linear_gradient' needs a 'range' (the largest "
-                         "distance, e.g. the 99% quantile of the pair distances)")
+        raise ValueError(f"library: interaction type '{library_type}' needs a 'range' (the largest distance, "
+                         f"e.g. {example})")
     step = check_positive("range", range) / (knots - 1)
-    return [InteractionTerm("hat_gradient", length=step, center=k * step) for k in builtins_range(knots - 1)]
+    return [InteractionTerm(kind, length=step, center=k * step) for k in builtins_range(knots - 1)]
 
 
 def _checked_axis(axis, dim: int) -> Optional[int]:
