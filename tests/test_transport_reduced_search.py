@@ -86,3 +86,16 @@ def test_a_cut_below_every_pair_finds_nothing():
     assert rows.numel() == cols.numel() == values.numel() == 0
     rows, _, values = smallest_reduced(x, y, f, g, 4, below=np.nextafter(least, np.inf))
     assert rows.numel() == 1 and float(values[0]) == least
+
+
+def test_smallest_reduced_names_its_bad_arguments():
+    x, y = torch.rand(10, 2, dtype=torch.float64), torch.rand(12, 2, dtype=torch.float64)
+    f, g = torch.zeros(10, dtype=torch.float64), torch.zeros(12, dtype=torch.float64)
+    with pytest.raises(ValueError, match="count"):
+        smallest_reduced(x, y, f, g, 0)
+    with pytest.raises(ValueError, match="^y: expected points of dimension 2"):
+        smallest_reduced(x, torch.rand(12, 3, dtype=torch.float64), f, g, 2)
+    with pytest.raises(ValueError, match="^g: expected a tensor of shape \\(12,\\)"):
+        smallest_reduced(x, y, f, g[:5], 2)
+    with pytest.raises(ValueError, match="^x: expected a non-empty tensor"):
+        smallest_reduced(x[0], y, f, g, 2)

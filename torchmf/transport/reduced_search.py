@@ -27,6 +27,8 @@ from typing import Optional
 
 import torch
 
+from .._validation import check_int
+
 __all__ = ["smallest_reduced", "median_labels", "BLOCK"]
 
 BLOCK = 16             # points per block (median splits give BLOCK to 2 BLOCK); at N = 3e4: 128: 18% of
@@ -133,7 +135,8 @@ def smallest_reduced(x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, g: torch
 
     Returns flat tensors ``(rows, cols, values)`` (long, long, ``x``'s dtype): up to ``count`` entries
     per row. CPU tensors; exact up to the rounding of the direct formula."""
-    count = min(count, y.shape[0])
+    _check_inputs(x, y, f, g)
+    count = min(check_int("count", count, minimum=1), y.shape[0])
     a = x.pow(2).sum(1) - f
     b = y.pow(2).sum(1) - g
     row_blocks, col_blocks = _Blocks(x), _Blocks(y)
@@ -165,3 +168,17 @@ def smallest_reduced(x: torch.Tensor, y: torch.Tensor, f: torch.Tensor, g: torch
     rows, cols, values = torch.cat(found_rows), torch.cat(found_cols), torch.cat(found_values)
     order = rows.argsort(stable=True)
     return rows[order], cols[order], values[order]
+
+
+def _check_inputs(x, y, f, g):
+    """Point clouds ``(N, d)`` and ``(M, d)`` with potentials ``(N,)`` and ``(M,)``."""
+    for name, points in (("x", x), ("y", y)):
+        if not isinstance(points, torch.Tensor) or points.ndim != 2 or points.shape[0] == 0:
+            shape = tuple(points.shape) if isinstance(points, torch.Tensor) else type(points).__name__
+            raise ValueError(f"{name}: expected a non-empty tensor of shape (N, d), but got {shape}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"y: expected points of dimension {x.shape[1]} like x, but got {y.shape[1]}")
+    for name, potential, points in (("f", f, x), ("g", g, y)):
+        if not isinstance(potential, torch.Tensor) or tuple(potential.shape) != (points.shape[0],):
+            shape = tuple(potential.shape) if isinstance(potential, torch.Tensor) else type(potential).__name__
+            raise ValueError(f"{name}: expected a tensor of shape ({points.shape[0]},), but got {shape}")
